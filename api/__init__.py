@@ -1,0 +1,1 @@
+"""The Starlette app, its routes and middleware, and the ``rapport`` command line."""

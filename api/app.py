@@ -1,0 +1,102 @@
+"""The Starlette application: wiring of state, index, middleware and routes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.metadata import version
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from api import docs, subscription, system
+from api.auth import ApiKeyAuth
+from api.bodylimit import DeclaredBodyLimit
+from api.logs import configure
+from api.metrics import HttpMetrics
+from api.operations import Operation
+from api.problems import handle_http_exception, handle_rapport_error, handle_unexpected
+from api.services import Services
+from api.telemetry import Telemetry
+from engine.config import Settings, load_settings
+from engine.embedded_redis import EmbeddedRedis
+from engine.errors import RapportError, UnavailableError
+from engine.firstrun import bootstrap_demo
+from engine.state import connect
+from kb.index import VectorIndex
+
+log = logging.getLogger("rapport")
+
+OPERATIONS: list[Operation] = [
+    *system.OPERATIONS,
+    *docs.OPERATIONS,
+    *subscription.OPERATIONS,
+]
+
+
+def create_app(settings: Settings) -> ASGIApp:
+    metrics = HttpMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Services]]:
+        embedded = None
+        url = settings.redis_url
+        if url is None:
+            embedded = EmbeddedRedis(settings.redis_db_path)
+            url = embedded.url
+        redis = connect(url, settings.redis_timeout)
+        services = Services(
+            settings=settings, redis=redis, index=VectorIndex(settings), metrics=metrics
+        )
+        key = await bootstrap_demo(
+            services.accounts, services.personas, services.keys, settings.demo_key_path
+        )
+        if key is not None:
+            # Printed once, on stdout rather than in the JSON log; also in demo_api_key.
+            print(
+                f"Created account 'demo'. Its API key (also in {settings.demo_key_path}):\n  {key}",
+                flush=True,
+            )
+        try:
+            await services.index.ping()  # open the embedded store now, not on first use
+        except UnavailableError:
+            log.warning("Chroma is not reachable yet; /readyz reports it until it is")
+        log.info("ready on http://%s:%d", settings.host, settings.port)
+        try:
+            yield {"services": services}
+        finally:
+            await redis.aclose()
+            if embedded is not None:
+                embedded.close()
+
+    routes = [
+        Route(op.path, op.endpoint, methods=[op.method], max_body_size=op.body_limit)
+        for op in OPERATIONS
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiKeyAuth)],
+        exception_handlers={
+            RapportError: handle_rapport_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.openapi = docs.build_openapi(OPERATIONS, version("rapport"))
+    app.state.docs_html = docs.render_docs(app.state.openapi)
+    limits = {op.path: op.body_limit for op in OPERATIONS if op.body_limit is not None}
+    bounded = DeclaredBodyLimit(app, settings.max_body_bytes, limits)
+    return Telemetry(bounded, app.routes, metrics)
+
+
+def create_app_from_env() -> ASGIApp:
+    """uvicorn's factory: each worker process reads the same ``RAPPORT_*`` environment."""
+    settings = load_settings()
+    configure(settings.log_level)
+    return create_app(settings)

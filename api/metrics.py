@@ -1,0 +1,57 @@
+"""Prometheus metrics: requests by route and status, latency histograms.
+
+Labels use the route template (``/api/personas/{persona_id}``), never the raw path, so the
+series count stays bounded whatever clients send. With several uvicorn workers the parent
+sets ``PROMETHEUS_MULTIPROC_DIR`` and every worker's samples are summed at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Seconds; dense below 50 ms where the engine's own overhead lives, sparse up to LLM times.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class HttpMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if multiproc_dir:
+            MultiProcessCollector(self.registry, path=multiproc_dir)
+        else:
+            ProcessCollector(registry=self.registry)
+        self.requests = Counter(
+            "rapport_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"),
+            registry=None if multiproc_dir else self.registry,
+        )
+        self.latency = Histogram(
+            "rapport_http_request_duration_seconds",
+            "Time from request start to the end of the response, by route template.",
+            ("route", "method"),
+            buckets=LATENCY_BUCKETS,
+            registry=None if multiproc_dir else self.registry,
+        )
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,35 @@
+"""One description per endpoint: the router and the OpenAPI document are both built from it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.auth import PROTECTED_PREFIX
+from engine.errors import Failure
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    endpoint: Endpoint
+    summary: str
+    tag: str
+    response: type | None = None
+    """The msgspec type of a 2xx JSON body; None for non-JSON bodies."""
+    status: int = 200
+    media_type: str = "application/json"
+    failures: tuple[Failure, ...] = ()
+    """Failures this operation itself may answer, beyond the ones every route may."""
+    body_limit: int | None = None
+    """Largest request body; None takes RAPPORT_MAX_BODY_BYTES."""
+
+    @property
+    def authenticated(self) -> bool:
+        return self.path.startswith(PROTECTED_PREFIX)

@@ -1,0 +1,117 @@
+"""Render a failure in the shape of the route family it happened on.
+
+``/api/v1/...`` (seed 004) gets ``{"detail": {"code", "message", "request_id"}}``; everything
+else gets an RFC 9457 problem document with the seed 000 ``code`` extension, ``traceId`` and,
+for field validation, ``errors``. Both read the same row of :class:`engine.errors.Failure`.
+No exception text or trace is ever rendered: only the message our own code wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+from api.responses import JSON, ProblemJSON
+from engine.errors import (
+    BodyTooLarge,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    RapportError,
+    ValidationFailed,
+)
+
+V1_PREFIX = "/api/v1/"
+
+
+class V1Detail(msgspec.Struct, omit_defaults=True):
+    code: str
+    message: str
+    request_id: str | None = None
+
+
+class V1Error(msgspec.Struct):
+    """Seed 004's error envelope."""
+
+    detail: V1Detail
+
+
+class Problem(msgspec.Struct, omit_defaults=True, rename={"trace_id": "traceId"}):
+    """RFC 9457 problem details with seed 000's extensions."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    trace_id: str | None = None
+    errors: dict[str, list[str]] | None = None
+
+
+def is_v1(path: str) -> bool:
+    return path.startswith(V1_PREFIX) or path == V1_PREFIX.rstrip("/")
+
+
+def request_id_of(scope: Scope) -> str | None:
+    return scope.get("state", {}).get("request_id")
+
+
+def render(scope: Scope, error: RapportError) -> Response:
+    failure = error.failure
+    request_id = request_id_of(scope)
+    path: str = scope.get("path", "")
+    if is_v1(path):
+        message = error.message
+        if error.errors:
+            fields = "; ".join(f"{k}: {', '.join(v)}" for k, v in error.errors.items())
+            message = f"{message} ({fields})"
+        body: msgspec.Struct = V1Error(
+            detail=V1Detail(code=failure.v1_code, message=message, request_id=request_id)
+        )
+        return JSON(body, status_code=failure.status, headers=error.headers)
+    body = Problem(
+        # A relative reference into our docs page, where every code is described.
+        type=f"/docs#{failure.code}",
+        title=failure.title,
+        status=failure.status,
+        detail=error.message,
+        code=failure.code,
+        instance=path or None,
+        trace_id=request_id,
+        errors=error.errors,
+    )
+    return ProblemJSON(body, status_code=failure.status, headers=error.headers)
+
+
+def from_http_exception(exc: HTTPException) -> RapportError:
+    """Map Starlette's own routing and body-limit exceptions onto the error table."""
+    headers: Mapping[str, str] = exc.headers or {}
+    if exc.status_code == 404:
+        return NotFound()
+    if exc.status_code == 405:
+        return MethodNotAllowed(headers=headers)
+    if exc.status_code == 413:
+        return BodyTooLarge()
+    if exc.status_code == 400:
+        return ValidationFailed("The request could not be read.")
+    return InternalError()
+
+
+async def handle_rapport_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RapportError)
+    return render(request.scope, exc)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return render(request.scope, from_http_exception(exc))
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    return render(request.scope, InternalError())

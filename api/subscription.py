@@ -1,0 +1,52 @@
+"""``GET /api/subscription/limits``: what the account has used of its plan (seed 000)."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.operations import Operation
+from api.responses import JSON
+from api.services import Services
+from engine.apikeys import Principal
+
+
+class UsageView(msgspec.Struct, rename="camel"):
+    knowledge_units_used: int
+    knowledge_units_limit: int
+    storage_units_used: float
+    storage_units_limit: float
+
+
+class SubscriptionLimits(msgspec.Struct):
+    usage: UsageView
+
+
+async def limits(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    account = await services.accounts.get(principal.account_id)
+    used = await services.accounts.usage(principal.account_id)
+    return JSON(
+        SubscriptionLimits(
+            usage=UsageView(
+                knowledge_units_used=used.knowledge_units,
+                knowledge_units_limit=account.plan.knowledge_units,
+                storage_units_used=used.storage_units,
+                storage_units_limit=account.plan.storage_units,
+            )
+        )
+    )
+
+
+OPERATIONS = [
+    Operation(
+        "GET",
+        "/api/subscription/limits",
+        limits,
+        "Knowledge and storage units used and allowed (seed 000 `usage`).",
+        "subscription",
+        SubscriptionLimits,
+    ),
+]

@@ -1,0 +1,1 @@
+"""The core: config, state, the error table, accounts, keys, personas. Imports nothing of ours."""

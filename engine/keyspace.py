@@ -1,0 +1,54 @@
+"""Where everything lives in Redis.
+
+Every key of one account carries the hash tag ``{acct:<id>}``, so all of an account's keys
+sit in one Redis Cluster slot and a Lua script or MULTI over them stays legal there. Keys
+without a tag are the global indexes that map a name or a key prefix to an account.
+"""
+
+from __future__ import annotations
+
+PREFIX = "rapport"
+
+ACCOUNTS = f"{PREFIX}:accounts"
+"""Hash: account id -> account name."""
+ACCOUNT_NAMES = f"{PREFIX}:account_names"
+"""Hash: account name -> account id (names are unique)."""
+
+
+def api_key(lookup: str) -> str:
+    """Hash of one issued key, found by its public lookup prefix: account, slot, digest."""
+    return f"{PREFIX}:apikey:{lookup}"
+
+
+class AccountKeys:
+    """The keys of one account, all in the account's cluster slot."""
+
+    __slots__ = ("account_id", "base")
+
+    def __init__(self, account_id: str) -> None:
+        self.account_id = account_id
+        self.base = f"{PREFIX}:{{acct:{account_id}}}"
+
+    @property
+    def account(self) -> str:
+        """String: the account record (msgspec JSON)."""
+        return f"{self.base}:account"
+
+    @property
+    def key_slots(self) -> str:
+        """Hash: slot name -> lookup prefix of the key issued in that slot."""
+        return f"{self.base}:keyslots"
+
+    @property
+    def usage(self) -> str:
+        """Hash: consumed knowledge units and stored bytes."""
+        return f"{self.base}:usage"
+
+    @property
+    def persona_names(self) -> str:
+        """Hash: persona name -> persona id (names are unique per account)."""
+        return f"{self.base}:persona_names"
+
+    def persona(self, persona_id: str) -> str:
+        """String: one persona record (msgspec JSON)."""
+        return f"{self.base}:persona:{persona_id}"

@@ -1,0 +1,121 @@
+"""Personas: who the account's users talk to.
+
+Field limits come from seed 004 (the conversation API's ``persona`` object): name 1..64,
+age 1..120, gender, the twelve zodiac signs, temperament weights, sociality, up to 16
+archetypes, role 1..1000. Names are unique within an account (seed 003: duplicate → 409).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+import redis.asyncio as aioredis
+
+from engine import keyspace
+from engine.accounts import new_id
+from engine.errors import Conflict, NotFound
+from engine.state import redis_boundary
+
+Gender = Literal["male", "female"]
+Zodiac = Literal[
+    "Aries", "Taurus", "Gemini", "Cancer", "Leo", "Virgo",
+    "Libra", "Scorpio", "Sagittarius", "Capricorn", "Aquarius", "Pisces",
+]  # fmt: skip
+Sociality = Literal["introvert", "ambivert", "extrovert"]
+# Seed 004 names Sage, Explorer, Creator, Caregiver as examples of the enum; these are the
+# twelve classic archetypes that list comes from.
+Archetype = Literal[
+    "Innocent", "Everyman", "Hero", "Caregiver", "Explorer", "Rebel",
+    "Lover", "Creator", "Jester", "Sage", "Magician", "Ruler",
+]  # fmt: skip
+Mode = Literal["chat", "full"]
+
+Weight = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Temperament(msgspec.Struct, frozen=True, kw_only=True):
+    """Weights of the four temperaments; :meth:`normalised` makes them sum to 1."""
+
+    sanguine: Weight = 0.25
+    choleric: Weight = 0.25
+    phlegmatic: Weight = 0.25
+    melancholic: Weight = 0.25
+
+    def normalised(self) -> Temperament:
+        total = self.sanguine + self.choleric + self.phlegmatic + self.melancholic
+        if total == 0:
+            return Temperament()
+        return Temperament(
+            sanguine=self.sanguine / total,
+            choleric=self.choleric / total,
+            phlegmatic=self.phlegmatic / total,
+            melancholic=self.melancholic / total,
+        )
+
+
+class PublishSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Seed 000's PublishSettings: per-session budgets (None = unlimited) and modes."""
+
+    session_interaction_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    session_duration_limit_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    allowed_modes: list[Mode] = msgspec.field(default_factory=lambda: ["chat", "full"])
+
+
+class Persona(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    description: str = ""
+    role: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    age: Annotated[int, msgspec.Meta(ge=1, le=120)] | None = None
+    gender: Gender | None = None
+    zodiac: Zodiac | None = None
+    temperament: Temperament = msgspec.field(default_factory=Temperament)
+    sociality: Sociality = "ambivert"
+    archetypes: Annotated[list[Archetype], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=list
+    )
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    image: str | None = None
+    publish_settings: PublishSettings = msgspec.field(default_factory=PublishSettings)
+    created_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Persona).decode
+
+# Claim the name and write the record in one step, so two creators racing for a name
+# cannot both win. Both keys carry the account's hash tag (one cluster slot).
+_CREATE = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+class PersonaStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._create = redis.register_script(_CREATE)
+
+    @redis_boundary
+    async def create(self, account_id: str, **fields: object) -> Persona:
+        persona = msgspec.convert({"id": new_id(), **fields}, Persona)
+        # Seed 004: temperament weights are "normalized inside the engine".
+        persona = msgspec.structs.replace(persona, temperament=persona.temperament.normalised())
+        keys = keyspace.AccountKeys(account_id)
+        claimed = await self._create(
+            keys=[keys.persona_names, keys.persona(persona.id)],
+            args=[persona.name, persona.id, _encode(persona)],
+        )
+        if not claimed:
+            raise Conflict(f"A persona named {persona.name!r} already exists.")
+        return persona
+
+    @redis_boundary
+    async def get(self, account_id: str, persona_id: str) -> Persona:
+        raw = await self._redis.get(keyspace.AccountKeys(account_id).persona(persona_id))
+        if raw is None:
+            raise NotFound(f"No persona {persona_id!r}.")
+        return _decode(raw)

@@ -1,0 +1,60 @@
+"""The one async Redis access point, and the boundary where Redis errors become ours.
+
+Every command goes through a ``BlockingConnectionPool`` (the plain async pool raises at its
+cap instead of waiting, DESIGN.md) with short connect, read and pool-wait timeouts, so an
+unreachable Redis turns into :class:`~engine.errors.StateUnavailable` (503) within
+``RAPPORT_REDIS_TIMEOUT`` instead of a hang. redis-py drops broken connections and dials
+again on the next command, so the service recovers by itself when Redis comes back.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from engine.errors import StateUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+POOL_SIZE = 64
+
+
+def connect(url: str, timeout: float) -> aioredis.Redis:
+    """Open a client for ``url``; connections are made lazily, on first use."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        # One quick retry covers a connection that went stale while Redis restarted; the
+        # library default (10 tries, up to 1 s apart) would stall every request for seconds.
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
+        decode_responses=True,
+        health_check_interval=30,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def redis_boundary(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Map Redis being unreachable (refused, timed out, loading) to StateUnavailable.
+
+    Other Redis errors (a wrong type, a script error) are bugs and stay internal errors.
+    """
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await func(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StateUnavailable() from exc
+
+    return wrapper

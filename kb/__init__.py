@@ -1,0 +1,1 @@
+"""Knowledge: documents, extraction, chunking, the offline embedder and the Chroma index."""

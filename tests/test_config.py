@@ -1,0 +1,67 @@
+"""Settings: typed, validated once, errors that name the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import ConfigError, Settings, load_settings
+
+
+def test_defaults_are_the_embedded_stack_on_localhost() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert settings.redis_url is None and settings.chroma_url is None
+    assert str(settings.demo_key_path) == "rapport-data/demo_api_key"
+
+
+def test_environment_values_are_converted_to_their_types() -> None:
+    settings = load_settings(
+        {"RAPPORT_PORT": "9001", "RAPPORT_REDIS_TIMEOUT": "0.5", "RAPPORT_LOG_LEVEL": "debug"}
+    )
+    assert settings.port == 9001
+    assert settings.redis_timeout == 0.5
+    assert settings.log_level == "debug"
+
+
+def test_flags_win_over_the_environment_and_unset_flags_do_not() -> None:
+    settings = load_settings(
+        {"RAPPORT_PORT": "9001", "RAPPORT_HOST": "::1"}, flags={"port": "9002", "host": None}
+    )
+    assert (settings.port, settings.host) == (9002, "::1")
+
+
+def test_empty_variable_means_unset() -> None:
+    assert load_settings({"RAPPORT_REDIS_URL": ""}).redis_url is None
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"RAPPORT_PORT": "eighty"}, "RAPPORT_PORT (--port)"),
+        ({"RAPPORT_PORT": "70000"}, "RAPPORT_PORT (--port)"),
+        ({"RAPPORT_WORKERS": "0"}, "RAPPORT_WORKERS (--workers)"),
+        ({"RAPPORT_REDIS_URL": "localhost:6379"}, "RAPPORT_REDIS_URL (--redis-url)"),
+        ({"RAPPORT_CHROMA_URL": "ftp://x"}, "RAPPORT_CHROMA_URL (--chroma-url)"),
+        ({"RAPPORT_LOG_LEVEL": "loud"}, "RAPPORT_LOG_LEVEL (--log-level)"),
+        ({"RAPPORT_REDIS_TIMEOUT": "-1"}, "RAPPORT_REDIS_TIMEOUT (--redis-timeout)"),
+        ({"RAPPORT_MAX_BODY_BYTES": "10"}, "RAPPORT_MAX_BODY_BYTES (--max-body-bytes)"),
+        ({"RAPPORT_DATA_DIR": ""}, None),  # empty is unset, not an error
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], named: str | None) -> None:
+    if named is None:
+        load_settings(env)
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert str(caught.value).startswith(named + ":")
+
+
+def test_several_workers_need_a_chroma_server() -> None:
+    with pytest.raises(ConfigError, match=r"RAPPORT_CHROMA_URL \(--chroma-url\)"):
+        load_settings({"RAPPORT_WORKERS": "2"})
+    settings = load_settings(
+        {"RAPPORT_WORKERS": "2", "RAPPORT_CHROMA_URL": "http://127.0.0.1:8001"}
+    )
+    assert settings.workers == 2

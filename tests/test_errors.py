@@ -1,0 +1,40 @@
+"""The error table: one row per failure, codes from the seeds, nothing ambiguous."""
+
+from __future__ import annotations
+
+import inspect
+
+import engine.errors as errors
+from engine.errors import Failure, RapportError
+
+
+def test_every_exception_points_at_a_row_and_every_row_is_used() -> None:
+    exceptions = [
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, RapportError) and "failure" in cls.__dict__
+    ]
+    assert {cls.failure for cls in exceptions} == set(Failure)
+
+
+def test_seed_codes() -> None:
+    # Seed 000 (/api/) and seed 004 (/api/v1/) name these exactly.
+    assert Failure.MISSING_API_KEY[1:3] == ("auth.unauthorized", "missing_api_key")
+    assert Failure.INVALID_API_KEY[1:3] == ("auth.api_key_invalid", "invalid_api_key")
+    assert Failure.DISABLED_API_KEY[1:3] == ("auth.api_key_disabled", "invalid_api_key")
+    assert Failure.VALIDATION_FAILED[1:3] == ("validation.failed", "invalid_payload")
+    assert Failure.NOT_FOUND.code == "resource.not_found"
+    assert Failure.CONFLICT.code == "resource.conflict"
+    assert Failure.INTERNAL[1:3] == ("server.error", "internal_error")
+    assert all(f.status == 401 and f.close_code == 4001 for f in Failure if "API_KEY" in f.name)
+
+
+def test_unavailable_errors_say_when_to_retry() -> None:
+    assert errors.StateUnavailable().headers == {"Retry-After": "1"}
+    assert errors.StateUnavailable().failure.status == 503
+
+
+def test_codes_are_namespaced_on_api_and_snake_case_on_v1() -> None:
+    for failure in Failure:
+        assert "." in failure.code, failure
+        assert failure.v1_code.replace("_", "").isalpha() and failure.v1_code.islower(), failure

@@ -1,0 +1,72 @@
+"""Redis going away mid-run: a 503 with a stable code, never a 500 or a hang, and recovery
+without a restart once Redis is back. Corrupt state is a 500 that says nothing inside."""
+
+from __future__ import annotations
+
+import redis
+
+from tests.conftest import RedisServer
+
+LIMITS = "/api/subscription/limits"
+
+
+def test_redis_stopped_mid_run_then_restarted(server_on, redis_server: RedisServer) -> None:
+    server = server_on(RAPPORT_REDIS_URL=redis_server.url, RAPPORT_REDIS_TIMEOUT="1")
+    key = server.demo_key
+    with server.client(headers={"X-Api-Key": key}) as client:
+        assert client.get(LIMITS).status_code == 200
+
+        redis_server.stop()
+        down = client.get(LIMITS)
+        assert down.status_code == 503
+        assert down.headers["content-type"] == "application/problem+json"
+        assert down.json()["code"] == "server.unavailable"
+        assert down.headers["retry-after"] == "1"
+        down_v1 = client.get("/api/v1/anything")
+        assert down_v1.status_code == 503
+        assert down_v1.json()["detail"]["code"] == "service_unavailable"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"] == {"redis": "unavailable", "chroma": "ok"}
+        assert client.get("/healthz").status_code == 200  # the process itself is fine
+
+        redis_server.start()  # same socket, same append-only file: the key is still there
+        assert client.get(LIMITS).status_code == 200
+        assert client.get("/readyz").status_code == 200
+
+
+def test_a_frozen_redis_is_a_503_not_a_hang(server_on, redis_server: RedisServer) -> None:
+    server = server_on(RAPPORT_REDIS_URL=redis_server.url, RAPPORT_REDIS_TIMEOUT="0.5")
+    with server.client(headers={"X-Api-Key": server.demo_key}, timeout=10) as client:
+        assert client.get(LIMITS).status_code == 200
+        redis_server.freeze()  # accepts nothing, answers nothing
+        try:
+            stalled = client.get(LIMITS)
+            assert stalled.status_code == 503
+            assert stalled.json()["code"] == "server.unavailable"
+        finally:
+            redis_server.thaw()
+        assert client.get(LIMITS).status_code == 200
+
+
+def test_corrupt_state_is_an_internal_error_with_nothing_inside(
+    server_on, redis_server: RedisServer
+) -> None:
+    server = server_on(RAPPORT_REDIS_URL=redis_server.url)
+    direct = redis.Redis(unix_socket_path=str(redis_server.socket), decode_responses=True)
+    account_id = direct.hget("rapport:account_names", "demo")
+    direct.set(f"rapport:{{acct:{account_id}}}:account", "{not json")
+    with server.client(headers={"X-Api-Key": server.demo_key}) as client:
+        broken = client.get(LIMITS)
+    assert broken.status_code == 500
+    assert broken.headers["content-type"] == "application/problem+json"
+    body = broken.json()
+    assert body["code"] == "server.error"
+    assert body["traceId"] == broken.headers["x-request-id"]
+    assert "json" not in broken.text.lower().replace("problem+json", "")
+    assert "Traceback" not in broken.text
+    # The trace went to the operator's log instead, under the same request id.
+    entry = server.wait_for_log(body["traceId"])
+    assert entry["status"] == 500 and entry["level"] == "error"
+    assert "DecodeError" in entry["exc"]
+    direct.close()
