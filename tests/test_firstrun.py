@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import stat
 
 import redis
 
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, wait_until
 
 
 def test_first_run_creates_the_demo_account_once(server_on, redis_server: RedisServer) -> None:
@@ -46,3 +48,35 @@ def test_first_run_on_the_embedded_defaults(server) -> None:
     assert (server.data_dir / "chroma").is_dir()
     with server.client(headers={"Authorization": f"Bearer {server.demo_key}"}) as client:
         assert client.get("/api/subscription/limits").status_code == 200
+
+
+def embedded_redis_pid(data_dir) -> int:
+    settings = json.loads((data_dir / "redis" / "rapport.rdb.settings").read_text())
+    return int(open(settings["pidfile"]).read())
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_embedded_redis_lives_and_dies_with_its_server(server_on) -> None:
+    server = server_on()
+    pid = embedded_redis_pid(server.data_dir)
+    # A CLI command while the server runs joins its Redis and leaves it running.
+    assert server.cli("accounts", "create", "visitor").returncode == 0
+    assert alive(pid)
+    with server.client(headers={"X-Api-Key": server.demo_key}) as client:
+        assert client.get("/api/subscription/limits").status_code == 200
+    server.stop()
+    wait_until(lambda: not alive(pid), 15, "the embedded redis-server to stop")
+
+    # With no server running, the CLI starts Redis for itself and stops it again; the
+    # account it made is there for the next start.
+    assert server.cli("accounts", "create", "offline").returncode == 0
+    listing = server.cli("accounts", "list").stdout
+    assert "visitor" in listing and "offline" in listing
+    assert not (server.data_dir / "redis" / "rapport.rdb.settings").exists()
