@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 import pytest
 
-from engine.config import ConfigError, Settings, load_settings
+from engine.config import ConfigError, Settings, env_name, flag_name, load_settings
 
 
 def test_defaults_are_the_embedded_stack_on_localhost() -> None:
@@ -65,3 +68,9 @@ def test_several_workers_need_a_chroma_server() -> None:
         {"RAPPORT_WORKERS": "2", "RAPPORT_CHROMA_URL": "http://127.0.0.1:8001"}
     )
     assert settings.workers == 2
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for field in msgspec.structs.fields(Settings):
+        assert f"| `{env_name(field.name)}` | `{flag_name(field.name)}` |" in readme, field.name
