@@ -7,6 +7,8 @@ without a tag are the global indexes that map a name or a key prefix to an accou
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 PREFIX = "rapport"
 
 ACCOUNTS = f"{PREFIX}:accounts"
@@ -45,6 +47,23 @@ class AccountKeys:
         return f"{self.base}:usage"
 
     @property
+    def balance(self) -> str:
+        """String (integer): requests the account may still spend on replies."""
+        return f"{self.base}:balance"
+
+    def idempotency(self, key_digest: str) -> str:
+        """String: the stored outcome of one Idempotency-Key (SHA-256 of the caller's key)."""
+        return f"{self.base}:idem:{key_digest}"
+
+    def memory_turns(self, user_id: str) -> str:
+        """List: one end user's turns, oldest first (msgspec JSON each)."""
+        return f"{self.base}:user:{_segment(user_id)}:turns"
+
+    def memory_meta(self, user_id: str) -> str:
+        """Hash: one end user's summary, known facts and byte count of the turns list."""
+        return f"{self.base}:user:{_segment(user_id)}:meta"
+
+    @property
     def persona_names(self) -> str:
         """Hash: persona name -> persona id (names are unique per account)."""
         return f"{self.base}:persona_names"
@@ -52,3 +71,9 @@ class AccountKeys:
     def persona(self, persona_id: str) -> str:
         """String: one persona record (msgspec JSON)."""
         return f"{self.base}:persona:{persona_id}"
+
+
+def _segment(value: str) -> str:
+    """A caller's id as one key segment: ':' and other specials are %-escaped, so no id can
+    reach into another's keys."""
+    return quote(value, safe="")
