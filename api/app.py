@@ -13,13 +13,14 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from api import docs, subscription, system
+from api import conversation, docs, subscription, system
 from api.auth import ApiKeyAuth
 from api.bodylimit import DeclaredBodyLimit
 from api.logs import configure
 from api.metrics import HttpMetrics
 from api.operations import Operation
 from api.problems import handle_http_exception, handle_rapport_error, handle_unexpected
+from api.ratelimits import V1RateLimits
 from api.services import Services
 from api.telemetry import Telemetry
 from engine.config import Settings, load_settings
@@ -35,6 +36,7 @@ OPERATIONS: list[Operation] = [
     *system.OPERATIONS,
     *docs.OPERATIONS,
     *subscription.OPERATIONS,
+    *conversation.OPERATIONS,
 ]
 
 
@@ -69,7 +71,7 @@ def create_app(settings: Settings) -> ASGIApp:
         try:
             yield {"services": services}
         finally:
-            await redis.aclose()
+            await services.close()
             if embedded is not None:
                 embedded.close()
 
@@ -79,7 +81,7 @@ def create_app(settings: Settings) -> ASGIApp:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ApiKeyAuth)],
+        middleware=[Middleware(ApiKeyAuth), Middleware(V1RateLimits)],
         exception_handlers={
             RapportError: handle_rapport_error,
             HTTPException: handle_http_exception,

@@ -22,11 +22,13 @@ import uvicorn
 
 from engine.accounts import AccountStore
 from engine.apikeys import SLOTS, KeyStore, Slot
+from engine.balance import Balance
 from engine.config import ConfigError, Settings, env_name, flag_name, load_settings
 from engine.embedded_redis import EmbeddedRedis
 from engine.errors import NotFound, RapportError
 from engine.personas import PersonaStore
 from engine.state import connect
+from engine.tenants import create_tenant
 
 T = TypeVar("T")
 
@@ -77,6 +79,17 @@ def _parser() -> argparse.ArgumentParser:
         "disable": "stop a slot's key from authenticating",
         "enable": "let a disabled slot's key authenticate again",
     }
+    balance = commands.add_parser("balance", help="show or refill an account's request balance")
+    balance_commands = balance.add_subparsers(title="balance commands", required=True)
+    show = balance_commands.add_parser("show", help="requests left")
+    add = balance_commands.add_parser("add", help="add requests to the balance")
+    add.add_argument("requests", type=int, help="how many requests to add (may be negative)")
+    for sub in (show, add):
+        sub.add_argument("--account", required=True, help="account id or name")
+        _add_setting_flags(sub, STATE_FLAGS)
+    show.set_defaults(run=_balance, requests=0)
+    add.set_defaults(run=_balance)
+
     for action, text in actions.items():
         sub = key_commands.add_parser(action, help=text)
         sub.add_argument("--account", required=True, help="account id or name")
@@ -170,7 +183,9 @@ def _with_state(args: argparse.Namespace, work: Callable[[aioredis.Redis], Await
 
 
 def _accounts_create(args: argparse.Namespace) -> int:
-    account = _with_state(args, lambda redis: AccountStore(redis).create(args.name))
+    account = _with_state(
+        args, lambda redis: create_tenant(AccountStore(redis), PersonaStore(redis), args.name)
+    )
     print(f"created account {account.name} with id {account.id}")
     print(f"next: rapport keys create --account {account.id}")
     return 0
@@ -197,6 +212,17 @@ def _accounts_list(args: argparse.Namespace) -> int:
 
     lines = _with_state(args, listing)
     print("\n".join(lines) if lines else "no accounts")
+    return 0
+
+
+def _balance(args: argparse.Namespace) -> int:
+    async def act(redis: aioredis.Redis) -> int:
+        account = await AccountStore(redis).resolve(args.account)
+        if args.requests:
+            return await Balance(redis).add(account.id, args.requests)
+        return await Balance(redis).get(account.id)
+
+    print(f"{args.account}: {_with_state(args, act)} requests left")
     return 0
 
 

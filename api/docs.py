@@ -33,14 +33,14 @@ AUTHENTICATED = (
 
 
 def build_openapi(operations: list[Operation], version: str) -> dict[str, Any]:
-    bodies = [op.response for op in operations if op.response is not None]
+    bodies = [t for op in operations for t in (op.response, op.request) if t is not None]
     schemas, components = msgspec.json.schema_components(
         [*bodies, V1Error, Problem], ref_template=REF
     )
     body_schema = dict(zip(bodies, schemas, strict=False))
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, body_schema)
+        paths.setdefault(openapi_path(op.path), {})[op.method.lower()] = _operation(op, body_schema)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -61,6 +61,11 @@ def build_openapi(operations: list[Operation], version: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def openapi_path(path: str) -> str:
+    """Starlette's ``{user_id:path}`` is OpenAPI's ``{user_id}``."""
+    return PATH_PARAM.sub(r"{\1}", path)
 
 
 def _operation(op: Operation, body_schema: dict[type, Any]) -> dict[str, Any]:
@@ -97,6 +102,11 @@ def _operation(op: Operation, body_schema: dict[type, Any]) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in params
         ]
+    if op.request is not None:
+        entry["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body_schema[op.request]}},
+        }
     if op.authenticated:
         entry["security"] = [{"ApiKeyHeader": []}, {"Bearer": []}]
     return entry

@@ -24,6 +24,8 @@ class Operation:
     response: type | None = None
     """The msgspec type of a 2xx JSON body; None for non-JSON bodies."""
     status: int = 200
+    request: type | None = None
+    """The msgspec type of a JSON request body, if the operation takes one."""
     media_type: str = "application/json"
     failures: tuple[Failure, ...] = ()
     """Failures this operation itself may answer, beyond the ones every route may."""

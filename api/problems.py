@@ -52,6 +52,7 @@ class Problem(msgspec.Struct, omit_defaults=True, rename={"trace_id": "traceId"}
     instance: str | None = None
     trace_id: str | None = None
     errors: dict[str, list[str]] | None = None
+    scope: str | None = None
 
 
 def is_v1(path: str) -> bool:
@@ -85,6 +86,7 @@ def render(scope: Scope, error: RapportError) -> Response:
         instance=path or None,
         trace_id=request_id,
         errors=error.errors,
+        scope=error.scope,
     )
     return ProblemJSON(body, status_code=failure.status, headers=error.headers)
 

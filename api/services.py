@@ -9,10 +9,23 @@ import redis.asyncio as aioredis
 from api.metrics import HttpMetrics
 from engine.accounts import AccountStore
 from engine.apikeys import KeyStore
+from engine.balance import Balance
 from engine.config import Settings
+from engine.idempotency import IdempotencyStore
+from engine.llm import OpenAICompatible
+from engine.memory import MemoryStore
 from engine.personas import PersonaStore
+from engine.ratelimit import RateLimits
+from engine.replies import ReplyBackend
+from engine.responder import EmbeddedResponder
 from engine.state import redis_boundary
+from engine.turns import TurnPipeline
+from engine.workers import WorkerPool
 from kb.index import VectorIndex
+from kb.retrieval import NoKnowledgeYet
+
+# An in-flight idempotency claim outlives the longest turn by this much before it lapses.
+CLAIM_MARGIN_SECONDS = 30
 
 
 @dataclass
@@ -24,11 +37,53 @@ class Services:
     accounts: AccountStore = field(init=False)
     keys: KeyStore = field(init=False)
     personas: PersonaStore = field(init=False)
+    memory: MemoryStore = field(init=False)
+    balance: Balance = field(init=False)
+    idempotency: IdempotencyStore = field(init=False)
+    rate_limits: RateLimits = field(init=False)
+    backend: ReplyBackend = field(init=False)
+    pool: WorkerPool = field(init=False)
+    turns: TurnPipeline = field(init=False)
 
     def __post_init__(self) -> None:
+        settings = self.settings
         self.accounts = AccountStore(self.redis)
         self.keys = KeyStore(self.redis)
         self.personas = PersonaStore(self.redis)
+        self.memory = MemoryStore(self.redis, max_bytes=settings.memory_bytes)
+        self.balance = Balance(self.redis)
+        self.idempotency = IdempotencyStore(
+            self.redis, in_flight_ttl=int(settings.llm_timeout) + CLAIM_MARGIN_SECONDS
+        )
+        self.rate_limits = RateLimits(self.redis, key_rpm=settings.key_rpm, ip_rpm=settings.ip_rpm)
+        if settings.llm_base_url is None:
+            self.backend = EmbeddedResponder()
+        else:
+            self.backend = OpenAICompatible(
+                base_url=settings.llm_base_url,
+                # The openai client insists on a key; local servers ignore whatever is sent.
+                api_key=settings.llm_api_key or "unused",
+                model=settings.llm_model,
+                timeout=settings.llm_timeout,
+                max_tokens=settings.llm_max_tokens,
+            )
+        self.pool = WorkerPool(
+            workers=settings.turn_workers,
+            queue_size=settings.turn_queue,
+            deadline=settings.llm_timeout,
+        )
+        self.turns = TurnPipeline(
+            accounts=self.accounts,
+            personas=self.personas,
+            memory=self.memory,
+            retriever=NoKnowledgeYet(),
+            backend=self.backend,
+        )
+
+    async def close(self) -> None:
+        if isinstance(self.backend, OpenAICompatible):
+            await self.backend.close()
+        await self.redis.aclose()
 
     @redis_boundary
     async def ping_redis(self) -> None:

@@ -17,6 +17,8 @@ class UsageView(msgspec.Struct, rename="camel"):
     knowledge_units_limit: int
     storage_units_used: float
     storage_units_limit: float
+    request_balance: int
+    """Addition to seed 000: conversation requests left (each reply spends one)."""
 
 
 class SubscriptionLimits(msgspec.Struct):
@@ -28,6 +30,7 @@ async def limits(request: Request) -> Response:
     principal: Principal = request.state.principal
     account = await services.accounts.get(principal.account_id)
     used = await services.accounts.usage(principal.account_id)
+    balance = await services.balance.get(principal.account_id)
     return JSON(
         SubscriptionLimits(
             usage=UsageView(
@@ -35,6 +38,7 @@ async def limits(request: Request) -> Response:
                 knowledge_units_limit=account.plan.knowledge_units,
                 storage_units_used=used.storage_units,
                 storage_units_limit=account.plan.storage_units,
+                request_balance=balance,
             )
         )
     )
@@ -45,7 +49,7 @@ OPERATIONS = [
         "GET",
         "/api/subscription/limits",
         limits,
-        "Knowledge and storage units used and allowed (seed 000 `usage`).",
+        "Knowledge and storage units used and allowed (seed 000 `usage`), request balance.",
         "subscription",
         SubscriptionLimits,
     ),

@@ -42,7 +42,9 @@ class Telemetry:
         started = time.perf_counter()
         incoming = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
         request_id = incoming if SANE_REQUEST_ID.match(incoming) else new_request_id()
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["started"] = started  # seed 004's total_latency_ms counts from here
         status = 500
 
         async def send_with_id(message: Message) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -12,6 +11,7 @@ import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.errors import Conflict, NotFound, ValidationFailed
+from engine.ids import new_id
 from engine.state import redis_boundary
 
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -25,6 +25,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     knowledge_units: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     storage_units: Annotated[float, msgspec.Meta(ge=0)] = 512.0
     max_concurrent_sessions: Annotated[int, msgspec.Meta(ge=0)] = 10
+    initial_requests: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    """The request balance a new account starts with (each reply spends one)."""
     allowed_origins: list[str] = msgspec.field(default_factory=list)
 
 
@@ -49,11 +51,6 @@ _encode = msgspec.json.Encoder().encode
 _decode_account = msgspec.json.Decoder(Account).decode
 
 
-def new_id() -> str:
-    """12 hex characters: short enough to type in the CLI, 48 random bits."""
-    return secrets.token_hex(6)
-
-
 class AccountStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
@@ -70,8 +67,9 @@ class AccountStore:
         # The record is written before the name is claimed, so a claimed name always
         # resolves; a lost race leaves nothing behind.
         await self._redis.set(keys.account, _encode(account))
+        await self._redis.set(keys.balance, account.plan.initial_requests)
         if not await self._redis.hsetnx(keyspace.ACCOUNT_NAMES, name, account.id):
-            await self._redis.delete(keys.account)
+            await self._redis.delete(keys.account, keys.balance)
             raise Conflict(f"An account named {name!r} already exists.")
         await self._redis.hset(keyspace.ACCOUNTS, account.id, name)
         return account

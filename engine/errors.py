@@ -18,10 +18,22 @@ Exception tree, grouped by cause::
     │   ├── NotFound
     │   ├── MethodNotAllowed
     │   ├── BodyTooLarge
-    │   └── Conflict
+    │   ├── Conflict
+    │   ├── IdempotencyInFlight
+    │   └── IdempotencyKeyReused
+    ├── LimitError                   the account or client used up an allowance
+    │   ├── NoRequests               request balance at zero
+    │   ├── RateLimited              per API key
+    │   └── RateLimitedIp            per client IP
     ├── UnavailableError             a component we depend on is down; retry later
     │   ├── StateUnavailable         Redis
-    │   └── IndexUnavailable         Chroma
+    │   ├── RateLimiterUnavailable   Redis, as seen by the rate limiter
+    │   ├── IdempotencyUnavailable   Redis, as seen by the idempotency store
+    │   ├── IndexUnavailable         Chroma
+    │   └── QueueUnavailable         every worker busy and the queue full
+    ├── UpstreamError                the reply model failed us
+    │   ├── UpstreamTimeout
+    │   └── UpstreamFailed
     └── InternalError                a bug; the client sees the code, never the text
 """
 
@@ -61,9 +73,43 @@ class Failure(Row, enum.Enum):
         413, "request.body_too_large", "payload_too_large", "Request body too large", 1009
     )
     CONFLICT = Row(409, "resource.conflict", "conflict", "Resource conflict", 1008)
+    # Seed 004 names the /api/v1/ codes of idempotency, balance, rate limits and outages.
+    IDEMPOTENCY_IN_FLIGHT = Row(
+        409, "idempotency.in_flight", "idempotency_in_flight", "Request still in progress", 1008
+    )
+    IDEMPOTENCY_KEY_REUSED = Row(
+        409,
+        "idempotency.key_reused",
+        "idempotency_key_reused_with_different_payload",
+        "Idempotency key reused with a different payload",
+        1008,
+    )
+    NO_REQUESTS = Row(
+        402, "limits.quota_exceeded", "no_requests", "Request balance exhausted", 1008
+    )
+    RATE_LIMITED = Row(429, "limits.rate_exceeded", "rate_limited", "Rate limit exceeded", 1008)
+    RATE_LIMITED_IP = Row(
+        429, "limits.rate_exceeded", "rate_limited_ip", "Rate limit exceeded for this IP", 1008
+    )
     STATE_UNAVAILABLE = Row(
         503, "server.unavailable", "service_unavailable", "State store unavailable", 1011
     )
+    RATE_LIMITER_UNAVAILABLE = Row(
+        503, "server.unavailable", "rate_limiter_unavailable", "Rate limiter unavailable", 1011
+    )
+    IDEMPOTENCY_UNAVAILABLE = Row(
+        503,
+        "server.unavailable",
+        "idempotency_unavailable",
+        "Idempotency storage unavailable",
+        1011,
+    )
+    # RFC 6455 §7.4.1 leaves 1013 ("try again later") to the IANA registry, which has it.
+    QUEUE_UNAVAILABLE = Row(503, "server.busy", "queue_unavailable", "Turn queue full", 1013)
+    UPSTREAM_TIMEOUT = Row(
+        504, "server.upstream_timeout", "upstream_timeout", "Reply timed out", 1011
+    )
+    UPSTREAM_FAILED = Row(502, "server.upstream_error", "upstream_error", "Reply failed", 1011)
     INDEX_UNAVAILABLE = Row(
         503, "server.unavailable", "service_unavailable", "Vector index unavailable", 1011
     )
@@ -82,10 +128,13 @@ class RapportError(Exception):
         *,
         errors: Mapping[str, list[str]] | None = None,
         headers: Mapping[str, str] | None = None,
+        scope: str | None = None,
     ) -> None:
         self.message = message or self.default_message
         self.errors = dict(errors) if errors else None
         self.headers = dict(headers) if headers else {}
+        self.scope = scope
+        """Seed 000's ``scope`` extension of a 429: which partition ran out."""
         super().__init__(self.message)
 
 
@@ -137,6 +186,35 @@ class Conflict(RequestError):
     default_message = "The request conflicts with the resource's current state."
 
 
+class IdempotencyInFlight(RequestError):
+    failure = Failure.IDEMPOTENCY_IN_FLIGHT
+    default_message = "A request with this Idempotency-Key is still being processed."
+
+
+class IdempotencyKeyReused(RequestError):
+    failure = Failure.IDEMPOTENCY_KEY_REUSED
+    default_message = "This Idempotency-Key was used with a different payload."
+
+
+class LimitError(RapportError):
+    pass
+
+
+class NoRequests(LimitError):
+    failure = Failure.NO_REQUESTS
+    default_message = "Not enough request balance; ask the operator to refill it."
+
+
+class RateLimited(LimitError):
+    failure = Failure.RATE_LIMITED
+    default_message = "Too many requests for this API key; retry after the Retry-After delay."
+
+
+class RateLimitedIp(LimitError):
+    failure = Failure.RATE_LIMITED_IP
+    default_message = "Too many requests from this IP; retry after the Retry-After delay."
+
+
 class UnavailableError(RapportError):
     # RFC 9110 §10.2.3: Retry-After tells the client when a 503 may be over.
     def __init__(self, message: str | None = None) -> None:
@@ -148,9 +226,38 @@ class StateUnavailable(UnavailableError):
     default_message = "The state store is unreachable; retry shortly."
 
 
+class RateLimiterUnavailable(UnavailableError):
+    failure = Failure.RATE_LIMITER_UNAVAILABLE
+    default_message = "The rate limiter is unreachable; retry shortly."
+
+
+class IdempotencyUnavailable(UnavailableError):
+    failure = Failure.IDEMPOTENCY_UNAVAILABLE
+    default_message = "The idempotency store is unreachable; retry shortly."
+
+
+class QueueUnavailable(UnavailableError):
+    failure = Failure.QUEUE_UNAVAILABLE
+    default_message = "Every worker is busy and the queue is full; retry shortly."
+
+
 class IndexUnavailable(UnavailableError):
     failure = Failure.INDEX_UNAVAILABLE
     default_message = "The vector index is unreachable; retry shortly."
+
+
+class UpstreamError(RapportError):
+    pass
+
+
+class UpstreamTimeout(UpstreamError):
+    failure = Failure.UPSTREAM_TIMEOUT
+    default_message = "The reply was not ready in time."
+
+
+class UpstreamFailed(UpstreamError):
+    failure = Failure.UPSTREAM_FAILED
+    default_message = "The reply model failed; retry shortly."
 
 
 class InternalError(RapportError):

@@ -9,18 +9,9 @@ from engine.accounts import AccountStore
 from engine.apikeys import KeyStore
 from engine.errors import Conflict
 from engine.personas import PersonaStore
+from engine.tenants import create_tenant
 
 DEMO_ACCOUNT = "demo"
-DEMO_PERSONA = {
-    "name": "Rapport",
-    "description": "The demo persona created on first run.",
-    "role": (
-        "You are a friendly assistant. Answer from the knowledge base, say plainly when it "
-        "does not cover a question, and keep replies short."
-    ),
-    "sociality": "ambivert",
-    "archetypes": ["Sage", "Caregiver"],
-}
 
 
 async def bootstrap_demo(
@@ -30,11 +21,9 @@ async def bootstrap_demo(
     if await accounts.exists_any():
         return None
     try:
-        account = await accounts.create(DEMO_ACCOUNT)
+        account = await create_tenant(accounts, personas, DEMO_ACCOUNT)
     except Conflict:
         return None  # another process bootstrapped first
-    persona = await personas.create(account.id, **DEMO_PERSONA)
-    await accounts.set_default_persona(account.id, persona.id)
     key = await keys.create(account.id, "primary")
     write_secret(key_path, key)
     return key

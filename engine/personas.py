@@ -14,8 +14,8 @@ import msgspec
 import redis.asyncio as aioredis
 
 from engine import keyspace
-from engine.accounts import new_id
 from engine.errors import Conflict, NotFound
+from engine.ids import new_id
 from engine.state import redis_boundary
 
 Gender = Literal["male", "female"]
@@ -92,18 +92,28 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[3])
 return 1
 """
+# Rename-safe replace: the new name is claimed (unless it is already this persona's) before
+# the old one is released, so no moment leaves two personas with one name.
+_REPLACE = """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if owner and owner ~= ARGV[2] then return 0 end
+if ARGV[3] ~= ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[3]) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[4])
+return 1
+"""
 
 
 class PersonaStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
         self._create = redis.register_script(_CREATE)
+        self._replace = redis.register_script(_REPLACE)
 
     @redis_boundary
     async def create(self, account_id: str, **fields: object) -> Persona:
         persona = msgspec.convert({"id": new_id(), **fields}, Persona)
-        # Seed 004: temperament weights are "normalized inside the engine".
-        persona = msgspec.structs.replace(persona, temperament=persona.temperament.normalised())
+        persona = _normalised(persona)
         keys = keyspace.AccountKeys(account_id)
         claimed = await self._create(
             keys=[keys.persona_names, keys.persona(persona.id)],
@@ -119,3 +129,25 @@ class PersonaStore:
         if raw is None:
             raise NotFound(f"No persona {persona_id!r}.")
         return _decode(raw)
+
+    @redis_boundary
+    async def merge(self, account_id: str, persona_id: str, changes: dict[str, object]) -> Persona:
+        """Apply a partial update; an invalid field or a taken name changes nothing."""
+        current = await self.get(account_id, persona_id)
+        merged = msgspec.convert({**msgspec.to_builtins(current), **changes}, Persona)
+        merged = _normalised(merged)
+        if merged == current:
+            return current
+        keys = keyspace.AccountKeys(account_id)
+        replaced = await self._replace(
+            keys=[keys.persona_names, keys.persona(persona_id)],
+            args=[merged.name, persona_id, current.name, _encode(merged)],
+        )
+        if not replaced:
+            raise Conflict(f"A persona named {merged.name!r} already exists.")
+        return merged
+
+
+def _normalised(persona: Persona) -> Persona:
+    # Seed 004: temperament weights are "normalized inside the engine".
+    return msgspec.structs.replace(persona, temperament=persona.temperament.normalised())

@@ -19,7 +19,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine.errors import StateUnavailable
+from engine.errors import StateUnavailable, UnavailableError
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,17 +46,25 @@ def connect(url: str, timeout: float) -> aioredis.Redis:
     return aioredis.Redis.from_pool(pool)
 
 
-def redis_boundary(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Map Redis being unreachable (refused, timed out, loading) to StateUnavailable.
+def unavailable_as(
+    error: type[UnavailableError],
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Map Redis being unreachable (refused, timed out, loading) to ``error``.
 
     Other Redis errors (a wrong type, a script error) are bugs and stay internal errors.
     """
 
-    @functools.wraps(func)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await func(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise StateUnavailable() from exc
+    def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await func(*args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                raise error() from exc
 
-    return wrapper
+        return wrapper
+
+    return decorate
+
+
+redis_boundary = unavailable_as(StateUnavailable)

@@ -1,0 +1,321 @@
+"""``POST /api/v1/conversation`` and the per-user memory routes, as seed 004 documents them.
+
+Order of work for a turn, each step before anything costlier: the body is decoded and
+validated by msgspec (base64 sizes checked on the text, before any decoding), then media is
+decoded and checked, then the Idempotency-Key is claimed, then one request of the balance is
+spent, then the turn waits for a worker. A validation failure stores nothing and spends
+nothing; a failed turn gives its request back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.operations import Operation
+from api.problems import render
+from api.responses import JSON
+from api.services import Services
+from engine.apikeys import Principal
+from engine.errors import Failure, NotFound, RapportError, ValidationFailed
+from engine.idempotency import MAX_KEY_LENGTH, Claim, Outcome
+from engine.media import (
+    MAX_IMAGE_B64,
+    MAX_VOICE_B64,
+    ImageMime,
+    VoiceMime,
+    check_image,
+    decode_base64,
+)
+from engine.personas import Archetype, Gender, Sociality, Zodiac
+from engine.replies import Image
+from engine.turns import TurnInput
+
+UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Weight = Annotated[float, msgspec.Meta(ge=0)]
+# The two base64 payloads at their limits, plus room for every other field.
+BODY_LIMIT = MAX_IMAGE_B64 + MAX_VOICE_B64 + 256 * 1024
+
+
+class Temperament(msgspec.Struct, forbid_unknown_fields=True):
+    """Seed 004: weights, normalised by the engine; a weight left out counts as 0."""
+
+    sanguine: Weight = 0.0
+    choleric: Weight = 0.0
+    phlegmatic: Weight = 0.0
+    melancholic: Weight = 0.0
+
+
+class PersonaPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Seed 004's ``persona`` object: the fields given (not null) replace the stored ones."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    age: Annotated[int, msgspec.Meta(ge=1, le=120)] | None = None
+    gender: Gender | None = None
+    zodiac: Zodiac | None = None
+    temperament: Temperament | None = None
+    sociality: Sociality | None = None
+    archetypes: Annotated[list[Archetype], msgspec.Meta(max_length=16)] | None = None
+    role: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
+
+    def changes(self) -> dict[str, object]:
+        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+
+
+class ConversationRequest(msgspec.Struct):
+    user_id: UserId
+    message: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)] | None = None
+    image_b64: Annotated[str, msgspec.Meta(max_length=MAX_IMAGE_B64)] | None = None
+    image_mime: ImageMime | None = None
+    voice_b64: Annotated[str, msgspec.Meta(max_length=MAX_VOICE_B64)] | None = None
+    voice_mime: VoiceMime | None = None
+    persona: PersonaPatch | None = None
+
+
+class LatencyBreakdown(msgspec.Struct):
+    queue_latency_ms: int
+    worker_latency_ms: int
+    total_latency_ms: int
+
+
+class ConversationReply(msgspec.Struct):
+    reply: str
+    latency_ms: int
+    latency_breakdown: LatencyBreakdown
+    request_id: str
+    sources: list[str]
+    """Addition to seed 004: external_ids of the knowledge the reply used."""
+
+
+class TurnView(msgspec.Struct):
+    at: datetime
+    message: str
+    reply: str
+    request_id: str
+    sources: list[str]
+
+
+class HistoryPage(msgspec.Struct):
+    user_id: str
+    items: list[TurnView]
+    total: int
+    limit: int
+    offset: int
+
+
+_decode_request = msgspec.json.Decoder(ConversationRequest).decode
+# Sorted keys: two payloads that differ only in key order or spacing are the same payload.
+_canonical = msgspec.json.Encoder(order="sorted").encode
+
+
+def parse(body: bytes) -> ConversationRequest:
+    try:
+        request = _decode_request(body)
+    except msgspec.ValidationError as exc:
+        text, _, where = str(exc).rpartition(" - at `$")
+        field = where.rstrip("`").lstrip(".") or "body"
+        raise ValidationFailed(f"{field}: {text or exc}", errors={field: [text]}) from None
+    except msgspec.DecodeError:
+        raise ValidationFailed("The body is not valid JSON.") from None
+    # Seed 004's rules between fields.
+    if request.message is None and request.image_b64 is None and request.voice_b64 is None:
+        raise ValidationFailed(
+            "At least one of message, image_b64 or voice_b64 is required.",
+            errors={"message": ["message, image_b64 or voice_b64 is required"]},
+        )
+    if request.image_mime is not None and request.image_b64 is None:
+        raise ValidationFailed(
+            "image_mime was sent without image_b64.",
+            errors={"image_mime": ["only allowed together with image_b64"]},
+        )
+    if request.image_b64 is not None and request.image_mime is None:
+        raise ValidationFailed(
+            "image_b64 needs image_mime.", errors={"image_mime": ["required with image_b64"]}
+        )
+    return request
+
+
+def turn_input(request: ConversationRequest, account_id: str, request_id: str) -> TurnInput:
+    image = None
+    if request.image_b64 is not None and request.image_mime is not None:
+        data = decode_base64("image_b64", request.image_b64)
+        check_image(data, request.image_mime)
+        image = Image(data=data, mime=request.image_mime)
+    if request.voice_b64 is not None:
+        decode_base64("voice_b64", request.voice_b64)
+        if request.message is None:
+            raise ValidationFailed(
+                "Voice-only requests need speech-to-text, which this server does not have "
+                "yet; send the text as message.",
+                errors={"voice_b64": ["not transcribed; send message"]},
+            )
+    return TurnInput(
+        account_id=account_id,
+        user_id=request.user_id,
+        message=request.message or "",
+        request_id=request_id,
+        image=image,
+        persona_changes=request.persona.changes() if request.persona else None,
+    )
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise ValidationFailed(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters.",
+            errors={"Idempotency-Key": [f"1..{MAX_KEY_LENGTH} characters"]},
+        )
+    return key
+
+
+async def conversation(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    request_id: str = request.state.request_id
+    payload = parse(await request.body())
+    turn = turn_input(payload, principal.account_id, request_id)
+    key = idempotency_key(request)
+    claim: Claim | None = None
+    if key is not None:
+        fingerprint = hashlib.sha256(_canonical(payload)).hexdigest()
+        claimed = await services.idempotency.claim(principal.account_id, key, fingerprint)
+        if isinstance(claimed, Outcome):
+            return Response(
+                claimed.body,
+                status_code=claimed.status,
+                media_type="application/json",
+                headers={"Idempotent-Replayed": "true"},
+            )
+        claim = claimed
+    try:
+        response = await _answer(services, turn, request.state.started)
+    except RapportError as error:
+        response = render(request.scope, error)
+    except BaseException:
+        if claim is not None:
+            await services.idempotency.settle(claim, None)
+        raise
+    if claim is not None:
+        outcome = Outcome(status=response.status_code, body=bytes(response.body).decode())
+        await services.idempotency.settle(claim, outcome)
+    return response
+
+
+async def _answer(services: Services, turn: TurnInput, started: float) -> Response:
+    await services.balance.spend(turn.account_id)
+    try:
+        done = await services.pool.run(lambda: services.turns.run(turn))
+    except BaseException:
+        await services.balance.refund(turn.account_id)
+        raise
+    total = round((time.perf_counter() - started) * 1000)
+    body = ConversationReply(
+        reply=done.result.text,
+        latency_ms=total,
+        latency_breakdown=LatencyBreakdown(
+            queue_latency_ms=round(done.timing.queue_ms),
+            worker_latency_ms=round(done.timing.worker_ms),
+            total_latency_ms=total,
+        ),
+        request_id=turn.request_id,
+        sources=done.result.sources,
+    )
+    return JSON(body)
+
+
+def user_id_of(request: Request) -> str:
+    user_id: str = request.path_params["user_id"]
+    if not 1 <= len(user_id) <= 128:
+        raise NotFound("No such user: user_id is 1 to 128 characters.")
+    return user_id
+
+
+def page_params(request: Request) -> tuple[int, int]:
+    errors: dict[str, list[str]] = {}
+    values = {}
+    for name, default, low, high in (("limit", 20, 1, 100), ("offset", 0, 0, 10**9)):
+        raw = request.query_params.get(name, str(default))
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            errors[name] = [f"an integer from {low} to {high}"]
+        else:
+            values[name] = int(raw)
+    if errors:
+        raise ValidationFailed("Bad paging parameters.", errors=errors)
+    return values["limit"], values["offset"]
+
+
+async def history(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    user_id = user_id_of(request)
+    limit, offset = page_params(request)
+    turns, total = await services.memory.history(
+        principal.account_id, user_id, limit=limit, offset=offset
+    )
+    items = [
+        TurnView(at=t.at, message=t.user, reply=t.reply, request_id=t.request_id, sources=t.sources)
+        for t in turns
+    ]
+    return JSON(HistoryPage(user_id=user_id, items=items, total=total, limit=limit, offset=offset))
+
+
+async def forget(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    await services.memory.forget(principal.account_id, user_id_of(request))
+    return Response(status_code=204)
+
+
+OPERATIONS = [
+    Operation(
+        "POST",
+        "/api/v1/conversation",
+        conversation,
+        "One turn of conversation: text, image or voice in; a grounded reply out (seed 004).",
+        "conversation",
+        ConversationReply,
+        request=ConversationRequest,
+        failures=(
+            Failure.VALIDATION_FAILED,
+            Failure.BODY_TOO_LARGE,
+            Failure.NO_REQUESTS,
+            Failure.IDEMPOTENCY_IN_FLIGHT,
+            Failure.IDEMPOTENCY_KEY_REUSED,
+            Failure.RATE_LIMITED,
+            Failure.RATE_LIMITED_IP,
+            Failure.QUEUE_UNAVAILABLE,
+            Failure.RATE_LIMITER_UNAVAILABLE,
+            Failure.IDEMPOTENCY_UNAVAILABLE,
+            Failure.UPSTREAM_FAILED,
+            Failure.UPSTREAM_TIMEOUT,
+        ),
+        body_limit=BODY_LIMIT,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/users/{user_id:path}/history",
+        history,
+        "One end user's stored turns, newest first; `limit` 1..100 (20), `offset`.",
+        "conversation",
+        HistoryPage,
+        failures=(Failure.VALIDATION_FAILED, Failure.RATE_LIMITED, Failure.RATE_LIMITED_IP),
+    ),
+    Operation(
+        "DELETE",
+        "/api/v1/users/{user_id:path}/memory",
+        forget,
+        "Forget an end user: their turns, summary and facts. 204 whether or not any existed.",
+        "conversation",
+        status=204,
+        failures=(Failure.RATE_LIMITED, Failure.RATE_LIMITED_IP),
+    ),
+]

@@ -1,0 +1,53 @@
+"""Replies from any OpenAI-compatible chat server (OpenAI, vLLM, llama.cpp, Ollama).
+
+Streaming chat completions through the ``openai`` client. ``max_tokens`` is sent rather
+than ``max_completion_tokens``, which several of those servers ignore. The client's own
+retries are off: a retry is the caller's decision (and the idempotency key's purpose).
+OpenAI errors become ours here, at the boundary: a timeout is ``upstream_timeout``, any
+other failure of the upstream ``upstream_error``.
+"""
+
+from __future__ import annotations
+
+import openai
+
+from engine.errors import UpstreamFailed, UpstreamTimeout
+from engine.prompt import build_messages
+from engine.replies import OnDelta, Reply, TurnContext
+
+
+class OpenAICompatible:
+    def __init__(
+        self, *, base_url: str, api_key: str, model: str, timeout: float, max_tokens: int
+    ) -> None:
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
+        )
+        self._model = model
+        self._max_tokens = max_tokens
+
+    async def reply(self, context: TurnContext, on_delta: OnDelta | None = None) -> Reply:
+        parts: list[str] = []
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self._model,
+                messages=build_messages(context),  # type: ignore[arg-type]
+                max_tokens=self._max_tokens,
+                stream=True,
+            )
+            async for chunk in stream:
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta.content
+                if delta:
+                    parts.append(delta)
+                    if on_delta is not None:
+                        await on_delta(delta)
+        except openai.APITimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        except openai.OpenAIError as exc:
+            raise UpstreamFailed() from exc
+        return Reply(text="".join(parts).strip(), sources=[s.external_id for s in context.snippets])
+
+    async def close(self) -> None:
+        await self._client.close()

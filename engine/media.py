@@ -1,0 +1,74 @@
+"""Image and voice payloads of the conversation API: base64, sizes, types (seed 004).
+
+Seed 004: images are image/jpeg, image/jpg, image/png or image/webp, about 5 MB decoded;
+voice is one of ten audio mimes, about 25 MB decoded. Rapport reads "MB" as MiB. Sizes are
+checked on the base64 text, before decoding, so an oversized payload costs no decoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Literal, get_args
+
+from engine.errors import ValidationFailed
+
+ImageMime = Literal["image/jpeg", "image/jpg", "image/png", "image/webp"]
+VoiceMime = Literal[
+    "audio/aac", "audio/m4a", "audio/mp3", "audio/mp4", "audio/mpeg",
+    "audio/ogg", "audio/opus", "audio/wav", "audio/webm", "audio/x-wav",
+]  # fmt: skip
+IMAGE_MIMES: tuple[str, ...] = get_args(ImageMime)
+VOICE_MIMES: tuple[str, ...] = get_args(VoiceMime)
+
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
+MAX_VOICE_BYTES = 25 * 1024 * 1024
+
+
+def base64_length(decoded_bytes: int) -> int:
+    """Length of the padded base64 text of ``decoded_bytes`` bytes (RFC 4648 §4)."""
+    return 4 * math.ceil(decoded_bytes / 3)
+
+
+MAX_IMAGE_B64 = base64_length(MAX_IMAGE_BYTES)
+MAX_VOICE_B64 = base64_length(MAX_VOICE_BYTES)
+
+
+def decode_base64(field: str, text: str) -> bytes:
+    if text.startswith("data:"):
+        raise ValidationFailed(
+            f"{field} must be plain base64, without the data: prefix.",
+            errors={field: ["starts with a data: URL prefix"]},
+        )
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationFailed(
+            f"{field} is not valid base64.", errors={field: ["broken base64"]}
+        ) from None
+    if not data:
+        raise ValidationFailed(f"{field} is empty.", errors={field: ["decodes to no bytes"]})
+    return data
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The image type the bytes really are, from their signature, or None."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def check_image(data: bytes, mime: str) -> None:
+    declared = "image/jpeg" if mime == "image/jpg" else mime
+    actual = sniff_image(data)
+    if actual != declared:
+        found = actual or "no supported image type"
+        raise ValidationFailed(
+            f"image_b64 is {found}, not {mime}.",
+            errors={"image_b64": [f"bytes are {found}, declared {mime}"]},
+        )

@@ -1,0 +1,311 @@
+"""Per-user memory: what one end user (``user_id``, seed 004's memory key) said before.
+
+Each (account, user_id) has two keys, both under the account's hash tag so a Lua script over
+them stays legal in Redis Cluster:
+
+- ``memory_turns``: a list of :class:`Turn` as msgspec JSON, oldest first, appended at the right;
+- ``memory_meta``: a hash with ``bytes`` (the total size of the JSON in the list), ``summary``
+  and ``facts`` (a JSON object of what the user told us about themselves, e.g. their name).
+
+Bounds. The stored turns of one user never exceed ``max_bytes`` once a ``remember`` returns:
+one script appends the turn, counts its bytes and pops the oldest turns while the total is
+over the bound, so concurrent calls for one user can neither lose a turn nor miscount. A turn
+larger than the whole bound is therefore stored and dropped at once (it still reaches the
+summary). The summary never exceeds ``summary_bytes`` (UTF-8), facts hold a handful of short
+values, so a user costs at most about ``max_bytes + summary_bytes`` in Redis.
+
+The summary is a deterministic digest, one line per turn that no longer fits, oldest first::
+
+    2025-01-31 user: My name is Ada. | reply: Nice to meet you, Ada!
+
+each line holds the first sentence of the user's message and of the reply, each clipped to
+``SENTENCE_BYTES``. When a new line would push the summary over ``summary_bytes``, whole lines
+are dropped from the front, so the oldest memories fade first and no multi-byte character is
+ever cut. It is deliberately dumb and needs no model: an LLM can refresh it later by
+rewriting the ``summary`` field in place (e.g. condensing it into a few newline-separated
+lines within ``summary_bytes``); later folds keep appending lines after whatever it wrote.
+
+Folding is a second step after the append: the append script returns the popped turns' JSON
+and Python turns them into lines, which a second script appends. If the process dies between
+the two, those turns are gone from both the list and the summary, and two concurrent calls that
+both trim may fold their lines in either order; both are acceptable for a lossy digest.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import msgspec
+import redis.asyncio as aioredis
+
+from engine import keyspace
+from engine.state import redis_boundary
+
+SENTENCE_BYTES = 200
+"""The most one sentence (of the user's message or of the reply) may take in a summary line."""
+ELLIPSIS = "…"
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True):
+    """One exchange: what the user said and what the persona replied."""
+
+    at: datetime
+    """When the turn happened, UTC (a naive value is taken as UTC when stored)."""
+    user: str
+    """What the user said: their text, or the transcript of their voice message."""
+    reply: str
+    request_id: str
+    sources: list[str] = msgspec.field(default_factory=list)
+    """external_ids of the knowledge documents the reply used."""
+
+
+class Memory(msgspec.Struct, frozen=True, kw_only=True):
+    summary: str
+    """Compact digest of older turns that no longer fit, at most ``summary_bytes``."""
+    facts: dict[str, str]
+    """What is known about the user, e.g. ``{"name": "Ada"}``."""
+    recent: list[Turn]
+    """The most recent turns, oldest first."""
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_turn = msgspec.json.Decoder(Turn).decode
+_decode_facts = msgspec.json.Decoder(dict[str, str]).decode
+
+# Append, count and trim in one step. KEYS: turns list, meta hash. ARGV: the turn's JSON, the
+# byte bound, and facts to merge as a JSON object ('' for none). Lua's # is a byte length,
+# which is what the bound is in. Facts are merged here too, so "a later statement replaces an
+# earlier one" follows the order in which turns were stored. Returns the popped turns' JSON.
+_REMEMBER = """
+local bound = tonumber(ARGV[2])
+redis.call('RPUSH', KEYS[1], ARGV[1])
+local total = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
+local trimmed = {}
+while total > bound do
+  local oldest = redis.call('LPOP', KEYS[1])
+  if not oldest then
+    redis.call('HSET', KEYS[2], 'bytes', 0)
+    break
+  end
+  total = redis.call('HINCRBY', KEYS[2], 'bytes', -#oldest)
+  trimmed[#trimmed + 1] = oldest
+end
+if ARGV[3] ~= '' then
+  local facts = {}
+  local stored = redis.call('HGET', KEYS[2], 'facts')
+  if stored then facts = cjson.decode(stored) end
+  for name, value in pairs(cjson.decode(ARGV[3])) do facts[name] = value end
+  redis.call('HSET', KEYS[2], 'facts', cjson.encode(facts))
+end
+return trimmed
+"""
+
+# Append digest lines to the summary and drop whole lines from the front until it fits.
+# KEYS: meta hash. ARGV: the byte bound, then the lines (no newlines, each within the bound).
+# A meta hash that is gone was forgotten between the append and this fold: keep it gone.
+_FOLD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local bound = tonumber(ARGV[1])
+local lines = {}
+local current = redis.call('HGET', KEYS[1], 'summary')
+if current then
+  for line in string.gmatch(current, '[^\\n]+') do lines[#lines + 1] = line end
+end
+for i = 2, #ARGV do lines[#lines + 1] = ARGV[i] end
+local size = #lines - 1
+for i = 1, #lines do size = size + #lines[i] end
+local first = 1
+while size > bound and first <= #lines do
+  size = size - #lines[first] - 1
+  first = first + 1
+end
+redis.call('HSET', KEYS[1], 'summary', table.concat(lines, '\\n', first))
+return 1
+"""
+
+
+class MemoryStore:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        max_bytes: int = 262_144,
+        recent_turns: int = 12,
+        summary_bytes: int = 4096,
+    ) -> None:
+        if max_bytes < 1 or recent_turns < 1 or summary_bytes < 0:
+            raise ValueError("max_bytes and recent_turns must be >= 1, summary_bytes >= 0")
+        self._redis = redis
+        self._max_bytes = max_bytes
+        self._recent_turns = recent_turns
+        self._summary_bytes = summary_bytes
+        self._remember = redis.register_script(_REMEMBER)
+        self._fold = redis.register_script(_FOLD)
+
+    @redis_boundary
+    async def recall(self, account_id: str, user_id: str) -> Memory:
+        """The user's summary, facts and last ``recent_turns`` turns, read as one snapshot."""
+        keys = keyspace.AccountKeys(account_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(keys.memory_turns(user_id), -self._recent_turns, -1)
+            pipe.hmget(keys.memory_meta(user_id), ["summary", "facts"])
+            raws, (summary, facts) = await pipe.execute()
+        return Memory(
+            summary=summary or "",
+            facts=_decode_facts(facts) if facts else {},
+            recent=[_decode_turn(raw) for raw in raws],
+        )
+
+    @redis_boundary
+    async def remember(self, account_id: str, user_id: str, turn: Turn) -> None:
+        """Store one turn, learn facts from the user's words, fold what no longer fits."""
+        if turn.at.tzinfo is None:
+            turn = msgspec.structs.replace(turn, at=turn.at.replace(tzinfo=UTC))
+        elif turn.at.utcoffset():
+            turn = msgspec.structs.replace(turn, at=turn.at.astimezone(UTC))
+        facts = extract_facts(turn.user)
+        keys = keyspace.AccountKeys(account_id)
+        meta = keys.memory_meta(user_id)
+        trimmed = await self._remember(
+            keys=[keys.memory_turns(user_id), meta],
+            args=[_encode(turn), self._max_bytes, _encode(facts) if facts else ""],
+        )
+        if not trimmed or self._summary_bytes == 0:
+            return
+        lines = [digest(_decode_turn(raw), self._summary_bytes) for raw in trimmed]
+        lines = [line for line in lines if line]
+        if lines:
+            await self._fold(keys=[meta], args=[self._summary_bytes, *lines])
+
+    @redis_boundary
+    async def history(
+        self, account_id: str, user_id: str, *, limit: int, offset: int
+    ) -> tuple[list[Turn], int]:
+        """One page of the stored turns, newest first, and how many are stored in all."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        key = keyspace.AccountKeys(account_id).memory_turns(user_id)
+        if limit == 0:
+            return [], await self._redis.llen(key)
+        # Newest-first position i is list index -(i + 1); Redis clamps a start before the head.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, -(offset + limit), -(offset + 1))
+            pipe.llen(key)
+            raws, total = await pipe.execute()
+        return [_decode_turn(raw) for raw in reversed(raws)], total
+
+    @redis_boundary
+    async def forget(self, account_id: str, user_id: str) -> bool:
+        """Erase everything remembered about the user; True if there was anything."""
+        keys = keyspace.AccountKeys(account_id)
+        return bool(await self._redis.delete(keys.memory_turns(user_id), keys.memory_meta(user_id)))
+
+
+# --- the summary digest ---------------------------------------------------------------------
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s")
+_SPACE = re.compile(r"\s+")
+
+
+def digest(turn: Turn, budget: int) -> str:
+    """One summary line for a turn, at most ``budget`` UTF-8 bytes, with no newline in it."""
+    parts = [f"{turn.at.astimezone(UTC):%Y-%m-%d}"]
+    user, reply = first_sentence(turn.user), first_sentence(turn.reply)
+    if user:
+        parts.append(f"user: {clip(user, SENTENCE_BYTES)}")
+    if reply:
+        parts.append(("| " if user else "") + f"reply: {clip(reply, SENTENCE_BYTES)}")
+    if len(parts) == 1:
+        return ""
+    return clip(" ".join(parts), budget)
+
+
+def first_sentence(text: str) -> str:
+    """The text up to its first sentence end, on one line (a summary line holds no newline)."""
+    flat = _SPACE.sub(" ", text).strip()
+    return _SENTENCE_END.split(flat, maxsplit=1)[0]
+
+
+def clip(text: str, budget: int) -> str:
+    """``text`` within ``budget`` UTF-8 bytes, ending in an ellipsis when cut; a cut never falls
+    inside a multi-byte character."""
+    encoded = text.encode()
+    if len(encoded) <= budget:
+        return text
+    marker = ELLIPSIS if budget >= len(ELLIPSIS.encode()) else ""
+    room = budget - len(marker.encode())
+    # Dropping the bytes of a character cut in half: the input was valid UTF-8 up to there.
+    return encoded[:room].decode(errors="ignore").rstrip() + marker
+
+
+# --- facts ----------------------------------------------------------------------------------
+
+_APOSTROPHE = "['\u2019]"  # typed, and the typographic one phones insert
+# The ways people state their name. "name's" alone counts only where a clause starts ("Name's
+# Bond") or after "my", so "his name's Bob" is not about the user. Plain "I'm"/"I am" is never
+# a trigger: "I'm fine" and "I am tired" are not names.
+_NAME_TRIGGER = re.compile(
+    rf"\bmy\s+name\s+is\b"
+    rf"|\bmy\s+name{_APOSTROPHE}s\b"
+    rf"|(?:^|(?<=[.!?,;:(\"]))\s*name{_APOSTROPHE}s\b"
+    rf"|\bcall\s+me\b"
+    rf"|\bi(?:{_APOSTROPHE}m|\s+am)\s+called\b",
+    re.IGNORECASE,
+)
+# A word of a name: letters with inner apostrophes or hyphens (O'Neil, Ada-Mae); a word that
+# runs into digits or underscores is no name at all.
+_NAME_WORD = re.compile(rf"[^\W\d_]+(?:(?:{_APOSTROPHE}|-)[^\W\d_]+)*(?![\w'\u2019-])")
+_NEGATED = re.compile(rf"(?:\bnot|n{_APOSTROPHE}t|\bnever)(?:\s+\w+)?\s*$", re.IGNORECASE)
+# Words that follow a trigger without being a name ("call me back", "my name is not
+# important", "call me crazy") or that end one ("Ada and I ..."). Heuristic, kept small.
+_NOT_NAME_WORDS = """
+a an the and or but so because cause from by i im i'm i\u2019m not please too also btw here
+there now if since then though who which that at in on for to with as when while just
+actually really yeah yes no thanks thank is was are am be it you me my your his her their
+our back later tomorrow today tonight anytime whenever maybe sometime again soon anything
+whatever what something nothing everything everyone anyone upon out up down away off over
+about into crazy old-fashioned naive silly stupid paranoid lucky biased
+"""
+_NOT_NAME = frozenset(_NOT_NAME_WORDS.split())
+MAX_NAME_WORDS = 3
+_FIRST_WORD = re.compile(r"\s+")
+_NEXT_WORD = re.compile(r"[ \t]+")
+
+
+def extract_facts(text: str) -> dict[str, str]:
+    """Facts the user states about themselves in ``text``; today only ``name``.
+
+    The last statement in the text wins, as a later turn's replaces an earlier turn's.
+    """
+    name = None
+    for trigger in _NAME_TRIGGER.finditer(text):
+        if _NEGATED.search(text, 0, trigger.start()):
+            continue
+        found = _name_at(text, trigger.end())
+        if found:
+            name = found
+    return {"name": name} if name else {}
+
+
+def _name_at(text: str, position: int) -> str | None:
+    """The name that starts after a trigger ending at ``position``, if one does."""
+    words: list[str] = []
+    while len(words) < MAX_NAME_WORDS:
+        # Any space may precede the name; its words are separated by plain spaces only, so
+        # punctuation or a line break ends it.
+        gap = (_NEXT_WORD if words else _FIRST_WORD).match(text, position)
+        word = gap and _NAME_WORD.match(text, gap.end())
+        if not word or word.group().lower() in _NOT_NAME:
+            break
+        words.append(word.group())
+        position = word.end()
+    return " ".join(_title(word) for word in words) or None
+
+
+def _title(word: str) -> str:
+    """Title-case a word the user typed all in one case (ada, ADA → Ada; o'neil → O'Neil);
+    keep a mixed-case one as written (McDonald, DeShawn)."""
+    if not (word.islower() or word.isupper()):
+        return word
+    return re.sub(r"[^\W\d_]+", lambda part: part.group().capitalize(), word)

@@ -1,0 +1,69 @@
+"""The chat messages an LLM gets for one turn: persona, memory, knowledge, the user.
+
+Knowledge snippets carry their document ids so the model can say what it used; the system
+message asks it to answer only from them, and to say so when they do not cover a question.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.personas import Persona
+from engine.replies import TurnContext
+
+
+def persona_lines(persona: Persona) -> list[str]:
+    lines = [f"You are {persona.name}."]
+    if persona.role:
+        lines.append(persona.role)
+    traits = []
+    if persona.age is not None:
+        traits.append(f"age {persona.age}")
+    if persona.gender is not None:
+        traits.append(persona.gender)
+    if persona.zodiac is not None:
+        traits.append(f"zodiac {persona.zodiac}")
+    traits.append(persona.sociality)
+    if persona.archetypes:
+        traits.append("archetypes " + ", ".join(persona.archetypes))
+    t = persona.temperament
+    weights = {
+        "sanguine": t.sanguine,
+        "choleric": t.choleric,
+        "phlegmatic": t.phlegmatic,
+        "melancholic": t.melancholic,
+    }
+    leading = max(weights, key=weights.__getitem__)
+    traits.append(f"mostly {leading} in temperament")
+    lines.append("Your style: " + "; ".join(traits) + ".")
+    return lines
+
+
+def build_messages(context: TurnContext) -> list[dict[str, Any]]:
+    system = persona_lines(context.persona)
+    memory = context.memory
+    if memory.facts:
+        known = ", ".join(f"{k}: {v}" for k, v in sorted(memory.facts.items()))
+        system.append(f"What you know about the user: {known}.")
+    if memory.summary:
+        system.append(f"Earlier conversation, summarised: {memory.summary}")
+    if context.snippets:
+        system.append(
+            "Answer from this knowledge only, and say plainly when it does not cover the "
+            "question. Each piece starts with its document id in brackets:"
+        )
+        system.extend(f"[{s.external_id}] {s.text}" for s in context.snippets)
+    else:
+        system.append(
+            "No knowledge base entry matches this message: do not invent facts; say plainly "
+            "that you do not have that information."
+        )
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "\n".join(system)}]
+    for turn in memory.recent:
+        messages.append({"role": "user", "content": turn.user})
+        messages.append({"role": "assistant", "content": turn.reply})
+    text = context.message
+    if context.voice_context:
+        text += f"\n\n(The user also sent a voice note saying: {context.voice_context})"
+    messages.append({"role": "user", "content": text})
+    return messages

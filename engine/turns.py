@@ -1,0 +1,83 @@
+"""One conversation turn: persona, memory and knowledge in; a reply, remembered, out.
+
+Transport-free: the HTTP route and the WebSocket session both call :meth:`TurnPipeline.run`
+and differ only in whether they pass ``on_delta`` to stream the reply.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+
+from engine.accounts import AccountStore
+from engine.errors import InternalError
+from engine.memory import MemoryStore, Turn
+from engine.personas import Persona, PersonaStore
+from engine.replies import Image, OnDelta, Reply, ReplyBackend, Retriever, TurnContext
+
+KNOWLEDGE_K = 5
+
+
+class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
+    account_id: str
+    user_id: str
+    message: str
+    request_id: str
+    image: Image | None = None
+    voice_context: str | None = None
+    persona_changes: dict[str, object] | None = None
+    """Seed 004's ``persona`` object: merged into the account's default persona first."""
+
+
+class TurnPipeline:
+    def __init__(
+        self,
+        *,
+        accounts: AccountStore,
+        personas: PersonaStore,
+        memory: MemoryStore,
+        retriever: Retriever,
+        backend: ReplyBackend,
+    ) -> None:
+        self._accounts = accounts
+        self._personas = personas
+        self._memory = memory
+        self._retriever = retriever
+        self._backend = backend
+
+    async def default_persona(self, account_id: str) -> Persona:
+        account = await self._accounts.get(account_id)
+        if account.default_persona_id is None:
+            raise InternalError(f"Account {account_id} has no default persona.")
+        return await self._personas.get(account_id, account.default_persona_id)
+
+    async def run(self, turn: TurnInput, on_delta: OnDelta | None = None) -> Reply:
+        persona = await self.default_persona(turn.account_id)
+        if turn.persona_changes:
+            persona = await self._personas.merge(turn.account_id, persona.id, turn.persona_changes)
+        memory = await self._memory.recall(turn.account_id, turn.user_id)
+        snippets = await self._retriever.retrieve(
+            turn.account_id, persona.id, turn.message, KNOWLEDGE_K
+        )
+        context = TurnContext(
+            persona=persona,
+            memory=memory,
+            message=turn.message,
+            snippets=snippets,
+            image=turn.image,
+            voice_context=turn.voice_context,
+        )
+        reply = await self._backend.reply(context, on_delta)
+        await self._memory.remember(
+            turn.account_id,
+            turn.user_id,
+            Turn(
+                at=datetime.now(UTC),
+                user=turn.message,
+                reply=reply.text,
+                request_id=turn.request_id,
+                sources=reply.sources,
+            ),
+        )
+        return reply

@@ -1,0 +1,348 @@
+"""A fake OpenAI-compatible chat server: the one stand-in the tests allow for the LLM.
+
+Run it with ``python -m tests.fake_openai --port N``, or from a test through ``FakeOpenAI``,
+which starts it as a subprocess on a free loopback port. It speaks the wire format of
+``POST /v1/chat/completions`` (streamed and not) and ``GET /v1/models``; its behaviour is set
+through ``POST /_control/configure`` and the chat request bodies it received are read back
+from ``GET /_control/calls``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MODEL = "fake-model"
+DEFAULT_REPLY = "This is the fake model speaking."
+ERROR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+@dataclasses.dataclass
+class Behaviour:
+    reply: str = DEFAULT_REPLY
+    echo: bool = False
+    delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    status: int | None = None
+    # None: every call answers `status`; N: only the next N calls do.
+    fail_times: int | None = None
+    stall_after_chunks: int | None = None
+
+
+class State:
+    def __init__(self) -> None:
+        self.behaviour = Behaviour()
+        self.calls: list[dict[str, Any]] = []
+        self.open_streams = 0
+
+
+state = State()
+
+
+def error(status: int, message: str) -> JSONResponse:
+    kind, code = ERROR_TYPES.get(status, ("server_error", None))
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status_code=status)
+
+
+def authorized(request: Request) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and bool(token.strip())
+
+
+async def client_left_during(request: Request, seconds: float | None) -> bool:
+    """Sleep ``seconds`` (None: forever); True as soon as the client disconnects instead."""
+
+    # The body has been read, so the next message the server hands us is the disconnect.
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    try:
+        await asyncio.wait_for(disconnect(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def reply_for(body: dict[str, Any], behaviour: Behaviour) -> str:
+    if not behaviour.echo:
+        return behaviour.reply
+    users = [m for m in body.get("messages", []) if isinstance(m, dict) and m.get("role") == "user"]
+    return "echo: " + (message_text(users[-1]) if users else "")
+
+
+def should_fail(behaviour: Behaviour) -> bool:
+    if behaviour.status is None and behaviour.fail_times is None:
+        return False
+    if behaviour.fail_times is None:
+        return True
+    if behaviour.fail_times <= 0:
+        return False
+    behaviour.fail_times -= 1
+    return True
+
+
+async def chat_completions(request: Request) -> Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return error(400, "We could not parse the JSON body of your request.")
+    if not isinstance(body, dict):
+        return error(400, "The request body must be a JSON object.")
+    state.calls.append(body)
+    behaviour = state.behaviour
+
+    if not authorized(request):
+        return error(401, "You didn't provide an API key.")
+    if behaviour.delay_s and await client_left_during(request, behaviour.delay_s):
+        return Response(status_code=499)
+    if should_fail(behaviour):
+        status = behaviour.status or 500
+        return error(status, f"The fake server was configured to answer {status}.")
+
+    model = str(body.get("model") or MODEL)
+    words = reply_for(body, behaviour).split()
+    if body.get("stream"):
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(
+            stream(model, words, behaviour, usage(body, words) if include_usage else None),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache"},
+        )
+    if behaviour.stall_after_chunks is not None:
+        await client_left_during(request, None)
+        return Response(status_code=499)
+    return JSONResponse(
+        {
+            "id": completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": " ".join(words)},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage(body, words),
+        }
+    )
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage(body: dict[str, Any], words: list[str]) -> dict[str, int]:
+    messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
+    prompt = sum(len(message_text(m).split()) for m in messages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(words),
+        "total_tokens": prompt + len(words),
+    }
+
+
+async def stream(
+    model: str, words: list[str], behaviour: Behaviour, final_usage: dict[str, int] | None
+) -> AsyncIterator[str]:
+    cid, created = completion_id(), int(time.time())
+
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        data: dict[str, Any] = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [choice],
+        }
+        if final_usage is not None:
+            data["usage"] = None
+        return f"data: {json.dumps(data)}\n\n"
+
+    state.open_streams += 1
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        for i, word in enumerate(words):
+            if i == behaviour.stall_after_chunks:
+                # Starlette cancels this generator when the client disconnects.
+                await asyncio.Event().wait()
+            if behaviour.chunk_delay_s:
+                await asyncio.sleep(behaviour.chunk_delay_s)
+            # Like real tokens, every word but the first carries its leading space.
+            yield chunk({"content": word if i == 0 else " " + word})
+        if behaviour.stall_after_chunks is not None and behaviour.stall_after_chunks >= len(words):
+            await asyncio.Event().wait()
+        yield chunk({}, "stop")
+        if final_usage is not None:
+            data = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": final_usage,
+            }
+            yield f"data: {json.dumps(data)}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        state.open_streams -= 1
+
+
+async def models(request: Request) -> JSONResponse:
+    if not authorized(request):
+        return error(401, "You didn't provide an API key.")
+    model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "rapport-tests"}
+    return JSONResponse({"object": "list", "data": [model]})
+
+
+async def configure(request: Request) -> JSONResponse:
+    try:
+        settings = await request.json()
+        state.behaviour = dataclasses.replace(state.behaviour, **settings)
+    except (ValueError, TypeError) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    return JSONResponse(dataclasses.asdict(state.behaviour))
+
+
+async def calls(request: Request) -> JSONResponse:
+    return JSONResponse({"calls": state.calls, "open_streams": state.open_streams})
+
+
+async def reset(request: Request) -> JSONResponse:
+    state.behaviour = Behaviour()
+    state.calls = []
+    return JSONResponse(dataclasses.asdict(state.behaviour))
+
+
+app = Starlette(
+    routes=[
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/_control/configure", configure, methods=["POST"]),
+        Route("/_control/calls", calls, methods=["GET"]),
+        Route("/_control/reset", reset, methods=["POST"]),
+    ]
+)
+
+
+class FakeOpenAI:
+    """The fake server in a subprocess on a free loopback port, stopped by its own pid."""
+
+    def __init__(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.url}/v1"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 15) -> FakeOpenAI:
+        # Only a failed start needs the server's stderr; the child keeps its own handle.
+        with tempfile.TemporaryFile() as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.fake_openai", "--port", str(self.port)],
+                cwd=Path(__file__).resolve().parent.parent,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+            deadline = time.monotonic() + timeout
+            while not self._answers():
+                if self.process.poll() is not None:
+                    stderr.seek(0)
+                    raise RuntimeError(f"fake_openai exited:\n{stderr.read().decode()}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"fake_openai did not answer on port {self.port}")
+                time.sleep(0.05)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/_control/calls", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _control(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = httpx.request(method, f"{self.url}/_control/{path}", timeout=5, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def configure(self, **behaviour: Any) -> dict[str, Any]:
+        """Change the given settings, keep the others; returns the whole behaviour now."""
+        return self._control("POST", "configure", json=behaviour)
+
+    def reset(self) -> None:
+        """Default behaviour and no recorded calls."""
+        self._control("POST", "reset")
+
+    def calls(self) -> list[dict[str, Any]]:
+        return self._control("GET", "calls")["calls"]
+
+    def open_streams(self) -> int:
+        """Streamed responses still being written; 0 once every client is done or gone."""
+        return self._control("GET", "calls")["open_streams"]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A fake OpenAI-compatible chat server.")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    # Stalled streams never end by themselves, so shutdown must not wait long for them.
+    uvicorn.run(
+        app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=1
+    )
+
+
+if __name__ == "__main__":
+    main()
