@@ -17,6 +17,12 @@ ACCOUNT_NAMES = f"{PREFIX}:account_names"
 """Hash: account name -> account id (names are unique)."""
 
 
+KB_QUEUE = f"{PREFIX}:kb:queue"
+"""List: documents waiting to be processed, as ``account\x00external_id\x00generation``."""
+KB_LEASES = f"{PREFIX}:kb:leases"
+"""Sorted set: jobs being processed, scored by the time their lease runs out."""
+
+
 def api_key(lookup: str) -> str:
     """Hash of one issued key, found by its public lookup prefix: account, slot, digest."""
     return f"{PREFIX}:apikey:{lookup}"
@@ -62,6 +68,32 @@ class AccountKeys:
     def memory_meta(self, user_id: str) -> str:
         """Hash: one end user's summary, known facts and byte count of the turns list."""
         return f"{self.base}:user:{_segment(user_id)}:meta"
+
+    def doc(self, external_id: str) -> str:
+        """String: one knowledge document's record (msgspec JSON)."""
+        return f"{self.base}:doc:{_segment(external_id)}"
+
+    def doc_content(self, external_id: str) -> str:
+        """String: a document's content (base64) until a worker has processed it."""
+        return f"{self.base}:doc:{_segment(external_id)}:content"
+
+    def doc_personas(self, external_id: str) -> str:
+        """Set: ids of the personas that have this document active."""
+        return f"{self.base}:doc:{_segment(external_id)}:personas"
+
+    @property
+    def docs(self) -> str:
+        """Hash: external_id -> the document's listing row (msgspec JSON)."""
+        return f"{self.base}:docs"
+
+    @property
+    def docs_version(self) -> str:
+        """String (integer): bumped by every change to ``docs``, so caches know to reload."""
+        return f"{self.base}:docs:version"
+
+    def persona_docs(self, persona_id: str) -> str:
+        """Set: external_ids active for one persona."""
+        return f"{self.base}:persona:{persona_id}:docs"
 
     @property
     def persona_names(self) -> str:
