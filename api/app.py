@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from api import conversation, docs, subscription, system
+from api import conversation, docs, knowledge, subscription, system
 from api.auth import ApiKeyAuth
 from api.bodylimit import DeclaredBodyLimit
 from api.logs import configure
@@ -37,6 +38,7 @@ OPERATIONS: list[Operation] = [
     *docs.OPERATIONS,
     *subscription.OPERATIONS,
     *conversation.OPERATIONS,
+    *knowledge.OPERATIONS,
 ]
 
 
@@ -68,9 +70,13 @@ def create_app(settings: Settings) -> ASGIApp:
         except UnavailableError:
             log.warning("Chroma is not reachable yet; /readyz reports it until it is")
         log.info("ready on http://%s:%d", settings.host, settings.port)
+        stop = asyncio.Event()
+        processing = asyncio.create_task(services.processor.run(stop))
         try:
             yield {"services": services}
         finally:
+            stop.set()
+            await processing
             await services.close()
             if embedded is not None:
                 embedded.close()

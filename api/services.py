@@ -21,8 +21,14 @@ from engine.responder import EmbeddedResponder
 from engine.state import redis_boundary
 from engine.turns import TurnPipeline
 from engine.workers import WorkerPool
+from kb.activation import Activations
+from kb.documents import DocumentStore
+from kb.embedder import Embedder, shared_embedder
 from kb.index import VectorIndex
-from kb.retrieval import NoKnowledgeYet
+from kb.ingest import Ingest
+from kb.queue import ProcessingQueue
+from kb.retrieval import KnowledgeRetriever
+from kb.worker import Processor
 
 # An in-flight idempotency claim outlives the longest turn by this much before it lapses.
 CLAIM_MARGIN_SECONDS = 30
@@ -44,6 +50,12 @@ class Services:
     backend: ReplyBackend = field(init=False)
     pool: WorkerPool = field(init=False)
     turns: TurnPipeline = field(init=False)
+    docs: DocumentStore = field(init=False)
+    queue: ProcessingQueue = field(init=False)
+    ingest: Ingest = field(init=False)
+    activations: Activations = field(init=False)
+    embedder: Embedder = field(init=False)
+    processor: Processor = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -72,11 +84,28 @@ class Services:
             queue_size=settings.turn_queue,
             deadline=settings.llm_timeout,
         )
+        self.docs = DocumentStore(self.redis)
+        self.queue = ProcessingQueue(self.redis, lease_seconds=settings.kb_lease_seconds)
+        self.ingest = Ingest(self.docs, self.accounts, self.queue)
+        self.activations = Activations(self.redis)
+        self.embedder = shared_embedder()
+        self.processor = Processor(
+            docs=self.docs,
+            queue=self.queue,
+            index=self.index,
+            embedder=self.embedder,
+            max_pages=settings.kb_max_pages,
+        )
         self.turns = TurnPipeline(
             accounts=self.accounts,
             personas=self.personas,
             memory=self.memory,
-            retriever=NoKnowledgeYet(),
+            retriever=KnowledgeRetriever(
+                activations=self.activations,
+                docs=self.docs,
+                index=self.index,
+                embedder=self.embedder,
+            ),
             backend=self.backend,
         )
 

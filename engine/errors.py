@@ -20,9 +20,14 @@ Exception tree, grouped by cause::
     │   ├── BodyTooLarge
     │   ├── Conflict
     │   ├── IdempotencyInFlight
-    │   └── IdempotencyKeyReused
+    │   ├── IdempotencyKeyReused
+    │   ├── InvalidSignature         an upload's bytes are not its declared type
+    │   ├── UnsupportedType
+    │   ├── FileTooLarge
+    │   └── PageLimitExceeded
     ├── LimitError                   the account or client used up an allowance
     │   ├── NoRequests               request balance at zero
+    │   ├── KnowledgeQuotaExceeded   knowledge or storage units
     │   ├── RateLimited              per API key
     │   └── RateLimitedIp            per client IP
     ├── UnavailableError             a component we depend on is down; retry later
@@ -83,6 +88,20 @@ class Failure(Row, enum.Enum):
         "idempotency_key_reused_with_different_payload",
         "Idempotency key reused with a different payload",
         1008,
+    )
+    # Seed 000's upload errors and its knowledge quota code.
+    INVALID_SIGNATURE = Row(
+        400, "upload.invalid_signature", "invalid_signature", "Invalid file signature", 1008
+    )
+    UNSUPPORTED_TYPE = Row(
+        415, "upload.unsupported_type", "unsupported_type", "Unsupported file type", 1008
+    )
+    FILE_TOO_LARGE = Row(413, "upload.file_too_large", "file_too_large", "File too large", 1009)
+    PAGE_LIMIT_EXCEEDED = Row(
+        413, "upload.page_limit_exceeded", "page_limit_exceeded", "Page limit exceeded", 1008
+    )
+    KNOWLEDGE_QUOTA_EXCEEDED = Row(
+        402, "knowledge.quota_exceeded", "knowledge_quota_exceeded", "Quota exceeded", 1008
     )
     NO_REQUESTS = Row(
         402, "limits.quota_exceeded", "no_requests", "Request balance exhausted", 1008
@@ -196,8 +215,33 @@ class IdempotencyKeyReused(RequestError):
     default_message = "This Idempotency-Key was used with a different payload."
 
 
+class InvalidSignature(RequestError):
+    failure = Failure.INVALID_SIGNATURE
+    default_message = "The file's content does not match its declared type."
+
+
+class UnsupportedType(RequestError):
+    failure = Failure.UNSUPPORTED_TYPE
+    default_message = "This file type is not accepted here: send txt, md, html, pdf or docx."
+
+
+class FileTooLarge(RequestError):
+    failure = Failure.FILE_TOO_LARGE
+    default_message = "The file is larger than this endpoint accepts."
+
+
+class PageLimitExceeded(RequestError):
+    failure = Failure.PAGE_LIMIT_EXCEEDED
+    default_message = "The document has more pages than can be ingested; split it."
+
+
 class LimitError(RapportError):
     pass
+
+
+class KnowledgeQuotaExceeded(LimitError):
+    failure = Failure.KNOWLEDGE_QUOTA_EXCEEDED
+    default_message = "The account's knowledge or storage quota would be exceeded."
 
 
 class NoRequests(LimitError):

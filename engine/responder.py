@@ -18,7 +18,11 @@ SENTENCE = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_SENTENCES = 2
 MIN_OVERLAP = 0.1
-"""A snippet sentence sharing less of the message's words than this is not an answer."""
+"""A snippet sentence sharing less of the message's words than this is not an answer..."""
+CLOSE_MEANING = 0.45
+"""...unless its snippet is this similar in meaning to the message (cosine), in which case
+the snippet's first sentence answers even with no word in common."""
+SUFFIXES = ("ments", "ment", "ings", "ing", "ies", "ed", "es", "s")
 
 # Words too common to show that a sentence is about the question.
 STOPWORDS = frozenset(
@@ -53,8 +57,16 @@ NO_ANSWER = {
 NO_IMAGES = "I can't look at images, so I can only go by what you write. "
 
 
+def stem(word: str) -> str:
+    """A light suffix strip, so "pay", "pays" and "payment" meet."""
+    for suffix in SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
 def words(text: str) -> set[str]:
-    return {w for w in (m.lower() for m in WORD.findall(text)) if w not in STOPWORDS}
+    return {stem(w) for w in (m.lower() for m in WORD.findall(text)) if w not in STOPWORDS}
 
 
 def leading_temperament(persona: Persona) -> str:
@@ -78,7 +90,7 @@ def best_sentences(message: str, snippets: list[Snippet]) -> list[tuple[str, str
     for rank, snippet in enumerate(snippets):
         for position, sentence in enumerate(SENTENCE.split(snippet.text.strip())):
             overlap = len(asked & words(sentence)) / len(asked)
-            if overlap >= MIN_OVERLAP:
+            if overlap >= MIN_OVERLAP or (position == 0 and snippet.score >= CLOSE_MEANING):
                 score = overlap + snippet.score
                 scored.append((-score, rank, position, sentence, snippet.external_id))
     picked = sorted(scored)[:MAX_SENTENCES]

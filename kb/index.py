@@ -8,15 +8,23 @@ until then the index reports :class:`~engine.errors.IndexUnavailable`.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 import chromadb
+import msgspec
+import numpy as np
 from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 
 from engine.config import Settings
 from engine.errors import IndexUnavailable
+from kb.embedder import MiniLMEmbeddingFunction
+
+T = TypeVar("T")
 
 # Telemetry would try to reach the internet, which neither we nor many users have.
 _CHROMA_SETTINGS = ChromaSettings(anonymized_telemetry=False)
@@ -26,6 +34,7 @@ class VectorIndex:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: ClientAPI | None = None
+        self._collections: dict[str, Collection] = {}
         self._lock = threading.Lock()
 
     def _open(self) -> ClientAPI:
@@ -51,9 +60,81 @@ class VectorIndex:
 
     async def ping(self) -> None:
         """Raise IndexUnavailable unless Chroma answers a heartbeat."""
+        await self._call(self._heartbeat)
+
+    async def _call(self, work: Callable[[], T]) -> T:
+        """Run a Chroma call in a thread; any failure of Chroma becomes IndexUnavailable."""
         try:
-            await anyio.to_thread.run_sync(self._heartbeat)
-        except Exception as exc:  # any failure to reach Chroma means "not ready"
+            return await anyio.to_thread.run_sync(work)
+        except Exception as exc:
             if self._settings.chroma_url is not None:
                 self._client = None  # dial again next time
+                self._collections.clear()
             raise IndexUnavailable() from exc
+
+    def _collection(self, account_id: str) -> Collection:
+        # One collection per account (DESIGN.md). Naming our embedding function stores it
+        # in the collection's configuration, so the collection reopens with it offline.
+        found = self._collections.get(account_id)
+        if found is None:
+            found = self._open().get_or_create_collection(
+                collection_name(account_id),
+                embedding_function=MiniLMEmbeddingFunction(),  # type: ignore[arg-type]
+                configuration={"hnsw": {"space": "cosine"}},
+            )
+            self._collections[account_id] = found
+        return found
+
+    async def add(
+        self,
+        account_id: str,
+        ids: list[str],
+        vectors: np.ndarray,
+        texts: list[str],
+        metadatas: list[dict[str, Any]],
+    ) -> None:
+        def work() -> None:
+            self._collection(account_id).upsert(
+                ids=ids,
+                embeddings=vectors,
+                documents=texts,
+                metadatas=metadatas,  # type: ignore[arg-type]
+            )
+
+        await self._call(work)
+
+    async def delete(self, account_id: str, where: dict[str, Any]) -> None:
+        await self._call(lambda: self._collection(account_id).delete(where=where))  # type: ignore[arg-type]
+
+    async def query(
+        self, account_id: str, vector: np.ndarray, k: int, chunk_tags: list[str]
+    ) -> list[Hit]:
+        """The ``k`` nearest chunks among those tagged with one of ``chunk_tags``."""
+
+        def work() -> list[Hit]:
+            found = self._collection(account_id).query(
+                query_embeddings=[vector],  # type: ignore[list-item]
+                n_results=k,
+                where={"doc_gen": {"$in": chunk_tags}},  # type: ignore[dict-item]
+                include=["documents", "metadatas", "distances"],
+            )
+            documents = (found["documents"] or [[]])[0]
+            metadatas = (found["metadatas"] or [[]])[0]
+            distances = (found["distances"] or [[]])[0]
+            return [
+                Hit(external_id=str(meta["external_id"]), text=text, score=1.0 - float(dist))
+                for text, meta, dist in zip(documents, metadatas, distances, strict=True)
+            ]
+
+        return await self._call(work)
+
+
+class Hit(msgspec.Struct, frozen=True):
+    external_id: str
+    text: str
+    score: float
+    """Cosine similarity of the chunk to the query, 1 = same direction."""
+
+
+def collection_name(account_id: str) -> str:
+    return f"acct-{account_id}"

@@ -1,14 +1,43 @@
 """Retrieval for the turn pipeline (the ``engine.replies.Retriever`` protocol).
 
-The knowledge documents API and its Chroma index come next; until they do, no persona has
-any active document, and this is the whole truth of what a retriever can return.
+Only documents that are active for the persona and have a live (fully indexed) generation
+are searched: staged, pending-for-the-first-time and failed documents are invisible, and
+so is every other account's collection.
 """
 
 from __future__ import annotations
 
+import anyio.to_thread
+
 from engine.replies import Snippet
+from kb.activation import Activations
+from kb.documents import DocumentStore
+from kb.embedder import Embedder
+from kb.index import VectorIndex
 
 
-class NoKnowledgeYet:
+class KnowledgeRetriever:
+    def __init__(
+        self,
+        *,
+        activations: Activations,
+        docs: DocumentStore,
+        index: VectorIndex,
+        embedder: Embedder,
+    ) -> None:
+        self._activations = activations
+        self._docs = docs
+        self._index = index
+        self._embedder = embedder
+
     async def retrieve(self, account_id: str, persona_id: str, query: str, k: int) -> list[Snippet]:
-        return []
+        if not query.strip():
+            return []
+        active = await self._activations.active(account_id, persona_id)
+        docs = await self._docs.get_many(account_id, active)
+        tags = [d.chunk_tag(d.live_generation) for d in docs if d and d.live_generation]
+        if not tags:
+            return []
+        vectors = await anyio.to_thread.run_sync(self._embedder.embed, [query])
+        hits = await self._index.query(account_id, vectors[0], k, tags)
+        return [Snippet(external_id=h.external_id, text=h.text, score=h.score) for h in hits]

@@ -1,0 +1,354 @@
+"""The knowledge documents API (seeds 000 and 001), keyed by external_id."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.operations import Operation
+from api.responses import JSON
+from api.services import Services
+from engine.apikeys import Principal
+from engine.errors import Failure, NotFound, ValidationFailed
+from kb.documents import (
+    EXTERNAL_ID,
+    ContentType,
+    Document,
+    DocWarning,
+    ImageEntry,
+    LinkEntry,
+    Row,
+    Status,
+)
+from kb.ingest import Incoming, Outcome
+
+ExternalId = Annotated[str, msgspec.Meta(pattern=EXTERNAL_ID.pattern)]
+MAX_BATCH = 100  # seed 000: "Accepts up to 100 documents per call"
+MAX_TEXT = 1_000_000
+"""Characters of one text document sent as JSON; larger ones go through file upload."""
+BATCH_BODY_LIMIT = 16 * 1024 * 1024
+TextType = Literal["txt", "md", "html"]
+Tag = Annotated[str, msgspec.Meta(max_length=128)]
+SortBy = Literal[
+    "created_at", "file_name", "label", "processing_status", "knowledge_units", "storage_units"
+]
+
+
+class TextDocument(msgspec.Struct, forbid_unknown_fields=True):
+    """One item of the batch, or the body of the single upsert.
+
+    Also accepts seed 004's KB JSON entries (``id``, ``text``, ``category``, ``tags``):
+    ``id`` is the external_id, ``category`` the label, and the tags become keywords that
+    are embedded with every chunk, so questions phrased like a tag find the entry.
+    """
+
+    external_id: ExternalId | None = None
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)] | None = None
+    label: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    content_type: TextType = "txt"
+    id: ExternalId | None = None
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)] | None = None
+    category: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    tags: Annotated[list[Tag], msgspec.Meta(max_length=64)] | None = None
+
+    def incoming(self, external_id: str | None = None) -> Incoming:
+        eid = external_id or self.external_id or self.id
+        if eid is None:
+            raise ValidationFailed("external_id is required.", errors={"external_id": ["required"]})
+        body = self.content if self.content is not None else self.text
+        if body is None:
+            raise ValidationFailed("content is required.", errors={"content": ["required"]})
+        return Incoming(
+            external_id=eid,
+            data=body.encode(),
+            content_type=self.content_type,
+            label=self.label if self.label is not None else self.category,
+            keywords=tuple(self.tags or ()),
+        )
+
+
+class Batch(msgspec.Struct, forbid_unknown_fields=True):
+    items: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class ItemResult(msgspec.Struct, omit_defaults=True):
+    external_id: str | None
+    status: Literal["created", "updated", "no_op", "failed"]
+    error: str | None = None
+    """Addition to seed 000: why an item failed."""
+
+
+class BatchResult(msgspec.Struct):
+    created: int
+    updated: int
+    no_op: int
+    failed: int
+    results: list[ItemResult]
+
+
+class SingleResult(msgspec.Struct):
+    external_id: str
+    status: Literal["created", "updated", "no_op"]
+    re_embedded: bool
+
+
+class DocView(msgspec.Struct):
+    """Seed 001's KnowledgeDocPublicDto, field for field."""
+
+    external_id: str | None
+    label: str | None
+    original_file_name: str | None
+    content_type: ContentType | None
+    content_size_bytes: int
+    estimated_knowledge_units: float
+    estimated_storage_units: float
+    knowledge_units: float | None
+    storage_units: float | None
+    processing_status: Status | None
+    processed_at: datetime | None
+    created_at: datetime
+    error_message: str | None
+    estimated_pages: int | None
+    actual_pages: int | None
+    has_extracted_text: bool
+    active_persona_count: int
+    preview_image_url: str | None
+    image_library: list[ImageEntry] | None
+    link_library: list[LinkEntry] | None
+    warnings: list[DocWarning] | None
+
+
+class DocPage(msgspec.Struct):
+    items: list[DocView] | None
+    total_count: int
+
+
+class Queued(msgspec.Struct):
+    queued: int
+
+
+_decode_batch = msgspec.json.Decoder(Batch).decode
+_decode_text = msgspec.json.Decoder(TextDocument).decode
+
+
+def view(doc: Document, active_personas: int) -> DocView:
+    return DocView(
+        external_id=doc.external_id,
+        label=doc.label,
+        original_file_name=doc.original_file_name,
+        content_type=doc.content_type,
+        content_size_bytes=doc.content_size_bytes,
+        estimated_knowledge_units=doc.estimated_knowledge_units,
+        estimated_storage_units=doc.estimated_storage_units,
+        knowledge_units=doc.knowledge_units,
+        storage_units=doc.storage_units,
+        processing_status=doc.processing_status,
+        processed_at=doc.processed_at,
+        created_at=doc.created_at,
+        error_message=doc.error_message,
+        estimated_pages=doc.estimated_pages,
+        actual_pages=doc.actual_pages,
+        has_extracted_text=doc.has_extracted_text,
+        active_persona_count=active_personas,
+        preview_image_url=doc.preview_image_url,
+        image_library=doc.image_library,
+        link_library=doc.link_library,
+        warnings=doc.warnings,
+    )
+
+
+def invalid(exc: msgspec.MsgspecError, prefix: str = "") -> ValidationFailed:
+    text, _, where = str(exc).rpartition(" - at `$")
+    field = prefix + (where.rstrip("`").lstrip(".") or "body")
+    return ValidationFailed(f"{field}: {text or exc}", errors={field: [text or str(exc)]})
+
+
+def external_id_of(request: Request) -> str:
+    external_id: str = request.path_params["external_id"]
+    if not EXTERNAL_ID.match(external_id):
+        raise ValidationFailed(
+            "external_id must match ^[A-Za-z0-9._:\\-]{1,128}$.",
+            errors={"external_id": ["must match ^[A-Za-z0-9._:\\-]{1,128}$"]},
+        )
+    return external_id
+
+
+async def upsert_batch(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    try:
+        batch = _decode_batch(await request.body())
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid(exc) from None
+    accepted: list[Incoming] = []
+    results: list[ItemResult | None] = []
+    seen: set[str] = set()
+    for position, raw in enumerate(batch.items):
+        try:
+            item = _decode_text(raw).incoming()
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            results.append(ItemResult(None, "failed", invalid(exc, f"items[{position}].").message))
+            continue
+        except ValidationFailed as exc:
+            results.append(ItemResult(None, "failed", exc.message))
+            continue
+        if item.external_id in seen:
+            results.append(ItemResult(item.external_id, "failed", "Duplicate in this batch."))
+            continue
+        seen.add(item.external_id)
+        accepted.append(item)
+        results.append(None)
+    outcomes = iter(await services.ingest.upsert(principal.account_id, accepted, enqueue=False))
+    merged = [r if r is not None else _result(next(outcomes)) for r in results]
+    counts = {s: sum(1 for r in merged if r.status == s) for s in ("created", "updated", "no_op")}
+    return JSON(
+        BatchResult(
+            created=counts["created"],
+            updated=counts["updated"],
+            no_op=counts["no_op"],
+            failed=sum(1 for r in merged if r.status == "failed"),
+            results=merged,
+        )
+    )
+
+
+def _result(outcome: Outcome) -> ItemResult:
+    return ItemResult(outcome.external_id, outcome.status)
+
+
+async def upsert_one(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    external_id = external_id_of(request)
+    try:
+        document = _decode_text(await request.body())
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid(exc) from None
+    (outcome,) = await services.ingest.upsert(
+        principal.account_id, [document.incoming(external_id)], enqueue=True
+    )
+    return JSON(
+        SingleResult(external_id, outcome.status, outcome.re_embedded),
+        status_code=201 if outcome.status == "created" else 200,
+    )
+
+
+async def _existing(services: Services, account_id: str, external_id: str) -> Document:
+    doc = await services.docs.get(account_id, external_id)
+    if doc is None:
+        raise NotFound(f"No document with external_id {external_id!r}.")
+    return doc
+
+
+async def get_one(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    doc = await _existing(services, principal.account_id, external_id_of(request))
+    (count,) = await services.docs.persona_counts(principal.account_id, [doc.external_id])
+    return JSON(view(doc, count))
+
+
+async def delete_one(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    doc = await _existing(services, principal.account_id, external_id_of(request))
+    await services.docs.delete(principal.account_id, doc)
+    await services.index.delete(principal.account_id, {"external_id": doc.external_id})
+    return Response(status_code=204)
+
+
+async def process(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    return JSON(Queued(await services.ingest.process_staged(principal.account_id)))
+
+
+class ListQuery(msgspec.Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    sort_by: SortBy = "created_at"
+    sort_dir: Literal["asc", "desc"] = "desc"
+    search: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    status: Status | None = None
+    external_id: str | None = None
+
+
+SORT_KEYS = {
+    "created_at": lambda row: row.created_at,
+    "file_name": lambda row: row.file_name,
+    "label": lambda row: row.label,
+    "processing_status": lambda row: row.status,
+    "knowledge_units": lambda row: row.knowledge_units,
+    "storage_units": lambda row: row.storage_units,
+}
+
+
+async def list_docs(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    try:
+        query = msgspec.convert(dict(request.query_params), ListQuery, strict=False)
+    except msgspec.ValidationError as exc:
+        raise invalid(exc) from None
+    rows = await services.docs.rows(principal.account_id)
+    chosen: list[tuple[str, Row]] = list(rows.items())
+    if query.external_id is not None:
+        row = rows.get(query.external_id)
+        chosen = [] if row is None else [(query.external_id, row)]
+    if query.status is not None:
+        chosen = [(e, r) for e, r in chosen if r.status == query.status]
+    if query.search:
+        needle = query.search.casefold()
+        chosen = [
+            (e, r)
+            for e, r in chosen
+            if needle in r.label or needle in r.file_name or needle in r.original_file_name
+        ]
+    key = SORT_KEYS[query.sort_by]
+    # external_id breaks ties, so pages never overlap or skip under equal keys.
+    chosen.sort(key=lambda pair: (key(pair[1]), pair[0]), reverse=query.sort_dir == "desc")
+    page = [eid for eid, _ in chosen[query.offset : query.offset + query.limit]]
+    docs = await services.docs.get_many(principal.account_id, page)
+    counts = await services.docs.persona_counts(principal.account_id, page)
+    items = [view(d, c) for d, c in zip(docs, counts, strict=True) if d is not None]
+    return JSON(DocPage(items=items, total_count=len(chosen)))
+
+
+DOC = "/api/knowledge/docs/by-external-id/{external_id}"
+COMMON = (Failure.VALIDATION_FAILED,)
+OPERATIONS = [
+    Operation(
+        "GET", "/api/knowledge/docs", list_docs,
+        "List documents: paging, sorting, filters and search (seed 001).", "knowledge",
+        DocPage, failures=COMMON,
+    ),
+    Operation(
+        "PUT", "/api/knowledge/docs", upsert_batch,
+        "Upsert up to 100 documents by external_id; they land staged (seed 000).", "knowledge",
+        BatchResult, request=Batch,
+        failures=(*COMMON, Failure.KNOWLEDGE_QUOTA_EXCEEDED, Failure.CONFLICT),
+        body_limit=BATCH_BODY_LIMIT,
+    ),
+    Operation(
+        "POST", "/api/knowledge/docs/process", process,
+        "Queue every staged document for embedding; returns how many.", "knowledge", Queued,
+    ),
+    Operation(
+        "PUT", DOC, upsert_one,
+        "Upsert one document and queue it at once: 201 created, 200 updated or unchanged.",
+        "knowledge", SingleResult, request=TextDocument,
+        failures=(*COMMON, Failure.KNOWLEDGE_QUOTA_EXCEEDED, Failure.CONFLICT),
+        body_limit=BATCH_BODY_LIMIT,
+    ),
+    Operation("GET", DOC, get_one, "One document (seed 001 DTO).", "knowledge", DocView,
+              failures=COMMON),
+    Operation(
+        "DELETE", DOC, delete_one,
+        "Delete a document, its chunks and its activations (204).", "knowledge", status=204,
+        failures=COMMON,
+    ),
+]  # fmt: skip

@@ -1,0 +1,280 @@
+"""Knowledge documents: records, content, listing and usage, all in Redis.
+
+A document is keyed by its ``external_id`` (seed 000). Its content is kept (base64, so any
+worker on any node can read it) only until a worker has processed it. Each content change
+starts a new *generation*; chunks in Chroma carry ``<external_id>@<generation>``, and
+retrieval asks only for each document's *live* generation, the last one fully indexed. A
+document being re-embedded is therefore seen whole, old content until the new is ready,
+then the new, never a mix.
+
+Writes to one document are compare-and-set on its generation (a Lua script), so two
+concurrent upserts of one external_id cannot both win. Usage counters move with every
+charge and refund in the same script, so ``GET /api/subscription/limits`` stays exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+import redis.asyncio as aioredis
+
+from engine import keyspace
+from engine.accounts import BYTES_PER_STORAGE_UNIT
+from engine.state import redis_boundary
+
+EXTERNAL_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+"""Seed 000: 1-128 characters of letters, digits, '.', '_', ':' and '-'."""
+TOKENS_PER_KNOWLEDGE_UNIT = 1000
+"""A knowledge unit is 1,000 embedded tokens, rounded up per document (at least 1)."""
+
+Status = Literal["staged", "pending", "ready", "failed"]
+ContentType = Literal["txt", "md", "html", "pdf", "docx"]
+Source = Literal["client", "extractor"]
+
+
+class ImageEntry(msgspec.Struct, kw_only=True):
+    url: str
+    description: str = ""
+    is_primary: bool = False
+    width: int = 0
+    height: int = 0
+    source: Source = "client"
+
+
+class LinkEntry(msgspec.Struct, kw_only=True):
+    url: str
+    description: str = ""
+    is_primary: bool = False
+    source: Source = "client"
+
+
+class DocWarning(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Document(msgspec.Struct, kw_only=True):
+    """The stored record: seed 001's DTO fields, plus what processing needs."""
+
+    external_id: str
+    label: str | None = None
+    original_file_name: str | None = None
+    content_type: ContentType = "txt"
+    content_size_bytes: int = 0
+    estimated_knowledge_units: float = 0
+    estimated_storage_units: float = 0
+    knowledge_units: float | None = None
+    storage_units: float | None = None
+    processing_status: Status = "staged"
+    processed_at: datetime | None = None
+    created_at: datetime
+    error_message: str | None = None
+    estimated_pages: int | None = None
+    actual_pages: int | None = None
+    has_extracted_text: bool = False
+    preview_image_url: str | None = None
+    image_library: list[ImageEntry] = msgspec.field(default_factory=list)
+    link_library: list[LinkEntry] = msgspec.field(default_factory=list)
+    warnings: list[DocWarning] = msgspec.field(default_factory=list)
+    # Not part of the DTO:
+    content_hash: str = ""
+    keywords: list[str] = msgspec.field(default_factory=list)
+    """Seed 004's tags: embedded with every chunk, never shown or quoted."""
+    generation: int = 0
+    """Bumped by every content change; the newest content's number."""
+    live_generation: int = 0
+    """The generation whose chunks retrieval reads; 0 when none is indexed."""
+    charged_units: float = 0
+    """Knowledge units counted in the account's usage for this document right now."""
+
+    def chunk_tag(self, generation: int) -> str:
+        return f"{self.external_id}@{generation}"
+
+
+class Row(msgspec.Struct, frozen=True, array_like=True):
+    """What listing sorts and filters on; one small entry per document."""
+
+    label: str
+    file_name: str
+    original_file_name: str
+    status: Status
+    knowledge_units: float
+    storage_units: float
+    created_at: float
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_doc = msgspec.json.Decoder(Document).decode
+_decode_row = msgspec.json.Decoder(Row).decode
+
+# KEYS: doc, docs, version, usage, content. ARGV: expected generation ('' = must not
+# exist), record, row, knowledge-unit delta, storage-byte delta, content ('' = delete it,
+# '-' = leave it). Returns 1, or 0 when another write came first.
+_WRITE = """
+local current = redis.call('GET', KEYS[1])
+local generation = ''
+if current then generation = tostring(cjson.decode(current)['generation']) end
+if generation ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], cjson.decode(ARGV[2])['external_id'], ARGV[3])
+redis.call('INCR', KEYS[3])
+redis.call('HINCRBYFLOAT', KEYS[4], 'knowledge_units', ARGV[4])
+redis.call('HINCRBY', KEYS[4], 'storage_bytes', ARGV[5])
+if ARGV[6] == '' then redis.call('DEL', KEYS[5])
+elseif ARGV[6] ~= '-' then redis.call('SET', KEYS[5], ARGV[6]) end
+return 1
+"""
+# KEYS: doc, docs, version, usage, content, personas. ARGV: external_id, ku, bytes.
+_DELETE = """
+redis.call('DEL', KEYS[1], KEYS[5])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('INCR', KEYS[3])
+redis.call('HINCRBYFLOAT', KEYS[4], 'knowledge_units', '-' .. ARGV[2])
+redis.call('HINCRBY', KEYS[4], 'storage_bytes', -tonumber(ARGV[3]))
+local personas = redis.call('SMEMBERS', KEYS[6])
+redis.call('DEL', KEYS[6])
+return personas
+"""
+
+
+class WriteConflict(Exception):
+    """Another write to the same document came first; read again and retry."""
+
+
+def content_hash(content_type: str, data: bytes) -> str:
+    return hashlib.sha256(content_type.encode() + b"\x00" + data).hexdigest()
+
+
+def knowledge_units(tokens: int) -> float:
+    return float(max(1, math.ceil(tokens / TOKENS_PER_KNOWLEDGE_UNIT)))
+
+
+def storage_units(size: int) -> float:
+    return round(size / BYTES_PER_STORAGE_UNIT, 2)
+
+
+def estimate_tokens(content_type: str, size: int) -> int:
+    """At accept time, before extraction: ~4 bytes a token for text, ~40 for pdf/docx."""
+    return math.ceil(size / (4 if content_type in ("txt", "md", "html") else 40))
+
+
+def row_of(doc: Document) -> Row:
+    return Row(
+        label=(doc.label or "").casefold(),
+        file_name=(doc.original_file_name or doc.label or doc.external_id).casefold(),
+        original_file_name=(doc.original_file_name or "").casefold(),
+        status=doc.processing_status,
+        knowledge_units=doc.knowledge_units or doc.estimated_knowledge_units,
+        storage_units=doc.storage_units or doc.estimated_storage_units,
+        created_at=doc.created_at.timestamp(),
+    )
+
+
+class DocumentStore:
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._write = redis.register_script(_WRITE)
+        self._delete = redis.register_script(_DELETE)
+        self._rows: dict[str, tuple[int, dict[str, Row]]] = {}
+
+    @redis_boundary
+    async def get(self, account_id: str, external_id: str) -> Document | None:
+        raw = await self._redis.get(keyspace.AccountKeys(account_id).doc(external_id))
+        return None if raw is None else _decode_doc(raw)
+
+    @redis_boundary
+    async def get_many(self, account_id: str, external_ids: list[str]) -> list[Document | None]:
+        if not external_ids:
+            return []
+        keys = keyspace.AccountKeys(account_id)
+        raws = await self._redis.mget([keys.doc(e) for e in external_ids])
+        return [None if raw is None else _decode_doc(raw) for raw in raws]
+
+    @redis_boundary
+    async def content(self, account_id: str, external_id: str) -> bytes | None:
+        raw = await self._redis.get(keyspace.AccountKeys(account_id).doc_content(external_id))
+        return None if raw is None else base64.b64decode(raw)
+
+    @redis_boundary
+    async def write(
+        self,
+        account_id: str,
+        doc: Document,
+        *,
+        expected_generation: int | None,
+        units_delta: float = 0,
+        bytes_delta: int = 0,
+        content: bytes | None = None,
+        drop_content: bool = False,
+    ) -> None:
+        """Store ``doc`` if the stored generation is still ``expected_generation`` (None:
+        the document must be new), moving usage by the deltas in the same step."""
+        keys = keyspace.AccountKeys(account_id)
+        if drop_content:
+            content_arg = ""
+        elif content is not None:
+            content_arg = base64.b64encode(content).decode()
+        else:
+            content_arg = "-"
+        written = await self._write(
+            keys=[keys.doc(doc.external_id), keys.docs, keys.docs_version, keys.usage,
+                  keys.doc_content(doc.external_id)],
+            args=["" if expected_generation is None else str(expected_generation),
+                  _encode(doc), _encode(row_of(doc)), repr(units_delta), bytes_delta,
+                  content_arg],
+        )  # fmt: skip
+        if not written:
+            raise WriteConflict(doc.external_id)
+
+    @redis_boundary
+    async def delete(self, account_id: str, doc: Document) -> list[str]:
+        """Remove a document and its activations; returns the personas it was active for."""
+        keys = keyspace.AccountKeys(account_id)
+        eid = doc.external_id
+        personas: list[str] = await self._delete(
+            keys=[keys.doc(eid), keys.docs, keys.docs_version, keys.usage,
+                  keys.doc_content(eid), keys.doc_personas(eid)],
+            args=[eid, repr(doc.charged_units), doc.content_size_bytes],
+        )  # fmt: skip
+        if personas:
+            pipe = self._redis.pipeline(transaction=True)
+            for persona_id in personas:
+                pipe.srem(keys.persona_docs(persona_id), eid)
+            await pipe.execute()
+        return personas
+
+    @redis_boundary
+    async def rows(self, account_id: str) -> dict[str, Row]:
+        """Every document's listing row. Cached per process and reloaded only when the
+        account's documents version has moved, so a list call usually costs one GET."""
+        keys = keyspace.AccountKeys(account_id)
+        version = int(await self._redis.get(keys.docs_version) or 0)
+        cached = self._rows.get(account_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.get(keys.docs_version)
+        pipe.hgetall(keys.docs)
+        version_raw, raw_rows = await pipe.execute()
+        rows = {eid: _decode_row(raw) for eid, raw in raw_rows.items()}
+        self._rows[account_id] = (int(version_raw or 0), rows)
+        return rows
+
+    @redis_boundary
+    async def persona_counts(self, account_id: str, external_ids: list[str]) -> list[int]:
+        keys = keyspace.AccountKeys(account_id)
+        pipe = self._redis.pipeline(transaction=False)
+        for eid in external_ids:
+            pipe.scard(keys.doc_personas(eid))
+        return list(await pipe.execute())
+
+
+def new_document(external_id: str, now: datetime | None = None) -> Document:
+    return Document(external_id=external_id, created_at=now or datetime.now(UTC))
