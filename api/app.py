@@ -98,7 +98,9 @@ def create_app(settings: Settings) -> ASGIApp:
     )
     app.state.openapi = docs.build_openapi(OPERATIONS, version("rapport"))
     app.state.docs_html = docs.render_docs(app.state.openapi)
-    limits = {op.path: op.body_limit for op in OPERATIONS if op.body_limit is not None}
+    limits = {
+        op.path: (op.body_limit, op.too_large) for op in OPERATIONS if op.body_limit is not None
+    }
     bounded = DeclaredBodyLimit(app, settings.max_body_bytes, limits)
     return Telemetry(bounded, app.routes, metrics)
 

@@ -14,11 +14,13 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import render
-from engine.errors import BodyTooLarge
+from engine.errors import BodyTooLarge, RapportError
 
 
 class DeclaredBodyLimit:
-    def __init__(self, app: ASGIApp, default: int, per_path: Mapping[str, int]) -> None:
+    def __init__(
+        self, app: ASGIApp, default: int, per_path: Mapping[str, tuple[int, type[RapportError]]]
+    ) -> None:
         self.app = app
         self.default = default
         self.per_path = dict(per_path)
@@ -27,9 +29,9 @@ class DeclaredBodyLimit:
         if scope["type"] == "http":
             # uvicorn's parser has already refused a Content-Length that is not 1*DIGIT.
             declared = Headers(scope=scope).get("content-length")
-            limit = self.per_path.get(scope["path"], self.default)
+            limit, too_large = self.per_path.get(scope["path"], (self.default, BodyTooLarge))
             if declared is not None and int(declared) > limit:
-                error = BodyTooLarge(f"The request body may be at most {limit} bytes here.")
+                error = too_large(f"The request body may be at most {limit} bytes here.")
                 await render(scope, error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

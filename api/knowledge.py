@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+import anyio.to_thread
 import msgspec
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,7 +16,14 @@ from api.operations import Operation
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
-from engine.errors import Failure, NotFound, ValidationFailed
+from engine.errors import (
+    Failure,
+    FileTooLarge,
+    NotFound,
+    PageLimitExceeded,
+    ValidationFailed,
+)
+from engine.ids import uuid7
 from kb.documents import (
     EXTERNAL_ID,
     ContentType,
@@ -24,6 +34,7 @@ from kb.documents import (
     Row,
     Status,
 )
+from kb.extract import content_type_of, estimate_pages
 from kb.ingest import Incoming, Outcome
 
 ExternalId = Annotated[str, msgspec.Meta(pattern=EXTERNAL_ID.pattern)]
@@ -31,6 +42,8 @@ MAX_BATCH = 100  # seed 000: "Accepts up to 100 documents per call"
 MAX_TEXT = 1_000_000
 """Characters of one text document sent as JSON; larger ones go through file upload."""
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
+UPLOAD_BODY_LIMIT = 64 * 1024 * 1024
+"""The multipart body; the file inside is held to RAPPORT_KB_MAX_FILE_BYTES."""
 TextType = Literal["txt", "md", "html"]
 Tag = Annotated[str, msgspec.Meta(max_length=128)]
 SortBy = Literal[
@@ -237,6 +250,64 @@ async def upsert_one(request: Request) -> Response:
     )
 
 
+async def upload_file(request: Request) -> Response:
+    """Multipart upload: ``file`` (txt, md, html, pdf, docx), optional ``external_id`` (else a
+    UUIDv7) and ``label``. The bytes must be the type the name or mime declares."""
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    settings = services.settings
+    try:
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ValidationFailed(
+                    "A file is required in the multipart field named file.",
+                    errors={"file": ["required"]},
+                )
+            data = await upload.read(settings.kb_max_file_bytes + 1)
+            name, mime = upload.filename, upload.content_type
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            raise FileTooLarge() from None
+        raise
+    if len(data) > settings.kb_max_file_bytes:
+        raise FileTooLarge(f"The file may be at most {settings.kb_max_file_bytes} bytes.")
+    try:
+        meta = msgspec.convert(fields, UploadFields)
+    except msgspec.ValidationError as exc:
+        raise invalid(exc) from None
+    content_type = content_type_of(name, mime)
+    pages = await anyio.to_thread.run_sync(estimate_pages, content_type, data)
+    if pages is not None and pages > settings.kb_max_pages:
+        raise PageLimitExceeded(
+            f"The document has {pages} pages; at most {settings.kb_max_pages} are accepted."
+        )
+    external_id = meta.external_id or uuid7()
+    (outcome,) = await services.ingest.upsert(
+        principal.account_id,
+        [
+            Incoming(
+                external_id=external_id,
+                data=data,
+                content_type=content_type,
+                label=meta.label,
+                original_file_name=name,
+                estimated_pages=pages,
+            )
+        ],
+        enqueue=True,
+    )
+    doc = await _existing(services, principal.account_id, external_id)
+    (count,) = await services.docs.persona_counts(principal.account_id, [external_id])
+    return JSON(view(doc, count), status_code=201 if outcome.status == "created" else 200)
+
+
+class UploadFields(msgspec.Struct):
+    external_id: ExternalId | None = None
+    label: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+
+
 async def _existing(services: Services, account_id: str, external_id: str) -> Document:
     doc = await services.docs.get(account_id, external_id)
     if doc is None:
@@ -343,6 +414,15 @@ OPERATIONS = [
         "knowledge", SingleResult, request=TextDocument,
         failures=(*COMMON, Failure.KNOWLEDGE_QUOTA_EXCEEDED, Failure.CONFLICT),
         body_limit=BATCH_BODY_LIMIT,
+    ),
+    Operation(
+        "POST", "/api/knowledge/files", upload_file,
+        "Upload a txt, md, html, pdf or docx file (multipart: file, external_id?, label?); "
+        "queued at once. 201 created, 200 replaced or unchanged.", "knowledge", DocView,
+        failures=(*COMMON, Failure.INVALID_SIGNATURE, Failure.UNSUPPORTED_TYPE,
+                  Failure.FILE_TOO_LARGE, Failure.PAGE_LIMIT_EXCEEDED,
+                  Failure.KNOWLEDGE_QUOTA_EXCEEDED),
+        body_limit=UPLOAD_BODY_LIMIT, too_large=FileTooLarge,
     ),
     Operation("GET", DOC, get_one, "One document (seed 001 DTO).", "knowledge", DocView,
               failures=COMMON),

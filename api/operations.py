@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import PROTECTED_PREFIX
-from engine.errors import Failure
+from engine.errors import BodyTooLarge, Failure, RapportError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -31,6 +31,8 @@ class Operation:
     """Failures this operation itself may answer, beyond the ones every route may."""
     body_limit: int | None = None
     """Largest request body; None takes RAPPORT_MAX_BODY_BYTES."""
+    too_large: type[RapportError] = BodyTooLarge
+    """What a body over the limit is answered with (uploads say upload.file_too_large)."""
 
     @property
     def authenticated(self) -> bool:

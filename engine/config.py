@@ -62,6 +62,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Bytes of conversation kept per end user; the oldest turns fold into a summary."""
     kb_max_pages: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
     """Pages a document may have to be ingested (upload.page_limit_exceeded above)."""
+    kb_max_file_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20 * 1024 * 1024
+    """Largest uploaded file (upload.file_too_large above)."""
     kb_lease_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
     """How long a processing job may run before another worker may take it over."""
     redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
