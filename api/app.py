@@ -21,7 +21,7 @@ from api.logs import configure
 from api.metrics import HttpMetrics
 from api.operations import Operation
 from api.problems import handle_http_exception, handle_rapport_error, handle_unexpected
-from api.ratelimits import V1RateLimits
+from api.ratelimits import ApiRateLimits, V1RateLimits
 from api.services import Services
 from api.telemetry import Telemetry
 from engine.config import Settings, load_settings
@@ -87,7 +87,11 @@ def create_app(settings: Settings) -> ASGIApp:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(ApiKeyAuth), Middleware(V1RateLimits)],
+        middleware=[
+            Middleware(ApiKeyAuth),
+            Middleware(V1RateLimits),
+            Middleware(ApiRateLimits),
+        ],
         exception_handlers={
             RapportError: handle_rapport_error,
             HTTPException: handle_http_exception,

@@ -14,21 +14,26 @@ import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
 import uvicorn
 
+from api.knowledge import TextDocument
 from engine.accounts import AccountStore
 from engine.apikeys import SLOTS, KeyStore, Slot
 from engine.balance import Balance
 from engine.config import ConfigError, Settings, env_name, flag_name, load_settings
 from engine.embedded_redis import EmbeddedRedis
-from engine.errors import NotFound, RapportError
+from engine.errors import NotFound, RapportError, ValidationFailed
 from engine.personas import PersonaStore
 from engine.state import connect
 from engine.tenants import create_tenant
+from kb.documents import DocumentStore
+from kb.ingest import Ingest
+from kb.queue import ProcessingQueue
 
 T = TypeVar("T")
 
@@ -79,6 +84,18 @@ def _parser() -> argparse.ArgumentParser:
         "disable": "stop a slot's key from authenticating",
         "enable": "let a disabled slot's key authenticate again",
     }
+    kb = commands.add_parser("kb", help="knowledge base")
+    kb_commands = kb.add_subparsers(title="kb commands", required=True)
+    kb_import = kb_commands.add_parser(
+        "import",
+        help="import a KB JSON file ([{id, text, category?, tags?}, ...]); queued for "
+        "processing; safe to run again (unchanged entries cost nothing)",
+    )
+    kb_import.add_argument("file", type=Path)
+    kb_import.add_argument("--account", required=True, help="account id or name")
+    _add_setting_flags(kb_import, STATE_FLAGS)
+    kb_import.set_defaults(run=_kb_import)
+
     balance = commands.add_parser("balance", help="show or refill an account's request balance")
     balance_commands = balance.add_subparsers(title="balance commands", required=True)
     show = balance_commands.add_parser("show", help="requests left")
@@ -224,6 +241,44 @@ def _balance(args: argparse.Namespace) -> int:
 
     print(f"{args.account}: {_with_state(args, act)} requests left")
     return 0
+
+
+IMPORT_BATCH = 100
+
+
+def _kb_import(args: argparse.Namespace) -> int:
+    try:
+        entries = msgspec.json.decode(args.file.read_bytes(), type=list[msgspec.Raw])
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        print(f"rapport: {args.file}: not a KB JSON array ({exc})", file=sys.stderr)
+        return 2
+    tally = {"created": 0, "updated": 0, "no_op": 0, "failed": 0}
+
+    async def run(redis: aioredis.Redis) -> None:
+        accounts = AccountStore(redis)
+        account = await accounts.resolve(args.account)
+        ingest = Ingest(DocumentStore(redis), accounts, ProcessingQueue(redis))
+        for start in range(0, len(entries), IMPORT_BATCH):
+            incoming = []
+            for position, raw in enumerate(entries[start : start + IMPORT_BATCH], start):
+                try:
+                    incoming.append(msgspec.json.decode(raw, type=TextDocument).incoming())
+                except (msgspec.ValidationError, msgspec.DecodeError, ValidationFailed) as exc:
+                    tally["failed"] += 1
+                    print(f"\nentry {position}: {exc}", file=sys.stderr)
+            for outcome in await ingest.upsert(account.id, incoming, enqueue=True):
+                tally[outcome.status] += 1
+            _progress(min(start + IMPORT_BATCH, len(entries)), len(entries))
+
+    _with_state(args, run)
+    print(file=sys.stderr)
+    print(", ".join(f"{count} {status.replace('_', '-')}" for status, count in tally.items()))
+    return 1 if tally["failed"] else 0
+
+
+def _progress(done: int, total: int, width: int = 30) -> None:
+    filled = width * done // max(total, 1)
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
 from engine.errors import (
+    Conflict,
     Failure,
     FileTooLarge,
     NotFound,
@@ -33,6 +34,7 @@ from kb.documents import (
     LinkEntry,
     Row,
     Status,
+    WriteConflict,
 )
 from kb.extract import content_type_of, estimate_pages
 from kb.ingest import Incoming, Outcome
@@ -308,6 +310,111 @@ class UploadFields(msgspec.Struct):
     label: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
+MAX_LIBRARY = 10  # seed 001: "max 10 entries"
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+Caption = Annotated[str, msgspec.Meta(max_length=360)]
+
+
+class ImageIn(msgspec.Struct, forbid_unknown_fields=True):
+    url: Url
+    description: Caption = ""
+    is_primary: bool = False
+    width: Annotated[int, msgspec.Meta(ge=0)] = 0
+    height: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class LinkIn(msgspec.Struct, forbid_unknown_fields=True):
+    url: Url
+    description: Caption = ""
+    is_primary: bool = False
+
+
+class DocPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Fields left out stay as they are; ``label: null`` clears the label."""
+
+    label: Annotated[str, msgspec.Meta(max_length=256)] | msgspec.UnsetType | None = msgspec.UNSET
+    image_library: list[ImageIn] | msgspec.UnsetType = msgspec.UNSET
+    link_library: list[LinkIn] | msgspec.UnsetType = msgspec.UNSET
+
+
+_decode_patch = msgspec.json.Decoder(DocPatch).decode
+
+
+def curate(
+    field: str, entries: list, previous: list, warnings: list[DocWarning]
+) -> list[tuple[object, str]]:
+    """Seed 001's library rules: https only, at most 10, at most one primary. What is
+    dropped or changed is reported as a warning rather than refused. Returns each kept entry
+    with its source: an entry whose URL was already in the library keeps its source."""
+    sources = {entry.url: entry.source for entry in previous}
+    kept: list[tuple[object, str]] = []
+    primary_seen = False
+    for position, entry in enumerate(entries):
+        if not entry.url.lower().startswith("https://"):
+            warnings.append(DocWarning(
+                code="library.entry_dropped", field=f"{field}[{position}]",
+                message=f"Dropped {entry.url!r}: only absolute https:// URLs are kept.",
+            ))  # fmt: skip
+            continue
+        if len(kept) == MAX_LIBRARY:
+            warnings.append(DocWarning(
+                code="library.truncated", field=field,
+                message=f"Only {MAX_LIBRARY} entries are kept; {entry.url!r} was dropped.",
+            ))  # fmt: skip
+            continue
+        if entry.is_primary and primary_seen:
+            entry = msgspec.structs.replace(entry, is_primary=False)
+            warnings.append(DocWarning(
+                code="library.primary_reassigned", field=f"{field}[{position}]",
+                message="Only one entry may be primary; the first one marked primary was kept.",
+            ))  # fmt: skip
+        primary_seen = primary_seen or entry.is_primary
+        kept.append((entry, sources.get(entry.url, "client")))
+    return kept
+
+
+async def patch_one(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    doc = await _existing(services, principal.account_id, external_id_of(request))
+    try:
+        changes = _decode_patch(await request.body())
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid(exc) from None
+    warnings: list[DocWarning] = []
+    updated = doc
+    if changes.label is not msgspec.UNSET:
+        updated = msgspec.structs.replace(updated, label=changes.label)
+    if changes.image_library is not msgspec.UNSET:
+        images = [
+            ImageEntry(url=e.url, description=e.description, is_primary=e.is_primary,
+                       width=e.width, height=e.height, source=source)  # type: ignore[attr-defined]
+            for e, source in curate("image_library", changes.image_library, doc.image_library,
+                                    warnings)
+        ]  # fmt: skip
+        primary = next((i.url for i in images if i.is_primary), None)
+        updated = msgspec.structs.replace(
+            updated,
+            image_library=images,
+            preview_image_url=primary or (images[0].url if images else None),
+        )
+    if changes.link_library is not msgspec.UNSET:
+        links = [
+            LinkEntry(url=e.url, description=e.description, is_primary=e.is_primary,
+                      source=source)  # type: ignore[attr-defined]
+            for e, source in curate("link_library", changes.link_library, doc.link_library,
+                                    warnings)
+        ]  # fmt: skip
+        updated = msgspec.structs.replace(updated, link_library=links)
+    updated = msgspec.structs.replace(updated, warnings=warnings)
+    try:
+        await services.docs.write(principal.account_id, updated, expected_generation=doc.generation)
+    except WriteConflict:
+        raise Conflict("The document changed while this request ran; retry.") from None
+    (count,) = await services.docs.persona_counts(principal.account_id, [doc.external_id])
+    return JSON(view(updated, count))
+
+
 async def _existing(services: Services, account_id: str, external_id: str) -> Document:
     doc = await services.docs.get(account_id, external_id)
     if doc is None:
@@ -426,6 +533,12 @@ OPERATIONS = [
     ),
     Operation("GET", DOC, get_one, "One document (seed 001 DTO).", "knowledge", DocView,
               failures=COMMON),
+    Operation(
+        "PATCH", DOC, patch_one,
+        "Change label, image_library, link_library (<= 10 entries, one primary, https; "
+        "what is dropped comes back in warnings).", "knowledge", DocView, request=DocPatch,
+        failures=(*COMMON, Failure.CONFLICT),
+    ),
     Operation(
         "DELETE", DOC, delete_one,
         "Delete a document, its chunks and its activations (204).", "knowledge", status=204,

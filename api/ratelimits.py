@@ -1,14 +1,56 @@
-"""Per-key and per-IP limits on every ``/api/v1/`` route, with RateLimit-* headers."""
+"""Rate limits: seed 004's per-key and per-IP limits on every ``/api/v1/`` route (with
+RateLimit-* headers), and seed 000's policies on the rest of ``/api/``."""
 
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import PROTECTED_PREFIX
 from api.problems import V1_PREFIX, render
 from engine.apikeys import Principal
 from engine.errors import RapportError
 from engine.ratelimit import RateLimits
+
+MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UPLOAD_PATHS = ("/api/knowledge/files", "/api/knowledge/docs")
+
+
+def is_upload(method: str, path: str) -> bool:
+    """Document uploads: the file endpoint and both document upserts (PUT)."""
+    if path == UPLOAD_PATHS[0]:
+        return method == "POST"
+    return method == "PUT" and path.startswith(UPLOAD_PATHS[1])
+
+
+class ApiRateLimits:
+    """Seed 000's policies on ``/api/`` outside ``/api/v1/``: Global per IP on every
+    request; uploads count against KnowledgeUploadsRate, other mutations MutationDefault."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not path.startswith(PROTECTED_PREFIX) or path.startswith(V1_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        state = scope["state"]
+        services = state["services"]
+        principal: Principal = state["principal"]
+        global_ip, uploads, mutations = services.api_policies
+        client = scope.get("client")
+        try:
+            await services.rate_limits.enforce(global_ip, client[0] if client else "unknown")
+            method = scope["method"]
+            if is_upload(method, path):
+                await services.rate_limits.enforce(uploads, principal.account_id)
+            elif method in MUTATIONS:
+                await services.rate_limits.enforce(mutations, principal.account_id)
+        except RapportError as error:
+            await render(scope, error)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class V1RateLimits:

@@ -15,7 +15,7 @@ from engine.idempotency import IdempotencyStore
 from engine.llm import OpenAICompatible
 from engine.memory import MemoryStore
 from engine.personas import PersonaStore
-from engine.ratelimit import RateLimits
+from engine.ratelimit import Policy, RateLimits
 from engine.replies import ReplyBackend
 from engine.responder import EmbeddedResponder
 from engine.state import redis_boundary
@@ -56,6 +56,7 @@ class Services:
     activations: Activations = field(init=False)
     embedder: Embedder = field(init=False)
     processor: Processor = field(init=False)
+    api_policies: tuple[Policy, Policy, Policy] = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -68,6 +69,11 @@ class Services:
             self.redis, in_flight_ttl=int(settings.llm_timeout) + CLAIM_MARGIN_SECONDS
         )
         self.rate_limits = RateLimits(self.redis, key_rpm=settings.key_rpm, ip_rpm=settings.ip_rpm)
+        self.api_policies = (
+            Policy("Global", settings.global_ip_rpm, "ip"),
+            Policy("KnowledgeUploadsRate", settings.uploads_rpm, "user"),
+            Policy("MutationDefault", settings.mutations_rpm, "user"),
+        )
         if settings.llm_base_url is None:
             self.backend = EmbeddedResponder()
         else:

@@ -54,6 +54,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Conversation API requests per minute per API key (seed 004 default)."""
     ip_rpm: Annotated[int, msgspec.Meta(ge=1)] = 360
     """Conversation API requests per minute per client IP (seed 004 default)."""
+    uploads_rpm: Annotated[int, msgspec.Meta(ge=1)] = 60
+    """Document uploads per minute per account (seed 000 KnowledgeUploadsRate)."""
+    mutations_rpm: Annotated[int, msgspec.Meta(ge=1)] = 300
+    """Other POST/PUT/PATCH/DELETE under /api/ per minute per account (MutationDefault)."""
+    global_ip_rpm: Annotated[int, msgspec.Meta(ge=1)] = 300
+    """Requests per minute per client IP under /api/, outside /api/v1/ (seed 000 Global)."""
     turn_workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     """Turns run at once by one process."""
     turn_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 64

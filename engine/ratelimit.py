@@ -1,9 +1,13 @@
-"""Per-key and per-IP request limits of the conversation API, shared through Redis.
+"""Request limits, shared through Redis.
 
-Seed 004: 60 requests a minute per API key and 360 per client IP by default; past either,
-429 ``rate_limited`` / ``rate_limited_ip`` with ``Retry-After: 60``. The windows are moving
-windows of the ``limits`` library, whose acquire is one Lua script: exact under any
-concurrency, and the same across every worker and node that shares the Redis.
+The conversation API (seed 004): 60 requests a minute per API key and 360 per client IP by
+default; past either, 429 ``rate_limited`` / ``rate_limited_ip`` with ``Retry-After: 60``.
+The rest of ``/api/`` (seed 000's policies): ``KnowledgeUploadsRate`` and ``MutationDefault``
+per account, ``Global`` per IP; past one, 429 ``limits.rate_exceeded`` with ``Retry-After``
+(seconds until the window frees) and the partition as ``scope``.
+
+The windows are moving windows of the ``limits`` library, whose acquire is one Lua script:
+exact under any concurrency, and the same across every worker and node sharing the Redis.
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ class Quota(msgspec.Struct, frozen=True):
         }
 
 
+class Policy(msgspec.Struct, frozen=True):
+    """One of seed 000's rate-limit policies."""
+
+    name: str
+    per_minute: int
+    scope: str
+    """Seed 000's partition: ``user`` (per account) or ``ip``."""
+
+
 class RateLimits:
     def __init__(self, redis: aioredis.Redis, *, key_rpm: int, ip_rpm: int) -> None:
         # With a connection pool given, limits ignores the URI's address; it only needs one
@@ -71,3 +84,19 @@ class RateLimits:
         if not allowed:
             raise RateLimited(headers={"Retry-After": RETRY_AFTER, **quota.headers()})
         return quota
+
+    @limiter_boundary
+    async def enforce(self, policy: Policy, partition: str) -> None:
+        """Count one request against ``policy`` for ``partition``, or raise 429."""
+        item = RateLimitItemPerMinute(policy.per_minute)
+        if await self._limiter.hit(item, policy.name, partition):
+            return
+        stats = await self._limiter.get_window_stats(item, policy.name, partition)
+        retry = str(max(1, math.ceil(stats.reset_time - time.time())))
+        error = RateLimitedIp if policy.scope == "ip" else RateLimited
+        raise error(
+            f"Too many requests ({policy.name}: {policy.per_minute} a minute per "
+            f"{'IP' if policy.scope == 'ip' else 'account'}); retry after {retry} s.",
+            headers={"Retry-After": retry},
+            scope=policy.scope,
+        )

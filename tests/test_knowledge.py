@@ -346,3 +346,91 @@ def test_a_crash_while_documents_are_pending_loses_none(server_on) -> None:
         for i in range(6):
             assert wait_ready(client, f"c{i}")["processing_status"] == "ready"
         assert client.get(DOCS, params={"status": "ready"}).json()["total_count"] == 6
+
+
+def test_patch_curates_the_libraries_and_says_what_it_dropped(tenant) -> None:
+    _, client = tenant
+    client.put(doc_path("lib"), json={"content": SHIPPING, "label": "Old"})
+    images = [
+        {"url": "https://cdn.example.com/a.jpg", "description": "Front", "width": 640,
+         "height": 480},
+        {"url": "https://cdn.example.com/b.jpg", "is_primary": True},
+        {"url": "https://cdn.example.com/c.jpg", "is_primary": True},
+        {"url": "http://insecure.example.com/d.jpg"},
+    ]  # fmt: skip
+    links = [{"url": f"https://example.com/{i}"} for i in range(12)]
+    response = client.patch(
+        doc_path("lib"), json={"label": "New", "image_library": images, "link_library": links}
+    )
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["label"] == "New"
+    assert [i["url"] for i in doc["image_library"]] == [i["url"] for i in images[:3]]
+    assert [i["is_primary"] for i in doc["image_library"]] == [False, True, False]
+    assert doc["image_library"][0]["width"] == 640
+    assert all(i["source"] == "client" for i in doc["image_library"])
+    assert doc["preview_image_url"] == "https://cdn.example.com/b.jpg"
+    assert len(doc["link_library"]) == 10
+    codes = sorted(w["code"] for w in doc["warnings"])
+    assert (
+        codes == ["library.entry_dropped", "library.primary_reassigned"] + ["library.truncated"] * 2
+    )
+    assert client.get(doc_path("lib")).json()["label"] == "New", "stored"
+    # Fields left out stay; label null clears.
+    cleared = client.patch(doc_path("lib"), json={"label": None}).json()
+    assert cleared["label"] is None and len(cleared["link_library"]) == 10
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"image_library": [{"url": "https://x", "description": "d" * 361}]},
+     {"link_library": [{"url": "u" * 2049}]}, {"image_library": "x"}, {"colour": "red"},
+     {"image_library": [{"url": "https://x", "width": -1}]}],
+)  # fmt: skip
+def test_bad_patches_change_nothing(tenant, body: dict) -> None:
+    _, client = tenant
+    client.put(doc_path("p"), json={"content": SHIPPING, "label": "Kept"})
+    response = client.patch(doc_path("p"), json=body)
+    assert response.status_code == 400 and response.json()["code"] == "validation.failed"
+    assert client.get(doc_path("p")).json()["label"] == "Kept"
+    assert client.patch(doc_path("missing"), json={"label": "x"}).status_code == 404
+
+
+def test_kb_import_is_idempotent_and_resumable(server: Server, tmp_path) -> None:
+    name = unique("import")
+    key = server.new_tenant(name)
+    seed_entries = [
+        {"id": "faq-billing-1", "category": "support", "tags": ["billing", "how do I pay"],
+         "text": "Payment is processed after order confirmation."},
+        {"id": "faq-plan-basic", "category": "sales", "tags": ["basic", "starter plan"],
+         "text": "Basic is the right entry plan for first rollout and standard workload."},
+    ]  # fmt: skip
+    entries = seed_entries + [{"id": f"gen-{i}", "text": f"Entry {i}."} for i in range(148)]
+    first_half = tmp_path / "half.json"
+    first_half.write_text(json.dumps(entries[:70]))
+    everything = tmp_path / "kb.json"
+    everything.write_text(json.dumps(entries))
+
+    interrupted = server.cli("kb", "import", str(first_half), "--account", name)
+    assert interrupted.returncode == 0, interrupted.stderr
+    assert interrupted.stdout.strip() == "70 created, 0 updated, 0 no-op, 0 failed"
+    resumed = server.cli("kb", "import", str(everything), "--account", name)
+    assert resumed.stdout.strip() == "80 created, 0 updated, 70 no-op, 0 failed"
+    assert "150/150" in resumed.stderr  # the progress bar reached the end
+    again = server.cli("kb", "import", str(everything), "--account", name)
+    assert again.stdout.strip() == "0 created, 0 updated, 150 no-op, 0 failed"
+
+    with server.client(headers={"X-Api-Key": key}, timeout=30) as client:
+        assert client.get(DOCS).json()["total_count"] == 150
+        assert wait_ready(client, "faq-plan-basic")["label"] == "sales"
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps([{"id": "ok-1", "text": "Fine."}, {"id": "bad id", "text": "x"},
+                                  {"text": "no id"}]))  # fmt: skip
+    partly = server.cli("kb", "import", str(broken), "--account", name)
+    assert partly.returncode == 1
+    assert partly.stdout.strip() == "1 created, 0 updated, 0 no-op, 2 failed"
+    not_json = tmp_path / "nope.json"
+    not_json.write_text("{not json")
+    assert server.cli("kb", "import", str(not_json), "--account", name).returncode == 2
+    assert server.cli("kb", "import", str(everything), "--account", "nobody").returncode == 1

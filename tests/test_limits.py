@@ -49,7 +49,7 @@ def codes(responses: list[httpx.Response]) -> Counter:
 def test_the_key_limit_is_exact_under_200_concurrent_requests(
     server_on, fake_llm: FakeOpenAI
 ) -> None:
-    server = server_on(**llm_env(fake_llm))  # seed defaults: 60 per key, 360 per IP
+    server = server_on(**llm_env(fake_llm, RAPPORT_KEY_RPM="60", RAPPORT_IP_RPM="360"))
     responses = asyncio.run(burst([(server.base_url, server.demo_key)], 200))
     assert codes(responses) == {200: 60, "rate_limited": 140}
     limited = next(r for r in responses if r.status_code == 429)
@@ -73,7 +73,7 @@ def test_the_ip_limit_is_exact_across_keys(server_on, fake_llm: FakeOpenAI) -> N
 def test_the_key_limit_holds_across_two_processes_sharing_redis(
     server_on, redis_server: RedisServer, fake_llm: FakeOpenAI
 ) -> None:
-    env = llm_env(fake_llm, RAPPORT_REDIS_URL=redis_server.url)
+    env = llm_env(fake_llm, RAPPORT_REDIS_URL=redis_server.url, RAPPORT_KEY_RPM="60")
     first = server_on(**env)
     second = server_on(**env)
     key = first.demo_key  # the second process found the demo account already made
@@ -191,3 +191,30 @@ def test_an_unreachable_llm_is_502_not_500(server_on) -> None:
         response = client.post(URL, json={"user_id": "u", "message": "hi"})
     assert response.status_code == 502
     assert response.json()["detail"]["code"] == "upstream_error"
+
+
+def test_the_api_policies_of_seed_000(server_on) -> None:
+    server = server_on(
+        RAPPORT_UPLOADS_RPM="3", RAPPORT_MUTATIONS_RPM="4", RAPPORT_GLOBAL_IP_RPM="40"
+    )
+    with server.client(headers={"X-Api-Key": server.demo_key}) as client:
+        uploads = [
+            client.put(f"/api/knowledge/docs/by-external-id/u{i}", json={"content": "x"})
+            for i in range(4)
+        ]
+        assert [r.status_code for r in uploads] == [201, 201, 201, 429]
+        limited = uploads[-1]
+        assert limited.headers["content-type"] == "application/problem+json"
+        body = limited.json()
+        assert body["code"] == "limits.rate_exceeded" and body["scope"] == "user"
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        # Other mutations have their own window: uploads being spent does not block them.
+        deletes = [client.delete(f"/api/knowledge/docs/by-external-id/u{i}") for i in range(5)]
+        assert [r.status_code for r in deletes] == [204, 204, 204, 404, 429]
+        # Reads count only against the per-IP window.
+        reads = [client.get("/api/knowledge/docs").status_code for _ in range(40)]
+        assert reads.count(429) > 0 and reads[0] == 200
+        blocked = client.get("/api/subscription/limits")
+        assert blocked.status_code == 429 and blocked.json()["scope"] == "ip"
+        # /api/v1/ has seed 004's limits instead, untouched by these.
+        assert client.get("/api/v1/users/u/history").status_code == 200

@@ -54,6 +54,10 @@ def test_each_type_is_processed_end_to_end(client: httpx.Client, kind: str) -> N
     assert ready["actual_pages"] == pages
     assert ready["has_extracted_text"] is extracted
     assert ready["knowledge_units"] >= 1
+    if kind in ("html", "docx"):
+        links = ready["link_library"]
+        assert links and all(link["source"] == "extractor" for link in links)
+        assert all(link["url"].startswith("https://") for link in links)
 
     again = upload(client, name, data, mime, external_id=f"file-{kind}")
     assert again.status_code == 200
