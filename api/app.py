@@ -14,7 +14,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from api import conversation, docs, knowledge, subscription, system
+from api import conversation, docs, knowledge, personas, subscription, system
 from api.auth import ApiKeyAuth
 from api.bodylimit import DeclaredBodyLimit
 from api.logs import configure
@@ -39,6 +39,7 @@ OPERATIONS: list[Operation] = [
     *subscription.OPERATIONS,
     *conversation.OPERATIONS,
     *knowledge.OPERATIONS,
+    *personas.OPERATIONS,
 ]
 
 

@@ -96,6 +96,11 @@ class AccountKeys:
         return f"{self.base}:persona:{persona_id}:docs"
 
     @property
+    def personas(self) -> str:
+        """Sorted set: persona ids by creation time (for listing)."""
+        return f"{self.base}:personas"
+
+    @property
     def persona_names(self) -> str:
         """Hash: persona name -> persona id (names are unique per account)."""
         return f"{self.base}:persona_names"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import redis.asyncio as aioredis
@@ -55,12 +56,46 @@ class Temperament(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class PublishSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Seed 000's PublishSettings: per-session budgets (None = unlimited) and modes."""
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Clock = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+
+
+class Window(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One weekly opening window, ``start`` before ``end``, both HH:MM local time."""
+
+    day: Day
+    start: Clock
+    end: Clock
+
+    def __post_init__(self) -> None:
+        if self.start >= self.end:
+            raise ValueError("a window's start must be before its end")
+
+
+class Availability(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """When sessions may start (seed 000: limits.session_time_limit outside these)."""
+
+    time_zone: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    windows: Annotated[list[Window], msgspec.Meta(max_length=64)]
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.time_zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.time_zone!r}") from None
+
+
+class PublishSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Seed 000's PublishSettings: per-session budgets (None = unlimited), opening hours,
+    and the session modes a widget may use."""
 
     session_interaction_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    """Billing units a session may spend: a full-mode turn costs 2, a chat turn 1."""
     session_duration_limit_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    allowed_modes: list[Mode] = msgspec.field(default_factory=lambda: ["chat", "full"])
+    availability: Availability | None = None
+    allowed_modes: Annotated[list[Mode], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: ["chat", "full"]
+    )
 
 
 class Persona(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,6 +115,7 @@ class Persona(msgspec.Struct, frozen=True, kw_only=True):
     image: str | None = None
     publish_settings: PublishSettings = msgspec.field(default_factory=PublishSettings)
     created_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+    updated_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
 
 
 _encode = msgspec.json.Encoder().encode
@@ -90,7 +126,14 @@ _decode = msgspec.json.Decoder(Persona).decode
 _CREATE = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
 return 1
+"""
+# KEYS: names, record, listing. ARGV: name, id.
+_DELETE = """
+redis.call('DEL', KEYS[2])
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return redis.call('ZREM', KEYS[3], ARGV[2])
 """
 # Rename-safe replace: the new name is claimed (unless it is already this persona's) before
 # the old one is released, so no moment leaves two personas with one name.
@@ -109,15 +152,16 @@ class PersonaStore:
         self._redis = redis
         self._create = redis.register_script(_CREATE)
         self._replace = redis.register_script(_REPLACE)
+        self._delete = redis.register_script(_DELETE)
 
     @redis_boundary
     async def create(self, account_id: str, **fields: object) -> Persona:
         persona = msgspec.convert({"id": new_id(), **fields}, Persona)
-        persona = _normalised(persona)
+        persona = msgspec.structs.replace(_normalised(persona), updated_at=persona.created_at)
         keys = keyspace.AccountKeys(account_id)
         claimed = await self._create(
-            keys=[keys.persona_names, keys.persona(persona.id)],
-            args=[persona.name, persona.id, _encode(persona)],
+            keys=[keys.persona_names, keys.persona(persona.id), keys.personas],
+            args=[persona.name, persona.id, _encode(persona), persona.created_at.timestamp()],
         )
         if not claimed:
             raise Conflict(f"A persona named {persona.name!r} already exists.")
@@ -134,13 +178,21 @@ class PersonaStore:
     async def merge(self, account_id: str, persona_id: str, changes: dict[str, object]) -> Persona:
         """Apply a partial update; an invalid field or a taken name changes nothing."""
         current = await self.get(account_id, persona_id)
+        stored = msgspec.to_builtins(current)
+        if isinstance(changes.get("publish_settings"), dict):
+            # One level deeper: changing one limit keeps the others.
+            changes = {
+                **changes,
+                "publish_settings": {**stored["publish_settings"], **changes["publish_settings"]},
+            }
         try:
-            merged = msgspec.convert({**msgspec.to_builtins(current), **changes}, Persona)
+            merged = msgspec.convert({**stored, **changes}, Persona)
         except msgspec.ValidationError as exc:
             raise ValidationFailed(f"persona: {exc}") from None
         merged = _normalised(merged)
         if merged == current:
             return current
+        merged = msgspec.structs.replace(merged, updated_at=datetime.now(UTC))
         keys = keyspace.AccountKeys(account_id)
         replaced = await self._replace(
             keys=[keys.persona_names, keys.persona(persona_id)],
@@ -149,6 +201,25 @@ class PersonaStore:
         if not replaced:
             raise Conflict(f"A persona named {merged.name!r} already exists.")
         return merged
+
+    @redis_boundary
+    async def page(self, account_id: str, limit: int, offset: int) -> tuple[list[Persona], int]:
+        """Personas oldest first, and how many there are."""
+        keys = keyspace.AccountKeys(account_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.zrange(keys.personas, offset, offset + limit - 1)
+        pipe.zcard(keys.personas)
+        ids, total = await pipe.execute()
+        raws = await self._redis.mget([keys.persona(i) for i in ids]) if ids else []
+        return [_decode(raw) for raw in raws if raw is not None], int(total)
+
+    @redis_boundary
+    async def delete(self, account_id: str, persona: Persona) -> None:
+        keys = keyspace.AccountKeys(account_id)
+        await self._delete(
+            keys=[keys.persona_names, keys.persona(persona.id), keys.personas],
+            args=[persona.name, persona.id],
+        )
 
 
 def _normalised(persona: Persona) -> Persona:

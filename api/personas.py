@@ -1,0 +1,355 @@
+"""``/api/personas``: persona CRUD (seed 003), knowledge activation (seed 000), the default.
+
+Persona bodies use seed 003's field names (``systemPrompt``, ``imageUrl``, ``createdAt``),
+plus seed 004's traits and seed 000's ``publishSettings``; input may also be written in
+snake_case (``system_prompt``, ``publish_settings``). As in seed 003, PUT changes only the
+fields it is given, and so does PATCH. A name is unique within an account (409
+``resource.conflict``); another account's persona is 404 everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.knowledge import ExternalId
+from api.operations import Operation
+from api.responses import JSON
+from api.services import Services
+from engine.apikeys import Principal
+from engine.errors import Conflict, Failure, NotFound, ValidationFailed
+from engine.personas import (
+    Archetype,
+    Gender,
+    Mode,
+    Persona,
+    Sociality,
+    Temperament,
+    Window,
+    Zodiac,
+)
+
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")]
+HeaderValue = Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^[^\r\n]*$")]
+Headers = Annotated[dict[HeaderName, HeaderValue], msgspec.Meta(max_length=32)]
+MAX_ACTIVATION = 1000
+
+
+class AvailabilityIn(msgspec.Struct, forbid_unknown_fields=True):
+    time_zone: str
+    windows: list[Window]
+
+
+class PublishSettingsIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Fields left out stay as they are; ``null`` clears a limit or the opening hours."""
+
+    session_interaction_limit: int | msgspec.UnsetType | None = msgspec.UNSET
+    session_duration_limit_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
+    availability: AvailabilityIn | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_modes: list[Mode] | msgspec.UnsetType = msgspec.UNSET
+
+
+class PersonaIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Every field optional: POST needs ``name``; PUT and PATCH change what they are given."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    description: Annotated[str, msgspec.Meta(max_length=2000)] | msgspec.UnsetType = msgspec.UNSET
+    system_prompt: Annotated[str, msgspec.Meta(max_length=1000)] | msgspec.UnsetType = msgspec.UNSET
+    headers: Headers | msgspec.UnsetType = msgspec.UNSET
+    image_url: Annotated[str, msgspec.Meta(max_length=2048)] | msgspec.UnsetType | None = (
+        msgspec.UNSET
+    )
+    age: Annotated[int, msgspec.Meta(ge=1, le=120)] | msgspec.UnsetType | None = msgspec.UNSET
+    gender: Gender | msgspec.UnsetType | None = msgspec.UNSET
+    zodiac: Zodiac | msgspec.UnsetType | None = msgspec.UNSET
+    temperament: Temperament | msgspec.UnsetType = msgspec.UNSET
+    sociality: Sociality | msgspec.UnsetType = msgspec.UNSET
+    archetypes: Annotated[list[Archetype], msgspec.Meta(max_length=16)] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
+    publish_settings: PublishSettingsIn | msgspec.UnsetType = msgspec.UNSET
+
+    def changes(self) -> dict[str, Any]:
+        """The given fields, under the engine's names (role, image)."""
+        given = {k: v for k, v in msgspec.structs.asdict(self).items() if v is not msgspec.UNSET}
+        if "system_prompt" in given:
+            given["role"] = given.pop("system_prompt")
+        if "image_url" in given:
+            given["image"] = given.pop("image_url")
+        return msgspec.to_builtins(given)  # UNSET fields of publish_settings drop out here
+
+
+class AvailabilityView(msgspec.Struct, rename="camel"):
+    time_zone: str
+    windows: list[Window]
+
+
+class PublishSettingsView(msgspec.Struct, rename="camel"):
+    session_interaction_limit: int | None
+    session_duration_limit_seconds: int | None
+    availability: AvailabilityView | None
+    allowed_modes: list[Mode]
+
+
+class PersonaView(msgspec.Struct, rename="camel"):
+    id: str
+    name: str
+    description: str
+    system_prompt: str
+    headers: dict[str, str]
+    image_url: str | None
+    age: int | None
+    gender: Gender | None
+    zodiac: Zodiac | None
+    temperament: Temperament
+    sociality: Sociality
+    archetypes: list[Archetype]
+    publish_settings: PublishSettingsView
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class PersonaPage(msgspec.Struct):
+    items: list[PersonaView]
+    total_count: int
+
+
+class Activation(msgspec.Struct, forbid_unknown_fields=True):
+    external_ids: Annotated[list[ExternalId], msgspec.Meta(max_length=MAX_ACTIVATION)]
+
+
+class Added(msgspec.Struct):
+    added: int
+    skipped: int
+
+
+class DefaultChoice(msgspec.Struct, forbid_unknown_fields=True):
+    persona_id: str
+
+
+_SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
+# Header names are the caller's own: their spelling is kept as sent.
+_KEEP_KEYS_UNDER = frozenset({"headers"})
+
+
+def snake_keys(value: Any) -> Any:
+    """``systemPrompt`` → ``system_prompt``, recursively, except inside ``headers``."""
+    if isinstance(value, dict):
+        return {
+            (snake := _SNAKE.sub("_", key).lower()): (
+                item if snake in _KEEP_KEYS_UNDER else snake_keys(item)
+            )
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [snake_keys(item) for item in value]
+    return value
+
+
+def decode(body: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.convert(snake_keys(msgspec.json.decode(body)), kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        text, _, where = str(exc).rpartition(" - at `$")
+        field = where.rstrip("`").lstrip(".") or "body"
+        raise ValidationFailed(
+            f"{field}: {text or exc}", errors={field: [text or str(exc)]}
+        ) from None
+
+
+def view(persona: Persona, default_id: str | None) -> PersonaView:
+    publish = persona.publish_settings
+    return PersonaView(
+        id=persona.id,
+        name=persona.name,
+        description=persona.description,
+        system_prompt=persona.role,
+        headers=persona.headers,
+        image_url=persona.image,
+        age=persona.age,
+        gender=persona.gender,
+        zodiac=persona.zodiac,
+        temperament=persona.temperament,
+        sociality=persona.sociality,
+        archetypes=persona.archetypes,
+        publish_settings=PublishSettingsView(
+            session_interaction_limit=publish.session_interaction_limit,
+            session_duration_limit_seconds=publish.session_duration_limit_seconds,
+            availability=None
+            if publish.availability is None
+            else AvailabilityView(publish.availability.time_zone, publish.availability.windows),
+            allowed_modes=publish.allowed_modes,
+        ),
+        is_default=persona.id == default_id,
+        created_at=persona.created_at,
+        updated_at=persona.updated_at,
+    )
+
+
+def context(request: Request) -> tuple[Services, str]:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    return services, principal.account_id
+
+
+async def default_id(services: Services, account_id: str) -> str | None:
+    return (await services.accounts.get(account_id)).default_persona_id
+
+
+async def list_personas(request: Request) -> Response:
+    services, account_id = context(request)
+    errors: dict[str, list[str]] = {}
+    paging: dict[str, int] = {}
+    for name, default, low, high in (("limit", 50, 1, 200), ("offset", 0, 0, 10**9)):
+        raw = request.query_params.get(name, str(default))
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            errors[name] = [f"an integer from {low} to {high}"]
+        else:
+            paging[name] = int(raw)
+    if errors:
+        raise ValidationFailed("Bad paging parameters.", errors=errors)
+    personas, total = await services.personas.page(account_id, paging["limit"], paging["offset"])
+    chosen = await default_id(services, account_id)
+    return JSON(PersonaPage(items=[view(p, chosen) for p in personas], total_count=total))
+
+
+async def create_persona(request: Request) -> Response:
+    services, account_id = context(request)
+    given = decode(await request.body(), PersonaIn)
+    if given.name is msgspec.UNSET:
+        raise ValidationFailed("Name is required", errors={"name": ["required"]})
+    try:
+        persona = await services.personas.create(account_id, **given.changes())
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(f"persona: {exc}") from None
+    except Conflict:
+        raise Conflict("Persona with name already exists") from None
+    return JSON(view(persona, await default_id(services, account_id)), status_code=201)
+
+
+async def get_persona(request: Request) -> Response:
+    services, account_id = context(request)
+    persona = await services.personas.get(account_id, request.path_params["persona_id"])
+    return JSON(view(persona, await default_id(services, account_id)))
+
+
+async def update_persona(request: Request) -> Response:
+    services, account_id = context(request)
+    persona_id = request.path_params["persona_id"]
+    await services.personas.get(account_id, persona_id)  # 404 before reading the body
+    given = decode(await request.body(), PersonaIn)
+    try:
+        persona = await services.personas.merge(account_id, persona_id, given.changes())
+    except Conflict:
+        raise Conflict("Persona with name already exists") from None
+    return JSON(view(persona, await default_id(services, account_id)))
+
+
+async def delete_persona(request: Request) -> Response:
+    services, account_id = context(request)
+    persona = await services.personas.get(account_id, request.path_params["persona_id"])
+    if persona.id == await default_id(services, account_id):
+        raise Conflict(
+            "This is the account's default persona; choose another default before deleting it."
+        )
+    await services.activations.forget_persona(account_id, persona.id)
+    await services.personas.delete(account_id, persona)
+    return Response(status_code=204)
+
+
+async def get_default(request: Request) -> Response:
+    services, account_id = context(request)
+    chosen = await default_id(services, account_id)
+    if chosen is None:
+        raise NotFound("The account has no default persona.")
+    return JSON(view(await services.personas.get(account_id, chosen), chosen))
+
+
+async def set_default(request: Request) -> Response:
+    services, account_id = context(request)
+    choice = decode(await request.body(), DefaultChoice)
+    persona = await services.personas.get(account_id, choice.persona_id)
+    await services.accounts.set_default_persona(account_id, persona.id)
+    return JSON(view(persona, persona.id))
+
+
+async def _persona_id(services: Services, account_id: str, request: Request) -> str:
+    return (await services.personas.get(account_id, request.path_params["persona_id"])).id
+
+
+async def get_knowledge(request: Request) -> Response:
+    services, account_id = context(request)
+    persona_id = await _persona_id(services, account_id, request)
+    return JSON(Activation(await services.activations.active(account_id, persona_id)))
+
+
+async def replace_knowledge(request: Request) -> Response:
+    services, account_id = context(request)
+    persona_id = await _persona_id(services, account_id, request)
+    wanted = decode(await request.body(), Activation)
+    await services.activations.replace(account_id, persona_id, wanted.external_ids)
+    return JSON(Activation(await services.activations.active(account_id, persona_id)))
+
+
+async def add_knowledge(request: Request) -> Response:
+    services, account_id = context(request)
+    persona_id = await _persona_id(services, account_id, request)
+    wanted = decode(await request.body(), Activation)
+    added, skipped = await services.activations.add(account_id, persona_id, wanted.external_ids)
+    return JSON(Added(added, skipped))
+
+
+async def remove_knowledge(request: Request) -> Response:
+    services, account_id = context(request)
+    persona_id = await _persona_id(services, account_id, request)
+    await services.activations.remove(account_id, persona_id, request.path_params["external_id"])
+    return Response(status_code=204)
+
+
+ONE = "/api/personas/{persona_id}"
+KNOWLEDGE = ONE + "/knowledge"
+FOUND = (Failure.VALIDATION_FAILED,)
+WRITES = (Failure.VALIDATION_FAILED, Failure.CONFLICT)
+OPERATIONS = [
+    Operation("GET", "/api/personas", list_personas,
+              "The account's personas, oldest first; `limit` 1..200 (50), `offset`.",
+              "personas", PersonaPage, failures=FOUND),
+    Operation("POST", "/api/personas", create_persona,
+              "Create a persona (201); name required, unique in the account (409).",
+              "personas", PersonaView, status=201, request=PersonaIn, failures=WRITES),
+    # Before {persona_id}, so "default" is not taken for an id.
+    Operation("GET", "/api/personas/default", get_default,
+              "The account's default persona: the one /api/v1/conversation speaks as.",
+              "personas", PersonaView),
+    Operation("PUT", "/api/personas/default", set_default,
+              'Choose the default persona: {"persona_id": "..."}.', "personas", PersonaView,
+              request=DefaultChoice, failures=FOUND),
+    Operation("GET", ONE, get_persona, "One persona.", "personas", PersonaView),
+    Operation("PUT", ONE, update_persona,
+              "Change the fields given (seed 003's PUT); a taken name is 409.", "personas",
+              PersonaView, request=PersonaIn, failures=WRITES),
+    Operation("PATCH", ONE, update_persona, "Change the fields given; a taken name is 409.",
+              "personas", PersonaView, request=PersonaIn, failures=WRITES),
+    Operation("DELETE", ONE, delete_persona,
+              "Delete a persona and its activations (204); the default persona is 409.",
+              "personas", status=204, failures=(Failure.CONFLICT,)),
+    Operation("GET", KNOWLEDGE, get_knowledge, "external_ids active for the persona.",
+              "personas", Activation),
+    Operation("PUT", KNOWLEDGE, replace_knowledge,
+              "Replace the active list; unknown external_ids are 400 and change nothing.",
+              "personas", Activation, request=Activation, failures=FOUND),
+    Operation("POST", KNOWLEDGE, add_knowledge,
+              "Activate more documents: {added, skipped}.", "personas", Added,
+              request=Activation, failures=FOUND),
+    Operation("DELETE", KNOWLEDGE + "/{external_id}", remove_knowledge,
+              "Deactivate one document: 204 whether or not it was active.", "personas",
+              status=204),
+]  # fmt: skip
