@@ -106,7 +106,7 @@ def create_app(settings: Settings) -> ASGIApp:
     limits = {
         op.path: (op.body_limit, op.too_large) for op in OPERATIONS if op.body_limit is not None
     }
-    bounded = DeclaredBodyLimit(app, settings.max_body_bytes, limits)
+    bounded = DeclaredBodyLimit(app, app.routes, settings.max_body_bytes, limits)
     return Telemetry(bounded, app.routes, metrics)
 
 

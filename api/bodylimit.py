@@ -8,28 +8,36 @@ without a length (chunked) are counted while they are read by Starlette's own
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from starlette.datastructures import Headers
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import render
+from api.routes import template_of
 from engine.errors import BodyTooLarge, RapportError
 
 
 class DeclaredBodyLimit:
     def __init__(
-        self, app: ASGIApp, default: int, per_path: Mapping[str, tuple[int, type[RapportError]]]
+        self,
+        app: ASGIApp,
+        routes: Sequence[BaseRoute],
+        default: int,
+        per_template: Mapping[str, tuple[int, type[RapportError]]],
     ) -> None:
         self.app = app
+        self.routes = routes
         self.default = default
-        self.per_path = dict(per_path)
+        self.per_template = dict(per_template)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             # uvicorn's parser has already refused a Content-Length that is not 1*DIGIT.
             declared = Headers(scope=scope).get("content-length")
-            limit, too_large = self.per_path.get(scope["path"], (self.default, BodyTooLarge))
+            template = template_of(self.routes, scope) if declared is not None else None
+            limit, too_large = self.per_template.get(template or "", (self.default, BodyTooLarge))
             if declared is not None and int(declared) > limit:
                 error = too_large(f"The request body may be at most {limit} bytes here.")
                 await render(scope, error)(scope, receive, send)

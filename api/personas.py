@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,7 +24,15 @@ from api.operations import Operation
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
-from engine.errors import Conflict, Failure, NotFound, ValidationFailed
+from engine.errors import (
+    Conflict,
+    Failure,
+    FileTooLarge,
+    NotFound,
+    PreconditionFailed,
+    ValidationFailed,
+)
+from engine.persona_media import EXTENSIONS, LIMITS, Kind, Media
 from engine.personas import (
     Archetype,
     Gender,
@@ -38,6 +48,7 @@ HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1
 HeaderValue = Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^[^\r\n]*$")]
 Headers = Annotated[dict[HeaderName, HeaderValue], msgspec.Meta(max_length=32)]
 MAX_ACTIVATION = 1000
+MEDIA_BODY_LIMIT = max(LIMITS.values())
 
 
 class AvailabilityIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -113,8 +124,20 @@ class PersonaView(msgspec.Struct, rename="camel"):
     archetypes: list[Archetype]
     publish_settings: PublishSettingsView
     is_default: bool
+    media: list[MediaView]
     created_at: datetime
     updated_at: datetime
+
+
+class MediaView(msgspec.Struct, rename="camel"):
+    id: str
+    kind: Kind
+    mime: str
+    size_bytes: int
+    file_name: str | None
+    url: str
+    """Where to fetch the bytes (GET, with the API key)."""
+    created_at: datetime
 
 
 class PersonaPage(msgspec.Struct):
@@ -165,7 +188,19 @@ def decode(body: bytes, kind: type[Any]) -> Any:
         ) from None
 
 
-def view(persona: Persona, default_id: str | None) -> PersonaView:
+def media_view(persona_id: str, media: Media) -> MediaView:
+    return MediaView(
+        id=media.id,
+        kind=media.kind,
+        mime=media.mime,
+        size_bytes=media.size_bytes,
+        file_name=media.file_name,
+        url=f"/api/personas/{persona_id}/media/{media.id}",
+        created_at=media.created_at,
+    )
+
+
+def view(persona: Persona, default_id: str | None, media: list[Media]) -> PersonaView:
     publish = persona.publish_settings
     return PersonaView(
         id=persona.id,
@@ -189,6 +224,7 @@ def view(persona: Persona, default_id: str | None) -> PersonaView:
             allowed_modes=publish.allowed_modes,
         ),
         is_default=persona.id == default_id,
+        media=[media_view(persona.id, m) for m in media],
         created_at=persona.created_at,
         updated_at=persona.updated_at,
     )
@@ -218,7 +254,13 @@ async def list_personas(request: Request) -> Response:
         raise ValidationFailed("Bad paging parameters.", errors=errors)
     personas, total = await services.personas.page(account_id, paging["limit"], paging["offset"])
     chosen = await default_id(services, account_id)
-    return JSON(PersonaPage(items=[view(p, chosen) for p in personas], total_count=total))
+    items = [view(p, chosen, await services.media.list(account_id, p.id)) for p in personas]
+    return JSON(PersonaPage(items=items, total_count=total))
+
+
+async def full_view(services: Services, account_id: str, persona: Persona) -> PersonaView:
+    chosen = await default_id(services, account_id)
+    return view(persona, chosen, await services.media.list(account_id, persona.id))
 
 
 async def create_persona(request: Request) -> Response:
@@ -232,13 +274,13 @@ async def create_persona(request: Request) -> Response:
         raise ValidationFailed(f"persona: {exc}") from None
     except Conflict:
         raise Conflict("Persona with name already exists") from None
-    return JSON(view(persona, await default_id(services, account_id)), status_code=201)
+    return JSON(await full_view(services, account_id, persona), status_code=201)
 
 
 async def get_persona(request: Request) -> Response:
     services, account_id = context(request)
     persona = await services.personas.get(account_id, request.path_params["persona_id"])
-    return JSON(view(persona, await default_id(services, account_id)))
+    return JSON(await full_view(services, account_id, persona))
 
 
 async def update_persona(request: Request) -> Response:
@@ -250,7 +292,7 @@ async def update_persona(request: Request) -> Response:
         persona = await services.personas.merge(account_id, persona_id, given.changes())
     except Conflict:
         raise Conflict("Persona with name already exists") from None
-    return JSON(view(persona, await default_id(services, account_id)))
+    return JSON(await full_view(services, account_id, persona))
 
 
 async def delete_persona(request: Request) -> Response:
@@ -261,6 +303,7 @@ async def delete_persona(request: Request) -> Response:
             "This is the account's default persona; choose another default before deleting it."
         )
     await services.activations.forget_persona(account_id, persona.id)
+    await services.media.delete_all(account_id, persona.id)
     await services.personas.delete(account_id, persona)
     return Response(status_code=204)
 
@@ -270,7 +313,9 @@ async def get_default(request: Request) -> Response:
     chosen = await default_id(services, account_id)
     if chosen is None:
         raise NotFound("The account has no default persona.")
-    return JSON(view(await services.personas.get(account_id, chosen), chosen))
+    return JSON(
+        await full_view(services, account_id, await services.personas.get(account_id, chosen))
+    )
 
 
 async def set_default(request: Request) -> Response:
@@ -278,7 +323,7 @@ async def set_default(request: Request) -> Response:
     choice = decode(await request.body(), DefaultChoice)
     persona = await services.personas.get(account_id, choice.persona_id)
     await services.accounts.set_default_persona(account_id, persona.id)
-    return JSON(view(persona, persona.id))
+    return JSON(await full_view(services, account_id, persona))
 
 
 async def _persona_id(services: Services, account_id: str, request: Request) -> str:
@@ -312,6 +357,70 @@ async def remove_knowledge(request: Request) -> Response:
     persona_id = await _persona_id(services, account_id, request)
     await services.activations.remove(account_id, persona_id, request.path_params["external_id"])
     return Response(status_code=204)
+
+
+async def upload_media(request: Request) -> Response:
+    """Multipart ``file``: an image, a voice sample or a video, told apart by its mime."""
+    services, account_id = context(request)
+    persona_id = await _persona_id(services, account_id, request)
+    try:
+        async with request.form(max_files=1, max_fields=4) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise ValidationFailed(
+                    "A file is required in the multipart field named file.",
+                    errors={"file": ["required"]},
+                )
+            data = await upload.read(MEDIA_BODY_LIMIT + 1)
+            mime, name = upload.content_type or "", upload.filename
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            raise FileTooLarge() from None
+        raise
+    media = await services.media.add(account_id, persona_id, mime, data, name)
+    return JSON(media_view(persona_id, media), status_code=201)
+
+
+async def list_media(request: Request) -> Response:
+    services, account_id = context(request)
+    persona_id = await _persona_id(services, account_id, request)
+    media = await services.media.list(account_id, persona_id)
+    return JSON([media_view(persona_id, m) for m in media])
+
+
+async def get_media(request: Request) -> Response:
+    services, account_id = context(request)
+    persona_id = await _persona_id(services, account_id, request)
+    media, data = await services.media.content(
+        account_id, persona_id, request.path_params["media_id"]
+    )
+    return Response(data, media_type=media.mime)
+
+
+async def delete_media(request: Request) -> Response:
+    services, account_id = context(request)
+    persona_id = await _persona_id(services, account_id, request)
+    if not await services.media.delete(account_id, persona_id, request.path_params["media_id"]):
+        raise NotFound("No such media on this persona.")
+    return Response(status_code=204)
+
+
+async def generate_image(request: Request) -> Response:
+    """Seed 003: a portrait from the persona's system prompt, stored as its image."""
+    services, account_id = context(request)
+    persona = await services.personas.get(account_id, request.path_params["persona_id"])
+    if services.images is None:
+        raise PreconditionFailed("No LLM provider configured")
+    if not persona.role.strip():
+        raise PreconditionFailed("Persona has no system prompt")
+    png = await services.images.generate(
+        f"A portrait of {persona.name}, a persona described as follows. {persona.role}"
+    )
+    media = await services.media.add(account_id, persona.id, "image/png", png, "portrait.png")
+    updated = await services.personas.merge(
+        account_id, persona.id, {"image": f"{media.id}.{EXTENSIONS['image/png']}"}
+    )
+    return JSON(await full_view(services, account_id, updated))
 
 
 ONE = "/api/personas/{persona_id}"
@@ -352,4 +461,22 @@ OPERATIONS = [
     Operation("DELETE", KNOWLEDGE + "/{external_id}", remove_knowledge,
               "Deactivate one document: 204 whether or not it was active.", "personas",
               status=204),
+    Operation("POST", ONE + "/media", upload_media,
+              "Upload a voice sample (the conversation API's audio types, <= 25 MiB), a video "
+              "(mp4, webm, mov, <= 50 MiB) or an image (jpeg, png, webp, <= 5 MiB).",
+              "personas", MediaView, status=201,
+              failures=(Failure.VALIDATION_FAILED, Failure.INVALID_SIGNATURE,
+                        Failure.UNSUPPORTED_TYPE, Failure.FILE_TOO_LARGE),
+              body_limit=MEDIA_BODY_LIMIT + 64 * 1024, too_large=FileTooLarge),
+    Operation("GET", ONE + "/media", list_media, "The persona's media.", "personas",
+              list[MediaView]),
+    Operation("GET", ONE + "/media/{media_id}", get_media, "One media file's bytes.",
+              "personas", media_type="application/octet-stream"),
+    Operation("DELETE", ONE + "/media/{media_id}", delete_media, "Delete one media file.",
+              "personas", status=204),
+    Operation("POST", ONE + "/generate-image", generate_image,
+              "Generate a portrait from the system prompt with the configured image model and "
+              "store it as the persona's image (seed 003).", "personas", PersonaView,
+              failures=(Failure.PRECONDITION_FAILED, Failure.UPSTREAM_FAILED,
+                        Failure.UPSTREAM_TIMEOUT)),
 ]  # fmt: skip

@@ -23,9 +23,19 @@ def is_upload(method: str, path: str) -> bool:
     return method == "PUT" and path.startswith(UPLOAD_PATHS[1])
 
 
+def is_persona_upload(method: str, path: str) -> bool:
+    """Persona media and portraits (seed 000 PersonaUploads)."""
+    return (
+        method == "POST"
+        and path.startswith("/api/personas/")
+        and path.endswith(("/media", "/generate-image"))
+    )
+
+
 class ApiRateLimits:
     """Seed 000's policies on ``/api/`` outside ``/api/v1/``: Global per IP on every
-    request; uploads count against KnowledgeUploadsRate, other mutations MutationDefault."""
+    request; document uploads count against KnowledgeUploadsRate, persona media and
+    portraits against PersonaUploads, other mutations against MutationDefault."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -38,13 +48,15 @@ class ApiRateLimits:
         state = scope["state"]
         services = state["services"]
         principal: Principal = state["principal"]
-        global_ip, uploads, mutations = services.api_policies
+        global_ip, uploads, mutations, persona_uploads = services.api_policies
         client = scope.get("client")
         try:
             await services.rate_limits.enforce(global_ip, client[0] if client else "unknown")
             method = scope["method"]
             if is_upload(method, path):
                 await services.rate_limits.enforce(uploads, principal.account_id)
+            elif is_persona_upload(method, path):
+                await services.rate_limits.enforce(persona_uploads, principal.account_id)
             elif method in MUTATIONS:
                 await services.rate_limits.enforce(mutations, principal.account_id)
         except RapportError as error:

@@ -12,8 +12,9 @@ from engine.apikeys import KeyStore
 from engine.balance import Balance
 from engine.config import Settings
 from engine.idempotency import IdempotencyStore
-from engine.llm import OpenAICompatible
+from engine.llm import OpenAICompatible, OpenAIImages
 from engine.memory import MemoryStore
+from engine.persona_media import MediaStore
 from engine.personas import PersonaStore
 from engine.ratelimit import Policy, RateLimits
 from engine.replies import ReplyBackend
@@ -56,7 +57,9 @@ class Services:
     activations: Activations = field(init=False)
     embedder: Embedder = field(init=False)
     processor: Processor = field(init=False)
-    api_policies: tuple[Policy, Policy, Policy] = field(init=False)
+    api_policies: tuple[Policy, Policy, Policy, Policy] = field(init=False)
+    media: MediaStore = field(init=False)
+    images: OpenAIImages | None = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -73,7 +76,17 @@ class Services:
             Policy("Global", settings.global_ip_rpm, "ip"),
             Policy("KnowledgeUploadsRate", settings.uploads_rpm, "user"),
             Policy("MutationDefault", settings.mutations_rpm, "user"),
+            Policy("PersonaUploads", settings.persona_uploads_rpm, "user"),
         )
+        self.media = MediaStore(self.redis)
+        self.images = None
+        if settings.llm_base_url is not None:
+            self.images = OpenAIImages(
+                base_url=settings.llm_base_url,
+                api_key=settings.llm_api_key or "unused",
+                model=settings.llm_image_model,
+                timeout=settings.llm_timeout,
+            )
         if settings.llm_base_url is None:
             self.backend = EmbeddedResponder()
         else:
@@ -118,6 +131,8 @@ class Services:
     async def close(self) -> None:
         if isinstance(self.backend, OpenAICompatible):
             await self.backend.close()
+        if self.images is not None:
+            await self.images.close()
         await self.redis.aclose()
 
     @redis_boundary

@@ -12,10 +12,11 @@ import secrets
 import time
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.metrics import HttpMetrics
+from api.routes import template_of
 
 log = logging.getLogger("rapport.http")
 
@@ -80,12 +81,5 @@ class Telemetry:
         )
 
     def _route_template(self, scope: Scope) -> str:
-        route = scope.get("route")
-        if route is not None:
-            return getattr(route, "path", UNMATCHED)
-        # Answered before routing (auth, body limit): find the template without dispatching.
-        for candidate in self.routes:
-            match, _ = candidate.matches(scope)
-            if match is not Match.NONE:
-                return getattr(candidate, "path", UNMATCHED)
-        return UNMATCHED
+        # Also for requests answered before routing (auth, body limit).
+        return template_of(self.routes, scope) or UNMATCHED

@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Bearer token for the LLM server (many local servers need none)."""
     llm_model: str = ""
     """Model name sent to the LLM server; required with RAPPORT_LLM_BASE_URL."""
+    llm_image_model: str = "gpt-image-1"
+    """Image model asked for persona portraits (seed 003's generate-image)."""
     llm_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
     """Seconds a turn may take, queue wait included, before it ends in upstream_timeout."""
     llm_max_tokens: Annotated[int, msgspec.Meta(ge=1, le=32768)] = 512
@@ -58,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Document uploads per minute per account (seed 000 KnowledgeUploadsRate)."""
     mutations_rpm: Annotated[int, msgspec.Meta(ge=1)] = 300
     """Other POST/PUT/PATCH/DELETE under /api/ per minute per account (MutationDefault)."""
+    persona_uploads_rpm: Annotated[int, msgspec.Meta(ge=1)] = 20
+    """Persona media uploads and portraits per minute per account (seed 000 PersonaUploads)."""
     global_ip_rpm: Annotated[int, msgspec.Meta(ge=1)] = 300
     """Requests per minute per client IP under /api/, outside /api/v1/ (seed 000 Global)."""
     turn_workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16

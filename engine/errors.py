@@ -19,6 +19,7 @@ Exception tree, grouped by cause::
     │   ├── MethodNotAllowed
     │   ├── BodyTooLarge
     │   ├── Conflict
+    │   ├── PreconditionFailed       the request needs something that is not there
     │   ├── IdempotencyInFlight
     │   ├── IdempotencyKeyReused
     │   ├── InvalidSignature         an upload's bytes are not its declared type
@@ -78,6 +79,10 @@ class Failure(Row, enum.Enum):
         413, "request.body_too_large", "payload_too_large", "Request body too large", 1009
     )
     CONFLICT = Row(409, "resource.conflict", "conflict", "Resource conflict", 1008)
+    # Seed 003 answers 400 with a message when a portrait cannot be made; no code is named.
+    PRECONDITION_FAILED = Row(
+        400, "request.precondition_failed", "precondition_failed", "Precondition failed", 1008
+    )
     # Seed 004 names the /api/v1/ codes of idempotency, balance, rate limits and outages.
     IDEMPOTENCY_IN_FLIGHT = Row(
         409, "idempotency.in_flight", "idempotency_in_flight", "Request still in progress", 1008
@@ -203,6 +208,11 @@ class BodyTooLarge(RequestError):
 class Conflict(RequestError):
     failure = Failure.CONFLICT
     default_message = "The request conflicts with the resource's current state."
+
+
+class PreconditionFailed(RequestError):
+    failure = Failure.PRECONDITION_FAILED
+    default_message = "The request needs something this server or resource does not have."
 
 
 class IdempotencyInFlight(RequestError):

@@ -100,6 +100,14 @@ class AccountKeys:
         """Sorted set: persona ids by creation time (for listing)."""
         return f"{self.base}:personas"
 
+    def persona_media(self, persona_id: str) -> str:
+        """Hash: media id -> one of the persona's media records (msgspec JSON)."""
+        return f"{self.base}:persona:{persona_id}:media"
+
+    def persona_media_content(self, persona_id: str, media_id: str) -> str:
+        """String: a media file's bytes (base64)."""
+        return f"{self.base}:persona:{persona_id}:media:{media_id}"
+
     @property
     def persona_names(self) -> str:
         """Hash: persona name -> persona id (names are unique per account)."""

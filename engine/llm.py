@@ -15,6 +15,8 @@ other failure of the upstream ``upstream_error``.
 
 from __future__ import annotations
 
+import base64
+
 import openai
 from openai import AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -62,6 +64,37 @@ class OpenAICompatible:
         except openai.OpenAIError as exc:
             raise UpstreamFailed() from exc
         return Reply(text="".join(parts).strip(), sources=[s.external_id for s in context.snippets])
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class OpenAIImages:
+    """Portraits from an OpenAI-compatible image model (seed 003: gpt-image-1)."""
+
+    def __init__(self, *, base_url: str, api_key: str, model: str, timeout: float) -> None:
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
+        )
+        self._model = model
+
+    async def generate(self, prompt: str) -> bytes:
+        try:
+            result = await self._client.images.generate(
+                model=self._model, prompt=prompt, n=1, size="1024x1024"
+            )
+        except openai.APITimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        except openai.OpenAIError as exc:
+            raise UpstreamFailed() from exc
+        # gpt-image-1 always answers base64; a URL would need a download we do not make.
+        encoded = result.data[0].b64_json if result.data else None
+        if not encoded:
+            raise UpstreamFailed("The image model returned no image data.")
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except ValueError as exc:
+            raise UpstreamFailed("The image model returned broken image data.") from exc
 
     async def close(self) -> None:
         await self._client.close()

@@ -72,3 +72,48 @@ def check_image(data: bytes, mime: str) -> None:
             f"image_b64 is {found}, not {mime}.",
             errors={"image_b64": [f"bytes are {found}, declared {mime}"]},
         )
+
+
+# Which declared audio mimes a file's first bytes are compatible with. Containers: RIFF/WAVE
+# (wav), ID3 or an MPEG frame sync (mp3), Ogg (ogg, opus), an ADTS frame (aac), ISO base
+# media "ftyp" (m4a, mp4), EBML (webm).
+_AUDIO_FAMILIES: dict[str, tuple[str, ...]] = {
+    "wav": ("audio/wav", "audio/x-wav"),
+    "mp3": ("audio/mp3", "audio/mpeg"),
+    "ogg": ("audio/ogg", "audio/opus"),
+    "aac": ("audio/aac",),
+    "mp4": ("audio/m4a", "audio/mp4", "audio/aac"),
+    "webm": ("audio/webm",),
+}
+VIDEO_MIMES: tuple[str, ...] = ("video/mp4", "video/webm", "video/quicktime")
+
+
+def container_of(data: bytes) -> str | None:
+    """The audio/video container the bytes start like, or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "wav"
+    if data.startswith(b"ID3"):
+        return "mp3"
+    if data.startswith(b"OggS"):
+        return "ogg"
+    if data[4:8] == b"ftyp":
+        return "mp4"
+    if data.startswith(b"\x1a\x45\xdf\xa3"):
+        return "webm"
+    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xF6 == 0xF0:
+        return "aac"  # ADTS: sync word, layer 00
+    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0:
+        return "mp3"  # MPEG audio frame sync
+    return None
+
+
+def audio_matches(data: bytes, mime: str) -> bool:
+    container = container_of(data)
+    return container is not None and mime in _AUDIO_FAMILIES.get(container, ())
+
+
+def video_matches(data: bytes, mime: str) -> bool:
+    container = container_of(data)
+    if mime in ("video/mp4", "video/quicktime"):
+        return container == "mp4" or data[4:8] in (b"moov", b"mdat", b"wide")
+    return mime == "video/webm" and container == "webm"

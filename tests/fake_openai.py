@@ -223,6 +223,25 @@ async def stream(
         state.open_streams -= 1
 
 
+# A real 1x1 PNG, as OpenAI's image models answer: base64 in data[0].b64_json.
+PORTRAIT_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="  # noqa: E501
+
+
+async def image_generations(request: Request) -> Response:
+    """POST /v1/images/generations, recorded like chat calls; honours status/fail_times."""
+    try:
+        body = await request.json()
+    except ValueError:
+        return error(400, "We could not parse the JSON body of your request.")
+    state.calls.append(body)
+    if not authorized(request):
+        return error(401, "You didn't provide an API key.")
+    if should_fail(state.behaviour):
+        status = state.behaviour.status or 500
+        return error(status, f"The fake server was configured to answer {status}.")
+    return JSONResponse({"created": int(time.time()), "data": [{"b64_json": PORTRAIT_PNG_B64}]})
+
+
 async def models(request: Request) -> JSONResponse:
     if not authorized(request):
         return error(401, "You didn't provide an API key.")
@@ -253,6 +272,7 @@ app = Starlette(
     routes=[
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/images/generations", image_generations, methods=["POST"]),
         Route("/_control/configure", configure, methods=["POST"]),
         Route("/_control/calls", calls, methods=["GET"]),
         Route("/_control/reset", reset, methods=["POST"]),

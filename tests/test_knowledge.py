@@ -424,3 +424,12 @@ def test_kb_import_is_idempotent_and_resumable(server: Server, tmp_path) -> None
     not_json.write_text("{not json")
     assert server.cli("kb", "import", str(not_json), "--account", name).returncode == 2
     assert server.cli("kb", "import", str(everything), "--account", "nobody").returncode == 1
+
+
+def test_a_large_single_document_gets_its_routes_body_limit(tenant) -> None:
+    _, client = tenant
+    # 1.2 MB of UTF-8: over the 1 MiB default body limit, within the route's own.
+    big = client.put(doc_path("big"), json={"content": "é" * 600_000})
+    assert big.status_code == 201, big.text
+    too_many = client.put(doc_path("big"), json={"content": "a" * 1_000_001})
+    assert too_many.status_code == 400 and too_many.json()["code"] == "validation.failed"
