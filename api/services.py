@@ -97,6 +97,7 @@ class Services:
                 model=settings.llm_model,
                 timeout=settings.llm_timeout,
                 max_tokens=settings.llm_max_tokens,
+                vision=settings.llm_vision,
             )
         self.pool = WorkerPool(
             workers=settings.turn_workers,
@@ -126,6 +127,7 @@ class Services:
                 embedder=self.embedder,
             ),
             backend=self.backend,
+            summariser=self.backend if isinstance(self.backend, OpenAICompatible) else None,
         )
 
     async def close(self) -> None:

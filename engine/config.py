@@ -46,6 +46,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Bearer token for the LLM server (many local servers need none)."""
     llm_model: str = ""
     """Model name sent to the LLM server; required with RAPPORT_LLM_BASE_URL."""
+    llm_vision: bool = False
+    """Send images to the model as image content parts (only for vision models)."""
     llm_image_model: str = "gpt-image-1"
     """Image model asked for persona portraits (seed 003's generate-image)."""
     llm_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0

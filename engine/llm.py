@@ -22,19 +22,29 @@ from openai import AsyncStream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from engine.errors import UpstreamFailed, UpstreamTimeout
-from engine.prompt import build_messages
+from engine.prompt import build_messages, summary_messages
 from engine.replies import OnDelta, Reply, TurnContext
+
+SUMMARY_TOKENS = 200
 
 
 class OpenAICompatible:
     def __init__(
-        self, *, base_url: str, api_key: str, model: str, timeout: float, max_tokens: int
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        model: str,
+        timeout: float,
+        max_tokens: int,
+        vision: bool,
     ) -> None:
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0
         )
         self._model = model
         self._max_tokens = max_tokens
+        self._vision = vision
 
     async def reply(self, context: TurnContext, on_delta: OnDelta | None = None) -> Reply:
         parts: list[str] = []
@@ -44,7 +54,7 @@ class OpenAICompatible:
                 cast_to=ChatCompletion,
                 body={
                     "model": self._model,
-                    "messages": build_messages(context),
+                    "messages": build_messages(context, vision=self._vision),
                     "max_tokens": self._max_tokens,
                     "stream": True,
                 },
@@ -64,6 +74,27 @@ class OpenAICompatible:
         except openai.OpenAIError as exc:
             raise UpstreamFailed() from exc
         return Reply(text="".join(parts).strip(), sources=[s.external_id for s in context.snippets])
+
+    async def summarise(self, summary: str) -> str:
+        """A condensed version of a memory summary (one short, non-streamed request)."""
+        try:
+            completion = await self._client.post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                body={
+                    "model": self._model,
+                    "messages": summary_messages(summary),
+                    "max_tokens": SUMMARY_TOKENS,
+                },
+            )
+        except openai.APITimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        except openai.OpenAIError as exc:
+            raise UpstreamFailed() from exc
+        text = completion.choices[0].message.content if completion.choices else None
+        if not text or not text.strip():
+            raise UpstreamFailed("The model returned an empty summary.")
+        return text.strip()
 
     async def close(self) -> None:
         await self._client.close()

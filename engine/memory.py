@@ -137,6 +137,10 @@ class MemoryStore:
         if max_bytes < 1 or recent_turns < 1 or summary_bytes < 0:
             raise ValueError("max_bytes and recent_turns must be >= 1, summary_bytes >= 0")
         self._redis = redis
+        self._rewrite = redis.register_script(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then "
+            "redis.call('HSET', KEYS[1], 'summary', ARGV[1]) end"
+        )
         self._max_bytes = max_bytes
         self._recent_turns = recent_turns
         self._summary_bytes = summary_bytes
@@ -158,8 +162,10 @@ class MemoryStore:
         )
 
     @redis_boundary
-    async def remember(self, account_id: str, user_id: str, turn: Turn) -> None:
-        """Store one turn, learn facts from the user's words, fold what no longer fits."""
+    async def remember(self, account_id: str, user_id: str, turn: Turn) -> bool:
+        """Store one turn, learn facts from the user's words, fold what no longer fits.
+
+        Returns whether the summary grew, so a caller with an LLM can condense it."""
         if turn.at.tzinfo is None:
             turn = msgspec.structs.replace(turn, at=turn.at.replace(tzinfo=UTC))
         elif turn.at.utcoffset():
@@ -172,11 +178,19 @@ class MemoryStore:
             args=[_encode(turn), self._max_bytes, _encode(facts) if facts else ""],
         )
         if not trimmed or self._summary_bytes == 0:
-            return
+            return False
         lines = [digest(_decode_turn(raw), self._summary_bytes) for raw in trimmed]
         lines = [line for line in lines if line]
         if lines:
             await self._fold(keys=[meta], args=[self._summary_bytes, *lines])
+        return bool(lines)
+
+    @redis_boundary
+    async def rewrite_summary(self, account_id: str, user_id: str, summary: str) -> None:
+        """Replace the summary (an LLM's condensed version), clipped to its bound. A user
+        forgotten meanwhile stays forgotten: nothing is written for an empty memory."""
+        meta = keyspace.AccountKeys(account_id).memory_meta(user_id)
+        await self._rewrite(keys=[meta], args=[clip(summary.strip(), self._summary_bytes)])
 
     @redis_boundary
     async def history(

@@ -6,6 +6,7 @@ message asks it to answer only from them, and to say so when they do not cover a
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from engine.personas import Persona
@@ -39,7 +40,7 @@ def persona_lines(persona: Persona) -> list[str]:
     return lines
 
 
-def build_messages(context: TurnContext) -> list[dict[str, Any]]:
+def build_messages(context: TurnContext, *, vision: bool = False) -> list[dict[str, Any]]:
     system = persona_lines(context.persona)
     memory = context.memory
     if memory.facts:
@@ -65,5 +66,31 @@ def build_messages(context: TurnContext) -> list[dict[str, Any]]:
     text = context.message
     if context.voice_context:
         text += f"\n\n(The user also sent a voice note saying: {context.voice_context})"
-    messages.append({"role": "user", "content": text})
+    if context.image is None:
+        messages.append({"role": "user", "content": text})
+    elif vision:
+        # OpenAI's content parts; vision servers (vLLM, llama.cpp, Ollama) take the same.
+        data = base64.b64encode(context.image.data).decode()
+        parts: list[dict[str, Any]] = [{"type": "text", "text": text or "What is this?"}]
+        parts.append(
+            {"type": "image_url", "image_url": {"url": f"data:{context.image.mime};base64,{data}"}}
+        )
+        messages.append({"role": "user", "content": parts})
+    else:
+        note = "(The user also sent an image, which you cannot see; say so if it matters.)"
+        messages.append({"role": "user", "content": f"{text}\n\n{note}".strip()})
     return messages
+
+
+SUMMARY_INSTRUCTION = (
+    "Condense these notes of an earlier conversation into at most five short lines. Keep "
+    "what the user said about themselves, what they asked and what was promised; drop "
+    "pleasantries. Answer with the lines only."
+)
+
+
+def summary_messages(summary: str) -> list[dict[str, Any]]:
+    return [
+        {"role": "system", "content": SUMMARY_INSTRUCTION},
+        {"role": "user", "content": summary},
+    ]

@@ -54,6 +54,12 @@ class ReplyBackend(Protocol):
         ...
 
 
+class Summariser(Protocol):
+    async def summarise(self, summary: str) -> str:
+        """A condensed version of a user's memory summary."""
+        ...
+
+
 class Retriever(Protocol):
     async def retrieve(self, account_id: str, persona_id: str, query: str, k: int) -> list[Snippet]:
         """The ``k`` best snippets among the persona's active, ready documents."""

@@ -6,15 +6,27 @@ and differ only in whether they pass ``on_delta`` to stream the reply.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import UTC, datetime
 
 import msgspec
 
 from engine.accounts import AccountStore
-from engine.errors import InternalError
+from engine.errors import InternalError, RapportError
 from engine.memory import MemoryStore, Turn
 from engine.personas import Persona, PersonaStore
-from engine.replies import Image, OnDelta, Reply, ReplyBackend, Retriever, TurnContext
+from engine.replies import (
+    Image,
+    OnDelta,
+    Reply,
+    ReplyBackend,
+    Retriever,
+    Summariser,
+    TurnContext,
+)
+
+log = logging.getLogger("rapport.turns")
 
 KNOWLEDGE_K = 5
 
@@ -39,12 +51,15 @@ class TurnPipeline:
         memory: MemoryStore,
         retriever: Retriever,
         backend: ReplyBackend,
+        summariser: Summariser | None = None,
     ) -> None:
         self._accounts = accounts
         self._personas = personas
         self._memory = memory
         self._retriever = retriever
         self._backend = backend
+        self._summariser = summariser
+        self._condensing: set[asyncio.Task[None]] = set()
 
     async def default_persona(self, account_id: str) -> Persona:
         account = await self._accounts.get(account_id)
@@ -69,7 +84,7 @@ class TurnPipeline:
             voice_context=turn.voice_context,
         )
         reply = await self._backend.reply(context, on_delta)
-        await self._memory.remember(
+        folded = await self._memory.remember(
             turn.account_id,
             turn.user_id,
             Turn(
@@ -80,4 +95,19 @@ class TurnPipeline:
                 sources=reply.sources,
             ),
         )
+        if folded and self._summariser is not None:
+            # Condensing the summary never delays the reply; a failure keeps the plain one.
+            task = asyncio.create_task(self._condense(turn.account_id, turn.user_id))
+            self._condensing.add(task)
+            task.add_done_callback(self._condensing.discard)
         return reply
+
+    async def _condense(self, account_id: str, user_id: str) -> None:
+        assert self._summariser is not None
+        try:
+            memory = await self._memory.recall(account_id, user_id)
+            if memory.summary:
+                summary = await self._summariser.summarise(memory.summary)
+                await self._memory.rewrite_summary(account_id, user_id, summary)
+        except RapportError as error:
+            log.warning("memory summary kept as it was: %s", error.message)

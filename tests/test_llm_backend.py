@@ -1,0 +1,112 @@
+"""The LLM reply backend against the fake server: images, and summaries it condenses."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+from engine.accounts import AccountStore
+from engine.errors import UpstreamFailed
+from engine.memory import MemoryStore, Turn
+from engine.personas import PersonaStore
+from engine.responder import EmbeddedResponder
+from engine.state import connect
+from engine.turns import TurnPipeline
+from tests.conftest import RedisServer, llm_env, wait_until
+from tests.fake_openai import DEFAULT_REPLY, FakeOpenAI
+from tests.test_conversation_contract import PNG
+
+URL = "/api/v1/conversation"
+IMAGE = {"image_b64": base64.b64encode(PNG).decode(), "image_mime": "image/png"}
+
+
+def test_images_are_content_parts_for_vision_models(server_on, fake: FakeOpenAI) -> None:
+    server = server_on(**llm_env(fake, RAPPORT_LLM_VISION="true"))
+    with server.client(headers={"X-Api-Key": server.demo_key}) as client:
+        response = client.post(URL, json={"user_id": "u", "message": "What is this?", **IMAGE})
+    assert response.status_code == 200
+    text, image = fake.calls()[-1]["messages"][-1]["content"]
+    assert text == {"type": "text", "text": "What is this?"}
+    assert image["type"] == "image_url"
+    assert image["image_url"]["url"] == "data:image/png;base64," + IMAGE["image_b64"]
+
+
+def test_other_models_are_told_an_image_came(llm_server, fake: FakeOpenAI) -> None:
+    with llm_server.client(headers={"X-Api-Key": llm_server.demo_key}) as client:
+        assert client.post(URL, json={"user_id": "u", **IMAGE}).status_code == 200
+    content = fake.calls()[-1]["messages"][-1]["content"]
+    assert isinstance(content, str) and "image, which you cannot see" in content
+
+
+def test_folded_turns_are_condensed_by_the_model(server_on, fake: FakeOpenAI) -> None:
+    server = server_on(**llm_env(fake, RAPPORT_MEMORY_BYTES="4096"))
+    long = "Tell me about plans. " + "I would like details on every option please. " * 20
+    with server.client(headers={"X-Api-Key": server.demo_key}) as client:
+        for n in range(6):  # ~1 KB a turn: the oldest fold into the summary
+            assert (
+                client.post(URL, json={"user_id": "sum", "message": f"{n} {long}"}).status_code
+                == 200
+            )
+
+        def condensed() -> bool:
+            return any(
+                call["messages"][0]["content"].startswith("Condense these notes")
+                for call in fake.calls()
+            )
+
+        wait_until(condensed, 10, "the summary to be condensed")
+        request = next(
+            c for c in fake.calls() if c["messages"][0]["content"].startswith("Condense")
+        )
+        assert "user: 0 Tell me about plans." in request["messages"][1]["content"]
+        assert request.get("stream") is not True and request["max_tokens"] == 200
+
+        def summary_in_prompt() -> bool:
+            client.post(URL, json={"user_id": "sum", "message": "And now?"})
+            system = fake.calls()[-1]["messages"][0]["content"]
+            return f"Earlier conversation, summarised: {DEFAULT_REPLY}" in system
+
+        wait_until(summary_in_prompt, 10, "the condensed summary in the prompt")
+
+
+async def test_a_failing_summary_keeps_the_plain_one(redis_server: RedisServer) -> None:
+    redis = connect(redis_server.url, 2)
+    memory = MemoryStore(redis, max_bytes=600)
+    asked: list[str] = []
+
+    class Failing:
+        async def summarise(self, summary: str) -> str:
+            asked.append(summary)
+            raise UpstreamFailed()
+
+    class Rewriting:
+        async def summarise(self, summary: str) -> str:
+            return "Condensed."
+
+    for n in range(4):
+        await memory.remember("acct", "u", Turn(
+            at=datetime.now(UTC), user=f"Turn {n}. " + "words " * 40, reply="Ok.",
+            request_id=f"r{n}"))  # fmt: skip
+    plain = (await memory.recall("acct", "u")).summary
+    assert plain.startswith(datetime.now(UTC).strftime("%Y-%m-%d") + " user: Turn 0.")
+
+    pipeline = TurnPipeline(
+        accounts=AccountStore(redis), personas=PersonaStore(redis), memory=memory,
+        retriever=NoKnowledge(), backend=EmbeddedResponder(), summariser=Failing(),
+    )  # fmt: skip
+    await pipeline._condense("acct", "u")
+    assert asked == [plain]
+    assert (await memory.recall("acct", "u")).summary == plain, "kept as it was"
+
+    pipeline._summariser = Rewriting()
+    await pipeline._condense("acct", "u")
+    assert (await memory.recall("acct", "u")).summary == "Condensed."
+    await memory.forget("acct", "u")
+    await pipeline._condense("acct", "u")
+    assert await redis.exists("rapport:{acct:acct}:user:u:meta") == 0, "forgotten stays so"
+    await redis.aclose()
+
+
+class NoKnowledge:
+    async def retrieve(self, account_id: str, persona_id: str, query: str, k: int) -> list:
+        return []
