@@ -35,7 +35,7 @@ from engine.media import (
 )
 from engine.personas import Archetype, Gender, Sociality, Zodiac
 from engine.replies import Image
-from engine.turns import TurnInput
+from engine.turns import TurnInput, Voice
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Weight = Annotated[float, msgspec.Meta(ge=0)]
@@ -84,13 +84,15 @@ class LatencyBreakdown(msgspec.Struct):
     total_latency_ms: int
 
 
-class ConversationReply(msgspec.Struct):
+class ConversationReply(msgspec.Struct, omit_defaults=True):
     reply: str
     latency_ms: int
     latency_breakdown: LatencyBreakdown
     request_id: str
     sources: list[str]
     """Addition to seed 004: external_ids of the knowledge the reply used."""
+    transcript: str | None = None
+    """Addition to seed 004: what the voice note said, when one was sent."""
 
 
 class TurnView(msgspec.Struct):
@@ -147,20 +149,16 @@ def turn_input(request: ConversationRequest, account_id: str, request_id: str) -
         data = decode_base64("image_b64", request.image_b64)
         check_image(data, request.image_mime)
         image = Image(data=data, mime=request.image_mime)
+    voice = None
     if request.voice_b64 is not None:
-        decode_base64("voice_b64", request.voice_b64)
-        if request.message is None:
-            raise ValidationFailed(
-                "Voice-only requests need speech-to-text, which this server does not have "
-                "yet; send the text as message.",
-                errors={"voice_b64": ["not transcribed; send message"]},
-            )
+        voice = Voice(decode_base64("voice_b64", request.voice_b64), request.voice_mime)
     return TurnInput(
         account_id=account_id,
         user_id=request.user_id,
         message=request.message or "",
         request_id=request_id,
         image=image,
+        voice=voice,
         persona_changes=request.persona.changes() if request.persona else None,
     )
 
@@ -219,7 +217,7 @@ async def _answer(services: Services, turn: TurnInput, started: float) -> Respon
         raise
     total = round((time.perf_counter() - started) * 1000)
     body = ConversationReply(
-        reply=done.result.text,
+        reply=done.result.reply.text,
         latency_ms=total,
         latency_breakdown=LatencyBreakdown(
             queue_latency_ms=round(done.timing.queue_ms),
@@ -227,7 +225,8 @@ async def _answer(services: Services, turn: TurnInput, started: float) -> Respon
             total_latency_ms=total,
         ),
         request_id=turn.request_id,
-        sources=done.result.sources,
+        sources=done.result.reply.sources,
+        transcript=done.result.transcript,
     )
     return JSON(body)
 
@@ -286,6 +285,9 @@ OPERATIONS = [
         request=ConversationRequest,
         failures=(
             Failure.VALIDATION_FAILED,
+            Failure.INVALID_VOICE_FORMAT,
+            Failure.INVALID_VOICE_MIME,
+            Failure.VOICE_TRANSCRIPTION_FAILED,
             Failure.BODY_TOO_LARGE,
             Failure.NO_REQUESTS,
             Failure.IDEMPOTENCY_IN_FLIGHT,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -19,6 +20,7 @@ from engine.personas import PersonaStore
 from engine.ratelimit import Policy, RateLimits
 from engine.replies import ReplyBackend
 from engine.responder import EmbeddedResponder
+from engine.speech import Transcriber
 from engine.state import redis_boundary
 from engine.turns import TurnPipeline
 from engine.workers import WorkerPool
@@ -59,6 +61,7 @@ class Services:
     processor: Processor = field(init=False)
     api_policies: tuple[Policy, Policy, Policy, Policy] = field(init=False)
     media: MediaStore = field(init=False)
+    transcriber: Transcriber = field(init=False)
     images: OpenAIImages | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +119,11 @@ class Services:
             embedder=self.embedder,
             max_pages=settings.kb_max_pages,
         )
+        self.transcriber = Transcriber(
+            Path(settings.stt_model) if settings.stt_model else None,
+            workers=settings.stt_workers,
+            max_seconds=settings.stt_max_seconds,
+        )
         self.turns = TurnPipeline(
             accounts=self.accounts,
             personas=self.personas,
@@ -127,6 +135,7 @@ class Services:
                 embedder=self.embedder,
             ),
             backend=self.backend,
+            transcriber=self.transcriber,
             summariser=self.backend if isinstance(self.backend, OpenAICompatible) else None,
         )
 
@@ -135,6 +144,7 @@ class Services:
             await self.backend.close()
         if self.images is not None:
             await self.images.close()
+        self.transcriber.close()
         await self.redis.aclose()
 
     @redis_boundary

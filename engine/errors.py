@@ -105,6 +105,16 @@ class Failure(Row, enum.Enum):
     PAGE_LIMIT_EXCEEDED = Row(
         413, "upload.page_limit_exceeded", "page_limit_exceeded", "Page limit exceeded", 1008
     )
+    # Seed 004's voice codes; the /api/ family has none, these follow its naming.
+    INVALID_VOICE_FORMAT = Row(
+        400, "voice.invalid_format", "invalid_voice_format", "Voice format invalid", 1008
+    )
+    INVALID_VOICE_MIME = Row(
+        400, "voice.invalid_mime", "invalid_voice_mime", "Voice type mismatch", 1008
+    )
+    VOICE_TRANSCRIPTION_FAILED = Row(
+        400, "voice.transcription_failed", "voice_transcription_failed", "No speech", 1008
+    )
     KNOWLEDGE_QUOTA_EXCEEDED = Row(
         402, "knowledge.quota_exceeded", "knowledge_quota_exceeded", "Quota exceeded", 1008
     )
@@ -243,6 +253,21 @@ class FileTooLarge(RequestError):
 class PageLimitExceeded(RequestError):
     failure = Failure.PAGE_LIMIT_EXCEEDED
     default_message = "The document has more pages than can be ingested; split it."
+
+
+class InvalidVoiceFormat(RequestError):
+    failure = Failure.INVALID_VOICE_FORMAT
+    default_message = "The voice payload is not audio this server can decode."
+
+
+class InvalidVoiceMime(RequestError):
+    failure = Failure.INVALID_VOICE_MIME
+    default_message = "voice_mime does not match the audio that was sent."
+
+
+class VoiceTranscriptionFailed(RequestError):
+    failure = Failure.VOICE_TRANSCRIPTION_FAILED
+    default_message = "No speech could be recognised in the voice payload."
 
 
 class LimitError(RapportError):

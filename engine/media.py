@@ -63,6 +63,50 @@ def sniff_image(data: bytes) -> str | None:
     return None
 
 
+def image_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """(width, height) from the image's header, or None when it cannot be read."""
+    if kind == "image/png" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if kind == "image/jpeg":
+        return _jpeg_size(data)
+    if kind == "image/webp" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8X":  # canvas size, 24 bits each, minus one
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(
+                data[27:30], "little"
+            ) + 1
+        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame
+            width = int.from_bytes(data[26:28], "little") & 0x3FFF
+            return width, int.from_bytes(data[28:30], "little") & 0x3FFF
+        if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit sizes minus one
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
+
+
+# JPEG start-of-frame markers (ITU T.81 table B.1): C0-CF except DHT (C4), JPG (C8), DAC (CC).
+_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    position = 2
+    while position + 9 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker in _SOF:
+            height = int.from_bytes(data[position + 5 : position + 7], "big")
+            return int.from_bytes(data[position + 7 : position + 9], "big"), height
+        if length < 2:
+            return None
+        position += 2 + length
+    return None
+
+
 def check_image(data: bytes, mime: str) -> None:
     declared = "image/jpeg" if mime == "image/jpg" else mime
     actual = sniff_image(data)
@@ -71,6 +115,12 @@ def check_image(data: bytes, mime: str) -> None:
         raise ValidationFailed(
             f"image_b64 is {found}, not {mime}.",
             errors={"image_b64": [f"bytes are {found}, declared {mime}"]},
+        )
+    size = image_size(data, declared)
+    if size is None or 0 in size:
+        raise ValidationFailed(
+            "image_b64: the image's dimensions cannot be read; the file may be damaged.",
+            errors={"image_b64": ["dimensions unreadable"]},
         )
 
 

@@ -17,9 +17,9 @@ from engine.replies import OnDelta, Reply, Snippet, TurnContext
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_SENTENCES = 2
-MIN_OVERLAP = 0.1
+MIN_OVERLAP = 0.34
 """A snippet sentence sharing less of the message's words than this is not an answer..."""
-CLOSE_MEANING = 0.45
+CLOSE_MEANING = 0.5
 """...unless its snippet is this similar in meaning to the message (cosine), in which case
 the snippet's first sentence answers even with no word in common."""
 SUFFIXES = ("ments", "ment", "ings", "ing", "ies", "ed", "es", "s")

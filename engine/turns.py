@@ -25,21 +25,33 @@ from engine.replies import (
     Summariser,
     TurnContext,
 )
+from engine.speech import Transcriber
 
 log = logging.getLogger("rapport.turns")
 
 KNOWLEDGE_K = 5
 
 
+class Voice(msgspec.Struct, frozen=True):
+    data: bytes
+    mime: str | None
+
+
 class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     account_id: str
     user_id: str
     message: str
+    """The text; empty when the voice note is the question."""
     request_id: str
     image: Image | None = None
-    voice_context: str | None = None
+    voice: Voice | None = None
     persona_changes: dict[str, object] | None = None
     """Seed 004's ``persona`` object: merged into the account's default persona first."""
+
+
+class TurnOutcome(msgspec.Struct, frozen=True):
+    reply: Reply
+    transcript: str | None = None
 
 
 class TurnPipeline:
@@ -51,8 +63,10 @@ class TurnPipeline:
         memory: MemoryStore,
         retriever: Retriever,
         backend: ReplyBackend,
+        transcriber: Transcriber,
         summariser: Summariser | None = None,
     ) -> None:
+        self._transcriber = transcriber
         self._accounts = accounts
         self._personas = personas
         self._memory = memory
@@ -67,21 +81,26 @@ class TurnPipeline:
             raise InternalError(f"Account {account_id} has no default persona.")
         return await self._personas.get(account_id, account.default_persona_id)
 
-    async def run(self, turn: TurnInput, on_delta: OnDelta | None = None) -> Reply:
+    async def run(self, turn: TurnInput, on_delta: OnDelta | None = None) -> TurnOutcome:
+        transcript = None
+        message = turn.message
+        if turn.voice is not None:
+            transcript = (await self._transcriber.transcribe(turn.voice.data, turn.voice.mime)).text
+        # Seed 004: text wins; voice alone is the question, voice beside text is context.
+        voice_context = transcript if message else None
+        message = message or transcript or ""
         persona = await self.default_persona(turn.account_id)
         if turn.persona_changes:
             persona = await self._personas.merge(turn.account_id, persona.id, turn.persona_changes)
         memory = await self._memory.recall(turn.account_id, turn.user_id)
-        snippets = await self._retriever.retrieve(
-            turn.account_id, persona.id, turn.message, KNOWLEDGE_K
-        )
+        snippets = await self._retriever.retrieve(turn.account_id, persona.id, message, KNOWLEDGE_K)
         context = TurnContext(
             persona=persona,
             memory=memory,
-            message=turn.message,
+            message=message,
             snippets=snippets,
             image=turn.image,
-            voice_context=turn.voice_context,
+            voice_context=voice_context,
         )
         reply = await self._backend.reply(context, on_delta)
         folded = await self._memory.remember(
@@ -89,7 +108,7 @@ class TurnPipeline:
             turn.user_id,
             Turn(
                 at=datetime.now(UTC),
-                user=turn.message,
+                user=message,
                 reply=reply.text,
                 request_id=turn.request_id,
                 sources=reply.sources,
@@ -100,7 +119,7 @@ class TurnPipeline:
             task = asyncio.create_task(self._condense(turn.account_id, turn.user_id))
             self._condensing.add(task)
             task.add_done_callback(self._condensing.discard)
-        return reply
+        return TurnOutcome(reply, transcript)
 
     async def _condense(self, account_id: str, user_id: str) -> None:
         assert self._summariser is not None

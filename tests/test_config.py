@@ -49,6 +49,8 @@ def test_empty_variable_means_unset() -> None:
         ({"RAPPORT_LOG_LEVEL": "loud"}, "RAPPORT_LOG_LEVEL (--log-level)"),
         ({"RAPPORT_REDIS_TIMEOUT": "-1"}, "RAPPORT_REDIS_TIMEOUT (--redis-timeout)"),
         ({"RAPPORT_MAX_BODY_BYTES": "10"}, "RAPPORT_MAX_BODY_BYTES (--max-body-bytes)"),
+        ({"RAPPORT_STT_MODEL": "/nonexistent"}, "RAPPORT_STT_MODEL (--stt-model)"),
+        ({"RAPPORT_LLM_VISION": "perhaps"}, "RAPPORT_LLM_VISION (--llm-vision)"),
         ({"RAPPORT_DATA_DIR": ""}, None),  # empty is unset, not an error
     ],
 )

