@@ -17,12 +17,14 @@ from engine.replies import OnDelta, Reply, Snippet, TurnContext
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_SENTENCES = 2
-MIN_OVERLAP = 0.34
+MIN_OVERLAP = 0.3
 """A snippet sentence sharing less of the message's words than this is not an answer..."""
 CLOSE_MEANING = 0.5
 """...unless its snippet is this similar in meaning to the message (cosine), in which case
 the snippet's first sentence answers even with no word in common."""
-SUFFIXES = ("ments", "ment", "ings", "ing", "ies", "ed", "es", "s")
+SUFFIXES = ("ments", "ment", "ings", "ing", "ed", "s")
+SIBILANT_PLURALS = ("sses", "xes", "zes", "ches", "shes")
+"""Plurals that add "es" (boxes, churches); elsewhere only "s" goes (takes -> take)."""
 
 # Words too common to show that a sentence is about the question.
 STOPWORDS = frozenset(
@@ -59,6 +61,8 @@ NO_IMAGES = "I can't look at images, so I can only go by what you write. "
 
 def stem(word: str) -> str:
     """A light suffix strip, so "pay", "pays" and "payment" meet."""
+    if word.endswith(SIBILANT_PLURALS) and len(word) >= 5:
+        return word[:-2]
     for suffix in SUFFIXES:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]

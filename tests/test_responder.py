@@ -97,3 +97,11 @@ async def test_it_is_deterministic_and_streams_word_by_word() -> None:
     second = await EmbeddedResponder().reply(turn)
     assert first == second
     assert "".join(pieces) == first.text and len(pieces) == len(first.text.split(" "))
+
+
+def test_word_forms_meet() -> None:
+    from engine.responder import stem
+
+    assert {stem("takes"), stem("take")} == {"take"}
+    assert stem("payment") == stem("pays") == stem("pay") == "pay"
+    assert stem("boxes") == "box" and stem("processed") == "process"
