@@ -18,7 +18,7 @@ from tests.conftest import Server
 from tests.fake_openai import FakeOpenAI
 
 URL = "/api/v1/conversation"
-SEED = Path(__file__).parent.parent.parent / "shared" / "seeds" / "004_3a161ba612c0541a.txt"
+SEED = Path(__file__).parent / "contracts" / "seed_004_conversation_api.txt"
 ROLE = (
     "You are the private AI assistant for Acme. You answer product and support questions, "
     "rely on the official knowledge base, keep replies concise, and escalate billing "

@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 from tests.conftest import Server
 from tests.fake_openai import FakeOpenAI
+from tests.test_conversation_contract import PNG
 
 URL = "/api/v1/conversation"
 
@@ -110,7 +111,7 @@ def test_the_embedded_responder_is_honest_personal_and_deterministic(server: Ser
         stranger = client.post(
             URL, json={"user_id": unique("x"), "message": "How much is the Pro plan?"}
         )
-        png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
+        png = base64.b64encode(PNG).decode()
         image = client.post(
             URL, json={"user_id": user, "image_b64": png, "image_mime": "image/png"}
         )
