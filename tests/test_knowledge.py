@@ -14,6 +14,7 @@ import pytest
 
 from engine.state import connect
 from tests.conftest import Server, wait_until
+from tests.test_firstrun import alive, embedded_redis_pid
 
 DOCS = "/api/knowledge/docs"
 DTO_FIELDS = {
@@ -336,6 +337,11 @@ def test_a_crash_while_documents_are_pending_loses_none(server_on) -> None:
         for i in range(6):
             assert wait_ready(client, f"c{i}")["processing_status"] == "ready"
         assert client.get(DOCS, params={"status": "ready"}).json()["total_count"] == 6
+    # The restarted server joined the Redis its killed predecessor started; stopping it
+    # stops that Redis too, rather than leaving it behind.
+    redis_pid = embedded_redis_pid(server.data_dir)
+    server.stop()
+    wait_until(lambda: not alive(redis_pid), 15, "the embedded redis-server to stop")
 
 
 def test_patch_curates_the_libraries_and_says_what_it_dropped(tenant) -> None:
