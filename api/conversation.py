@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.operations import Operation
-from api.problems import render
+from api.problems import invalid_input, render
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
@@ -120,9 +120,7 @@ def parse(body: bytes) -> ConversationRequest:
     try:
         request = _decode_request(body)
     except msgspec.ValidationError as exc:
-        text, _, where = str(exc).rpartition(" - at `$")
-        field = where.rstrip("`").lstrip(".") or "body"
-        raise ValidationFailed(f"{field}: {text or exc}", errors={field: [text]}) from None
+        raise invalid_input(exc) from None
     except msgspec.DecodeError:
         raise ValidationFailed("The body is not valid JSON.") from None
     # Seed 004's rules between fields.

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.operations import Operation
+from api.problems import invalid_input
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
@@ -176,12 +177,6 @@ def view(doc: Document, active_personas: int) -> DocView:
     )
 
 
-def invalid(exc: msgspec.MsgspecError, prefix: str = "") -> ValidationFailed:
-    text, _, where = str(exc).rpartition(" - at `$")
-    field = prefix + (where.rstrip("`").lstrip(".") or "body")
-    return ValidationFailed(f"{field}: {text or exc}", errors={field: [text or str(exc)]})
-
-
 def external_id_of(request: Request) -> str:
     external_id: str = request.path_params["external_id"]
     if not EXTERNAL_ID.match(external_id):
@@ -198,7 +193,7 @@ async def upsert_batch(request: Request) -> Response:
     try:
         batch = _decode_batch(await request.body())
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise invalid(exc) from None
+        raise invalid_input(exc) from None
     accepted: list[Incoming] = []
     results: list[ItemResult | None] = []
     seen: set[str] = set()
@@ -206,7 +201,9 @@ async def upsert_batch(request: Request) -> Response:
         try:
             item = _decode_text(raw).incoming()
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            results.append(ItemResult(None, "failed", invalid(exc, f"items[{position}].").message))
+            results.append(
+                ItemResult(None, "failed", invalid_input(exc, f"items[{position}].").message)
+            )
             continue
         except ValidationFailed as exc:
             results.append(ItemResult(None, "failed", exc.message))
@@ -242,7 +239,7 @@ async def upsert_one(request: Request) -> Response:
     try:
         document = _decode_text(await request.body())
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise invalid(exc) from None
+        raise invalid_input(exc) from None
     (outcome,) = await services.ingest.upsert(
         principal.account_id, [document.incoming(external_id)], enqueue=True
     )
@@ -278,7 +275,7 @@ async def upload_file(request: Request) -> Response:
     try:
         meta = msgspec.convert(fields, UploadFields)
     except msgspec.ValidationError as exc:
-        raise invalid(exc) from None
+        raise invalid_input(exc) from None
     content_type = content_type_of(name, mime)
     pages = await anyio.to_thread.run_sync(estimate_pages, content_type, data)
     if pages is not None and pages > settings.kb_max_pages:
@@ -380,7 +377,7 @@ async def patch_one(request: Request) -> Response:
     try:
         changes = _decode_patch(await request.body())
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise invalid(exc) from None
+        raise invalid_input(exc) from None
     warnings: list[DocWarning] = []
     updated = doc
     if changes.label is not msgspec.UNSET:
@@ -471,7 +468,7 @@ async def list_docs(request: Request) -> Response:
     try:
         query = msgspec.convert(dict(request.query_params), ListQuery, strict=False)
     except msgspec.ValidationError as exc:
-        raise invalid(exc) from None
+        raise invalid_input(exc) from None
     rows = await services.docs.rows(principal.account_id)
     chosen: list[tuple[str, Row]] = list(rows.items())
     if query.external_id is not None:

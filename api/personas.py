@@ -21,6 +21,7 @@ from starlette.responses import Response
 
 from api.knowledge import ExternalId
 from api.operations import Operation
+from api.problems import invalid_input
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
@@ -181,11 +182,7 @@ def decode(body: bytes, kind: type[Any]) -> Any:
     try:
         return msgspec.convert(snake_keys(msgspec.json.decode(body)), kind)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        text, _, where = str(exc).rpartition(" - at `$")
-        field = where.rstrip("`").lstrip(".") or "body"
-        raise ValidationFailed(
-            f"{field}: {text or exc}", errors={field: [text or str(exc)]}
-        ) from None
+        raise invalid_input(exc) from None
 
 
 def media_view(persona_id: str, media: Media) -> MediaView:

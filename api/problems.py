@@ -91,6 +91,13 @@ def render(scope: Scope, error: RapportError) -> Response:
     return ProblemJSON(body, status_code=failure.status, headers=error.headers)
 
 
+def invalid_input(exc: msgspec.MsgspecError, prefix: str = "") -> ValidationFailed:
+    """msgspec's ``Expected ... - at `$.field``` as a validation failure naming the field."""
+    text, _, where = str(exc).rpartition(" - at `$")
+    field = prefix + (where.rstrip("`").lstrip(".") or "body")
+    return ValidationFailed(f"{field}: {text or exc}", errors={field: [text or str(exc)]})
+
+
 def from_http_exception(exc: HTTPException) -> RapportError:
     """Map Starlette's own routing and body-limit exceptions onto the error table."""
     headers: Mapping[str, str] = exc.headers or {}
