@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from importlib.metadata import version
@@ -70,6 +71,12 @@ def create_app(settings: Settings) -> ASGIApp:
             await services.index.ping()  # open the embedded store now, not on first use
         except UnavailableError:
             log.warning("Chroma is not reachable yet; /readyz reports it until it is")
+        # What is loaded by now (chromadb, onnxruntime, numpy: ~180k tracked objects) lives
+        # as long as the process. Frozen, it is left out of full collections, which would
+        # otherwise walk it every few requests: ~80 ms pauses at the list endpoint's p95
+        # (BENCHMARKS.md, "List endpoint").
+        gc.collect()
+        gc.freeze()
         log.info("ready on http://%s:%d", settings.host, settings.port)
         stop = asyncio.Event()
         processing = asyncio.create_task(services.processor.run(stop))

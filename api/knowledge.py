@@ -33,12 +33,11 @@ from kb.documents import (
     DocWarning,
     ImageEntry,
     LinkEntry,
-    Row,
-    Status,
     WriteConflict,
 )
 from kb.extract import content_type_of, estimate_pages
 from kb.ingest import Incoming, Outcome
+from kb.listing import SortBy, Status
 
 ExternalId = Annotated[str, msgspec.Meta(pattern=EXTERNAL_ID.pattern)]
 MAX_BATCH = 100  # seed 000: "Accepts up to 100 documents per call"
@@ -49,9 +48,6 @@ UPLOAD_BODY_LIMIT = 64 * 1024 * 1024
 """The multipart body; the file inside is held to RAPPORT_KB_MAX_FILE_BYTES."""
 TextType = Literal["txt", "md", "html"]
 Tag = Annotated[str, msgspec.Meta(max_length=128)]
-SortBy = Literal[
-    "created_at", "file_name", "label", "processing_status", "knowledge_units", "storage_units"
-]
 
 
 class TextDocument(msgspec.Struct, forbid_unknown_fields=True):
@@ -452,16 +448,6 @@ class ListQuery(msgspec.Struct, forbid_unknown_fields=True):
     external_id: str | None = None
 
 
-SORT_KEYS = {
-    "created_at": lambda row: row.created_at,
-    "file_name": lambda row: row.file_name,
-    "label": lambda row: row.label,
-    "processing_status": lambda row: row.status,
-    "knowledge_units": lambda row: row.knowledge_units,
-    "storage_units": lambda row: row.storage_units,
-}
-
-
 async def list_docs(request: Request) -> Response:
     services: Services = request.state.services
     principal: Principal = request.state.principal
@@ -469,24 +455,15 @@ async def list_docs(request: Request) -> Response:
         query = msgspec.convert(dict(request.query_params), ListQuery, strict=False)
     except msgspec.ValidationError as exc:
         raise invalid_input(exc) from None
-    rows = await services.docs.rows(principal.account_id)
-    chosen: list[tuple[str, Row]] = list(rows.items())
-    if query.external_id is not None:
-        row = rows.get(query.external_id)
-        chosen = [] if row is None else [(query.external_id, row)]
-    if query.status is not None:
-        chosen = [(e, r) for e, r in chosen if r.status == query.status]
-    if query.search:
-        needle = query.search.casefold()
-        chosen = [
-            (e, r)
-            for e, r in chosen
-            if needle in r.label or needle in r.file_name or needle in r.original_file_name
-        ]
-    key = SORT_KEYS[query.sort_by]
-    # external_id breaks ties, so pages never overlap or skip under equal keys.
-    chosen.sort(key=lambda pair: (key(pair[1]), pair[0]), reverse=query.sort_dir == "desc")
-    page = [eid for eid, _ in chosen[query.offset : query.offset + query.limit]]
+    listing = await services.docs.listing(principal.account_id)
+    chosen = listing.select(
+        query.sort_by,
+        descending=query.sort_dir == "desc",
+        status=query.status,
+        search=query.search,
+        external_id=query.external_id,
+    )
+    page = list(chosen[query.offset : query.offset + query.limit])
     docs = await services.docs.get_many(principal.account_id, page)
     counts = await services.docs.persona_counts(principal.account_id, page)
     items = [view(d, c) for d, c in zip(docs, counts, strict=True) if d is not None]

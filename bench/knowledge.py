@@ -384,8 +384,8 @@ def ingest(
     expected_docs = args.ingest_rounds * args.docs + 1
     if listed["total_count"] != expected_docs:
         raise RuntimeError(f"{listed['total_count']} ready documents, expected {expected_docs}")
-    if before.get("job", (0.0, 0))[1] != expected_docs:
-        raise RuntimeError(f"the server timed {before.get('job')} jobs, not {expected_docs}")
+    if before.get("commit", (0.0, 0))[1] != expected_docs:
+        raise RuntimeError(f"the server timed {before.get('commit')} jobs, not {expected_docs}")
     stored = indexed_chunks(data_dir)
     expected_chunks = args.ingest_rounds * chunks + len(chunk_texts(warm_text))
     if stored != expected_chunks:
@@ -431,26 +431,26 @@ def ingest(
     )
     say()
     say(
-        "Inside the server, per round (its worker's steps timed by wrappers; seconds; "
-        "'other' is the rest of the jobs: Redis, extract, chunk; 'between jobs' is the round's "
-        "wall time outside any job). 'embedding share' is embed time over the round's wall "
+        "Inside the server, per round (its worker's steps timed by wrappers; seconds). A job "
+        "has two stages, 'prepare' (read, extract, chunk, embed) and 'commit' (Chroma add, "
+        "flip to ready, delete older chunks); the commit of one document overlaps the "
+        "prepare of the next, so the stages add up to more than the wall time. "
+        "'embedding share' is embed time over the round's wall "
         "time: the pipeline's throughput relative to the server's own embedder at that moment."
     )
     say()
     say(
-        "| round | wall | jobs | embed | count_tokens | Chroma add | Chroma delete | other "
-        "| between jobs | embedding share |"
+        "| round | wall | prepare | commit | embed | count_tokens | Chroma add "
+        "| Chroma delete | embedding share |"
     )
-    say("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    say("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     shares: list[float] = []
     for r, (step, (seconds, *_)) in enumerate(zip(inside, rounds, strict=True)):
-        job = step.get("job", 0.0)
-        other = job - sum(step.get(k, 0.0) for k in STEPS)
         shares.append(step.get("embed", 0.0) / seconds)
         say(
-            f"| {r + 1} | {seconds:.2f} | {job:.2f} | "
-            + " | ".join(f"{step.get(k, 0.0):.2f}" for k in STEPS)
-            + f" | {other:.2f} | {seconds - job:.2f} | {shares[-1]:.3f} |"
+            f"| {r + 1} | {seconds:.2f} | "
+            + " | ".join(f"{step.get(k, 0.0):.2f}" for k in ("prepare", "commit", *STEPS))
+            + f" | {shares[-1]:.3f} |"
         )
     say()
     share = statistics.median(shares)
@@ -861,7 +861,7 @@ def serve(*, gc_off: bool = False, stages: Path | None = None) -> None:
                 entry = totals.setdefault(step, [0.0, 0])
                 entry[0] += seconds
                 entry[1] += 1
-                if step == "job":  # a few hundred bytes, once a document
+                if step == "commit":  # a few hundred bytes, once a document
                     stages.write_text(json.dumps(totals))
 
         def timed(owner: type, name: str, step: str) -> None:
@@ -892,7 +892,8 @@ def serve(*, gc_off: bool = False, stages: Path | None = None) -> None:
         timed(Embedder, "count_tokens", "count_tokens")
         timed_async(VectorIndex, "add", "Chroma add")
         timed_async(VectorIndex, "delete", "Chroma delete")
-        timed_async(Processor, "process", "job")
+        timed_async(Processor, "prepare", "prepare")
+        timed_async(Processor, "commit", "commit")
     sys.argv = ["rapport", "serve"]
     runpy.run_module("api.cli", run_name="__main__", alter_sys=True)
 
@@ -913,7 +914,7 @@ def stages_after(path: Path, jobs: int, timeout: float = 10.0) -> dict[str, tupl
     while time.monotonic() < deadline:
         with contextlib.suppress(ValueError):  # caught mid-write
             found = read_stages(path)
-        if found.get("job", (0.0, 0))[1] >= jobs:
+        if found.get("commit", (0.0, 0))[1] >= jobs:
             break
         time.sleep(0.02)
     return found

@@ -27,13 +27,13 @@ import redis.asyncio as aioredis
 from engine import keyspace
 from engine.accounts import BYTES_PER_STORAGE_UNIT
 from engine.state import redis_boundary
+from kb.listing import Listing, Row, Status
 
 EXTERNAL_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 """Seed 000: 1-128 characters of letters, digits, '.', '_', ':' and '-'."""
 TOKENS_PER_KNOWLEDGE_UNIT = 1000
 """A knowledge unit is 1,000 embedded tokens, rounded up per document (at least 1)."""
 
-Status = Literal["staged", "pending", "ready", "failed"]
 ContentType = Literal["txt", "md", "html", "pdf", "docx"]
 Source = Literal["client", "extractor"]
 
@@ -96,18 +96,6 @@ class Document(msgspec.Struct, kw_only=True):
 
     def chunk_tag(self, generation: int) -> str:
         return f"{self.external_id}@{generation}"
-
-
-class Row(msgspec.Struct, frozen=True, array_like=True):
-    """What listing sorts and filters on; one small entry per document."""
-
-    label: str
-    file_name: str
-    original_file_name: str
-    status: Status
-    knowledge_units: float
-    storage_units: float
-    created_at: float
 
 
 _encode = msgspec.json.Encoder().encode
@@ -182,7 +170,7 @@ class DocumentStore:
         self._redis = redis
         self._write = redis.register_script(_WRITE)
         self._delete = redis.register_script(_DELETE)
-        self._rows: dict[str, tuple[int, dict[str, Row]]] = {}
+        self._listings: dict[str, Listing] = {}
 
     @redis_boundary
     async def get(self, account_id: str, external_id: str) -> Document | None:
@@ -251,21 +239,22 @@ class DocumentStore:
         return personas
 
     @redis_boundary
-    async def rows(self, account_id: str) -> dict[str, Row]:
+    async def listing(self, account_id: str) -> Listing:
         """Every document's listing row. Cached per process and reloaded only when the
         account's documents version has moved, so a list call usually costs one GET."""
         keys = keyspace.AccountKeys(account_id)
         version = int(await self._redis.get(keys.docs_version) or 0)
-        cached = self._rows.get(account_id)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        cached = self._listings.get(account_id)
+        if cached is not None and cached.version == version:
+            return cached
         pipe = self._redis.pipeline(transaction=True)
         pipe.get(keys.docs_version)
         pipe.hgetall(keys.docs)
         version_raw, raw_rows = await pipe.execute()
         rows = {eid: _decode_row(raw) for eid, raw in raw_rows.items()}
-        self._rows[account_id] = (int(version_raw or 0), rows)
-        return rows
+        listing = Listing(int(version_raw or 0), rows)
+        self._listings[account_id] = listing
+        return listing
 
     @redis_boundary
     async def persona_counts(self, account_id: str, external_ids: list[str]) -> list[int]:

@@ -103,8 +103,8 @@ class Ingest:
 
     async def process_staged(self, account_id: str) -> int:
         """Queue every staged document (seed 000's dashboard button); returns how many."""
-        rows = await self._docs.rows(account_id)
-        staged = [eid for eid, row in rows.items() if row.status == "staged"]
+        listing = await self._docs.listing(account_id)
+        staged = [eid for eid, row in listing.rows.items() if row.status == "staged"]
         jobs = []
         for doc in await self._docs.get_many(account_id, staged):
             if doc is None or doc.processing_status != "staged":

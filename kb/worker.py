@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import msgspec
@@ -39,10 +41,30 @@ from kb.index import VectorIndex
 from kb.queue import Job, ProcessingQueue
 
 log = logging.getLogger("rapport.kb")
+T = TypeVar("T")
 
 EMBED_BATCH = 32
 MAX_LINKS = 10  # seed 001: a library holds at most 10 entries
 IDLE_POLL_SECONDS = 0.2
+
+
+class Chunks(msgspec.Struct, frozen=True):
+    """One document generation's chunks, embedded and ready for the index."""
+
+    ids: list[str]
+    vectors: np.ndarray
+    texts: list[str]
+    metadatas: list[dict[str, Any]]
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What a job's first stage decided: the record to write (ready or failed) if the
+    document is still the one it ``read``, and for a ready one its chunks."""
+
+    job: Job
+    read: Document
+    result: Document
+    chunks: Chunks | None
 
 
 class Processor:
@@ -62,34 +84,55 @@ class Processor:
         self._max_pages = max_pages
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process jobs until ``stop`` is set; never dies of one job's failure."""
-        while not stop.is_set():
-            try:
-                job = await self._queue.claim()
-            except UnavailableError:
-                job = None
-            if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), IDLE_POLL_SECONDS)
-                continue
-            try:
-                await self.process(job)
-            except UnavailableError:
-                log.warning("kb job %s waits for Redis or Chroma", job.encode())
-            except Exception:
-                log.exception("kb job %s failed unexpectedly", job.encode())
-                await self._queue.done(job)
+        """Process jobs until ``stop`` is set; never dies of one job's failure.
 
-    async def process(self, job: Job) -> None:
+        Two stages overlap: while one document is written to Chroma (an upsert mostly
+        waits on Chroma's own threads and its disk), the next is extracted and embedded.
+        At most one write is in flight, so writes land in the order jobs were claimed.
+        """
+        writing: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    job = await self._queue.claim()
+                except UnavailableError:
+                    job = None
+                if job is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), IDLE_POLL_SECONDS)
+                    continue
+                outcome = await self._guarded(job, self.prepare(job))
+                if outcome is None:
+                    continue
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(self._guarded(job, self.commit(outcome)))
+        finally:
+            if writing is not None:
+                await writing
+
+    async def _guarded(self, job: Job, step: Awaitable[T]) -> T | None:
+        """Run one stage of ``job``; a failure ends the job, never the worker."""
+        try:
+            return await step
+        except UnavailableError:
+            log.warning("kb job %s waits for Redis or Chroma", job.encode())
+        except Exception:
+            log.exception("kb job %s failed unexpectedly", job.encode())
+            await self._queue.done(job)
+        return None
+
+    async def prepare(self, job: Job) -> Outcome | None:
+        """Extract, chunk and embed; None when the job has nothing left to do."""
         doc = await self._docs.get(job.account_id, job.external_id)
         if doc is None or doc.generation != job.generation or doc.processing_status != "pending":
             await self._queue.done(job)  # deleted, replaced or already done
-            return
+            return None
         data = await self._docs.content(job.account_id, job.external_id)
         try:
             if data is None:
                 raise ValidationFailed("The document's content is missing; upload it again.")
-            ready = await self._index_content(job, doc, data)
+            return await self._embed_content(job, doc, data)
         except UnavailableError:
             raise
         except RapportError as error:
@@ -101,11 +144,27 @@ class Processor:
                 charged_units=0,
                 live_generation=0,
             )
-            if await self._settle(job, doc, failed, units_delta=-doc.charged_units):
+            return Outcome(job=job, read=doc, result=failed, chunks=None)
+
+    async def commit(self, outcome: Outcome) -> None:
+        """Index the chunks, flip the document, then drop the chunks nobody reads."""
+        job, doc, result = outcome.job, outcome.read, outcome.result
+        if outcome.chunks is None:  # the document failed
+            if await self._settle(job, doc, result, units_delta=-doc.charged_units):
                 await self._index.delete(job.account_id, {"external_id": doc.external_id})
             return
+        chunks = outcome.chunks
+        await self._index.add(
+            job.account_id,
+            ids=chunks.ids,
+            vectors=chunks.vectors,
+            texts=chunks.texts,
+            metadatas=chunks.metadatas,
+        )
         tag = doc.chunk_tag(doc.generation)
-        if await self._settle(job, doc, ready, units_delta=ready.charged_units - doc.charged_units):
+        if await self._settle(
+            job, doc, result, units_delta=result.charged_units - doc.charged_units
+        ):
             # Flipped: older generations are no longer read by anyone.
             await self._index.delete(
                 job.account_id,
@@ -114,7 +173,7 @@ class Processor:
         else:
             await self._index.delete(job.account_id, {"doc_gen": tag})
 
-    async def _index_content(self, job: Job, doc: Document, data: bytes) -> Document:
+    async def _embed_content(self, job: Job, doc: Document, data: bytes) -> Outcome:
         extracted = await anyio.to_thread.run_sync(
             lambda: extract(doc.content_type, data, max_pages=self._max_pages)
         )
@@ -133,8 +192,7 @@ class Processor:
             vectors.append(await anyio.to_thread.run_sync(self._embedder.embed, batch))
             tokens += sum(self._embedder.count_tokens(text) for text in batch)
         tag = doc.chunk_tag(doc.generation)
-        await self._index.add(
-            job.account_id,
+        prepared = Chunks(
             ids=[f"{tag}#{chunk.index}" for chunk in chunks],
             vectors=np.concatenate(vectors, axis=0),
             texts=texts,
@@ -148,7 +206,7 @@ class Processor:
         links = doc.link_library or [
             LinkEntry(url=url, source="extractor") for url in extracted.links[:MAX_LINKS]
         ]
-        return msgspec.structs.replace(
+        ready = msgspec.structs.replace(
             doc,
             link_library=links,
             processing_status="ready",
@@ -160,6 +218,7 @@ class Processor:
             charged_units=units,
             live_generation=doc.generation,
         )
+        return Outcome(job=job, read=doc, result=ready, chunks=prepared)
 
     async def _settle(self, job: Job, doc: Document, result: Document, units_delta: float) -> bool:
         """Write the job's result if the document is still the one the job read."""

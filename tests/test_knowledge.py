@@ -257,6 +257,11 @@ def test_listing_pages_sorts_filters_and_searches(tenant) -> None:
     assert ids(status="staged", sort_by="label", sort_dir="asc") == ["L1", "L3", "L2", "L4"]
     assert ids(search="RAV") == ["L3"]
     assert ids(external_id="L2") == ["L2"] and ids(external_id="nope") == []
+    # Sort orders are cached per documents version: a write must show in the next list.
+    assert client.patch(doc_path("L4"), json={"label": "aardvark"}).status_code == 200
+    assert ids(sort_by="label", sort_dir="asc") == ["L4", "L1", "L3", "L2", "L0"]
+    client.delete(doc_path("L1"))
+    assert ids(sort_by="label", sort_dir="asc") == ["L4", "L3", "L2", "L0"]
 
 
 @pytest.mark.parametrize(
