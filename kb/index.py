@@ -94,12 +94,18 @@ class VectorIndex:
         metadatas: list[dict[str, Any]],
     ) -> None:
         def work() -> None:
-            self._collection(account_id).upsert(
-                ids=ids,
-                embeddings=vectors,
-                documents=texts,
-                metadatas=metadatas,  # type: ignore[arg-type]
-            )
+            collection = self._collection(account_id)
+            # Chroma refuses larger upserts (5,461 records for its SQLite store); a big
+            # document or a group of documents may hold more chunks than that.
+            step = self._open().get_max_batch_size()
+            for start in range(0, len(ids), step):
+                end = start + step
+                collection.upsert(
+                    ids=ids[start:end],
+                    embeddings=vectors[start:end],
+                    documents=texts[start:end],
+                    metadatas=metadatas[start:end],  # type: ignore[arg-type]
+                )
 
         await self._call(work)
 

@@ -4,10 +4,16 @@ Claiming a job moves it from the list to the leases in one Lua step; finishing r
 lease. A job whose lease runs out (its worker died, or the process was killed) goes back
 on the list at the next claim, so a restart loses no queued document. Processing is
 idempotent per (document, generation), so a job run twice does no harm.
+
+Workers poll the list when it is empty. A push also wakes the worker of the process that
+pushed at once, so a document uploaded to an idle server does not wait for the next poll;
+workers of other processes find it at their next poll.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 
 import msgspec
@@ -51,11 +57,19 @@ class ProcessingQueue:
         self._redis = redis
         self._claim = redis.register_script(_CLAIM)
         self._lease = lease_seconds
+        self._pushed = asyncio.Event()
 
     @redis_boundary
     async def push(self, jobs: list[Job]) -> None:
         if jobs:
             await self._redis.rpush(keyspace.KB_QUEUE, *(job.encode() for job in jobs))
+            self._pushed.set()
+
+    async def idle(self, seconds: float) -> None:
+        """Wait until this process pushes a job, or ``seconds`` at most."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pushed.wait(), seconds)
+        self._pushed.clear()
 
     @redis_boundary
     async def claim(self) -> Job | None:

@@ -15,8 +15,8 @@ lease to run out, so the job comes back once they do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -46,6 +46,11 @@ T = TypeVar("T")
 EMBED_BATCH = 32
 MAX_LINKS = 10  # seed 001: a library holds at most 10 entries
 IDLE_POLL_SECONDS = 0.2
+GROUP_CHUNKS = 48
+"""Chunks that fill a group; at ~0.7 ms a chunk plus ~20 ms a call, the call is then a
+third of an upsert's cost, not four fifths as for a document of five chunks."""
+GROUP_SECONDS = 1.0
+"""The longest a prepared document waits for its group to fill while more jobs arrive."""
 
 
 class Chunks(msgspec.Struct, frozen=True):
@@ -65,6 +70,10 @@ class Outcome(msgspec.Struct, frozen=True):
     read: Document
     result: Document
     chunks: Chunks | None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.chunks is None else len(self.chunks.ids)
 
 
 class Processor:
@@ -86,10 +95,15 @@ class Processor:
     async def run(self, stop: asyncio.Event) -> None:
         """Process jobs until ``stop`` is set; never dies of one job's failure.
 
-        Two stages overlap: while one document is written to Chroma (an upsert mostly
-        waits on Chroma's own threads and its disk), the next is extracted and embedded.
-        At most one write is in flight, so writes land in the order jobs were claimed.
+        Jobs are embedded one by one and written to Chroma in groups. A Chroma upsert
+        costs ~20 ms of CPU a call whatever its size, plus ~0.7 ms a chunk, so one upsert
+        per document would spend on calls about a fifth of what embedding takes
+        (BENCHMARKS.md, "Ingest throughput"). A group is written as soon as the queue runs
+        dry, holds ``GROUP_CHUNKS`` chunks or is ``GROUP_SECONDS`` old, so a lone upload
+        is not kept waiting; it is written while the next group is embedded.
         """
+        group: list[Outcome] = []
+        started = 0.0
         writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
@@ -97,29 +111,39 @@ class Processor:
                     job = await self._queue.claim()
                 except UnavailableError:
                     job = None
+                if job is not None:
+                    outcome = await self._guarded([job], self.prepare(job))
+                    if outcome is not None:
+                        started = started if group else time.monotonic()
+                        group.append(outcome)
+                if group and (
+                    job is None
+                    or sum(o.size for o in group) >= GROUP_CHUNKS
+                    or time.monotonic() - started >= GROUP_SECONDS
+                ):
+                    if writing is not None:
+                        await writing
+                    jobs = [o.job for o in group]
+                    writing = asyncio.create_task(self._guarded(jobs, self.commit(group)))
+                    group = []
                 if job is None:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), IDLE_POLL_SECONDS)
-                    continue
-                outcome = await self._guarded(job, self.prepare(job))
-                if outcome is None:
-                    continue
-                if writing is not None:
-                    await writing
-                writing = asyncio.create_task(self._guarded(job, self.commit(outcome)))
+                    await self._queue.idle(IDLE_POLL_SECONDS)
         finally:
             if writing is not None:
                 await writing
+            if group:
+                await self._guarded([o.job for o in group], self.commit(group))
 
-    async def _guarded(self, job: Job, step: Awaitable[T]) -> T | None:
-        """Run one stage of ``job``; a failure ends the job, never the worker."""
+    async def _guarded(self, jobs: list[Job], step: Awaitable[T]) -> T | None:
+        """Run one stage of ``jobs``; a failure ends the jobs, never the worker."""
         try:
             return await step
         except UnavailableError:
-            log.warning("kb job %s waits for Redis or Chroma", job.encode())
+            log.warning("kb jobs %s wait for Redis or Chroma", [j.encode() for j in jobs])
         except Exception:
-            log.exception("kb job %s failed unexpectedly", job.encode())
-            await self._queue.done(job)
+            log.exception("kb jobs %s failed unexpectedly", [j.encode() for j in jobs])
+            for job in jobs:
+                await self._queue.done(job)
         return None
 
     async def prepare(self, job: Job) -> Outcome | None:
@@ -146,32 +170,44 @@ class Processor:
             )
             return Outcome(job=job, read=doc, result=failed, chunks=None)
 
-    async def commit(self, outcome: Outcome) -> None:
-        """Index the chunks, flip the document, then drop the chunks nobody reads."""
-        job, doc, result = outcome.job, outcome.read, outcome.result
-        if outcome.chunks is None:  # the document failed
-            if await self._settle(job, doc, result, units_delta=-doc.charged_units):
-                await self._index.delete(job.account_id, {"external_id": doc.external_id})
-            return
-        chunks = outcome.chunks
-        await self._index.add(
-            job.account_id,
-            ids=chunks.ids,
-            vectors=chunks.vectors,
-            texts=chunks.texts,
-            metadatas=chunks.metadatas,
-        )
-        tag = doc.chunk_tag(doc.generation)
-        if await self._settle(
-            job, doc, result, units_delta=result.charged_units - doc.charged_units
-        ):
-            # Flipped: older generations are no longer read by anyone.
-            await self._index.delete(
-                job.account_id,
-                {"$and": [{"external_id": doc.external_id}, {"doc_gen": {"$ne": tag}}]},
+    async def commit(self, group: list[Outcome]) -> None:
+        """Index the group's chunks, one upsert per account (one collection each), flip
+        each document, then drop in one delete the chunks nobody reads any more."""
+        accounts: dict[str, list[Outcome]] = {}
+        for outcome in group:
+            accounts.setdefault(outcome.job.account_id, []).append(outcome)
+        for account_id, outcomes in accounts.items():
+            await self._commit_account(account_id, outcomes)
+
+    async def _commit_account(self, account_id: str, group: list[Outcome]) -> None:
+        chunks = [o.chunks for o in group if o.chunks is not None]
+        if chunks:
+            await self._index.add(
+                account_id,
+                ids=[i for c in chunks for i in c.ids],
+                vectors=np.concatenate([c.vectors for c in chunks], axis=0),
+                texts=[t for c in chunks for t in c.texts],
+                metadatas=[m for c in chunks for m in c.metadatas],
             )
-        else:
-            await self._index.delete(job.account_id, {"doc_gen": tag})
+        unread: list[dict[str, Any]] = []
+        for outcome in group:
+            job, doc, result = outcome.job, outcome.read, outcome.result
+            tag = doc.chunk_tag(doc.generation)
+            settled = await self._settle(
+                job, doc, result, units_delta=result.charged_units - doc.charged_units
+            )
+            if outcome.chunks is None:  # failed: none of its chunks is read any more
+                if settled:
+                    unread.append({"external_id": doc.external_id})
+            elif settled:  # flipped: older generations are no longer read by anyone
+                unread.append(
+                    {"$and": [{"external_id": doc.external_id}, {"doc_gen": {"$ne": tag}}]}
+                )
+            else:  # a newer write came first: this job's chunks are never read
+                unread.append({"doc_gen": tag})
+        if unread:
+            # Chroma's $or takes two clauses or more.
+            await self._index.delete(account_id, unread[0] if len(unread) == 1 else {"$or": unread})
 
     async def _embed_content(self, job: Job, doc: Document, data: bytes) -> Outcome:
         extracted = await anyio.to_thread.run_sync(

@@ -1,0 +1,121 @@
+"""The processing worker's group commit, against a real redis-server, the real embedded
+Chroma and the real embedder: one group mixes two accounts, a ready document, a failed one
+and one whose content changed between embedding and writing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from engine.accounts import AccountStore
+from engine.config import Settings
+from engine.state import connect
+from kb.documents import DocumentStore
+from kb.embedder import shared_embedder
+from kb.index import VectorIndex
+from kb.ingest import Incoming, Ingest
+from kb.queue import ProcessingQueue
+from kb.worker import Outcome, Processor
+from tests.conftest import RedisServer
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_server.url, timeout=1.0)
+    yield client
+    await client.aclose()
+
+
+def text(external_id: str, body: str) -> Incoming:
+    return Incoming(external_id=external_id, data=body.encode(), content_type="txt")
+
+
+async def hits(index: VectorIndex, account_id: str, query: str, tag: str) -> list[str]:
+    vector = shared_embedder().embed([query])[0]
+    return [h.text for h in await index.query(account_id, vector, 5, [tag])]
+
+
+async def test_a_mixed_group_settles_each_document_on_its_own(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    accounts = AccountStore(redis)
+    first, second = await accounts.create("first"), await accounts.create("second")
+    docs, queue = DocumentStore(redis), ProcessingQueue(redis)
+    ingest = Ingest(docs, accounts, queue)
+    index = VectorIndex(Settings(data_dir=str(tmp_path)))
+    processor = Processor(
+        docs=docs, queue=queue, index=index, embedder=shared_embedder(), max_pages=10
+    )
+    await ingest.upsert(
+        first.id,
+        [
+            text("kept", "Our shop opens at nine every morning."),
+            text("blank", "   \n  "),
+            text("moved", "The old office was on Harbour Street."),
+        ],
+        enqueue=True,
+    )
+    await ingest.upsert(second.id, [text("kept", "Parcels leave the depot at noon.")], enqueue=True)
+
+    group: list[Outcome] = []
+    while (job := await queue.claim()) is not None:
+        prepared = await processor.prepare(job)
+        assert prepared is not None
+        group.append(prepared)
+    assert len(group) == 4
+    # "moved" changes after it was embedded: its group's write must lose to the new one.
+    await ingest.upsert(first.id, [text("moved", "The office is on Quay Road now.")], enqueue=True)
+    await processor.commit(group)
+
+    kept, blank, moved = await docs.get_many(first.id, ["kept", "blank", "moved"])
+    assert kept is not None and kept.processing_status == "ready"
+    assert blank is not None and blank.processing_status == "failed" and blank.error_message
+    assert moved is not None and moved.processing_status == "pending"
+    # Both accounts have a "kept@1"; each collection holds only its own account's chunks.
+    assert await hits(index, first.id, "opening time", kept.chunk_tag(1)) == [
+        "Our shop opens at nine every morning."
+    ]
+    # The losing generation's chunks were dropped in the group's delete.
+    assert await hits(index, first.id, "office", moved.chunk_tag(1)) == []
+    other = await docs.get(second.id, "kept")
+    assert other is not None and other.processing_status == "ready"
+    assert await hits(index, second.id, "depot", other.chunk_tag(1)) == [
+        "Parcels leave the depot at noon."
+    ]
+
+    # The worker loop picks up the newer job and writes it on its own.
+    stop = asyncio.Event()
+    running = asyncio.create_task(processor.run(stop))
+    for _ in range(200):
+        moved = await docs.get(first.id, "moved")
+        if moved is not None and moved.processing_status == "ready":
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await running
+    assert moved is not None and moved.processing_status == "ready"
+    assert await hits(index, first.id, "office", moved.chunk_tag(2)) == [
+        "The office is on Quay Road now."
+    ]
+    assert await queue.waiting() == 0
+
+
+async def test_an_upsert_larger_than_chromas_batch_limit_is_split(tmp_path: Path) -> None:
+    index = VectorIndex(Settings(data_dir=str(tmp_path)))
+    count = index._open().get_max_batch_size() + 10
+    vectors = np.random.default_rng(1).normal(size=(count, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    await index.add(
+        "big",
+        ids=[f"doc@1#{i}" for i in range(count)],
+        vectors=vectors,
+        texts=[f"chunk {i}" for i in range(count)],
+        metadatas=[{"external_id": "doc", "doc_gen": "doc@1", "chunk": i} for i in range(count)],
+    )
+    last = await index.query("big", vectors[-1], 1, ["doc@1"])
+    assert [h.text for h in last] == [f"chunk {count - 1}"]
