@@ -21,7 +21,6 @@ import msgspec
 import redis.asyncio as aioredis
 import uvicorn
 
-from api.knowledge import TextDocument
 from engine.accounts import AccountStore
 from engine.apikeys import SLOTS, KeyStore, Slot
 from engine.balance import Balance
@@ -34,6 +33,7 @@ from engine.tenants import create_tenant
 from kb.documents import DocumentStore
 from kb.ingest import Ingest
 from kb.queue import ProcessingQueue
+from kb.text_documents import TextDocument
 
 T = TypeVar("T")
 

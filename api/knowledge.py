@@ -38,49 +38,12 @@ from kb.documents import (
 from kb.extract import content_type_of, estimate_pages
 from kb.ingest import Incoming, Outcome
 from kb.listing import SortBy, Status
+from kb.text_documents import ExternalId, TextDocument
 
-ExternalId = Annotated[str, msgspec.Meta(pattern=EXTERNAL_ID.pattern)]
 MAX_BATCH = 100  # seed 000: "Accepts up to 100 documents per call"
-MAX_TEXT = 1_000_000
-"""Characters of one text document sent as JSON; larger ones go through file upload."""
 BATCH_BODY_LIMIT = 16 * 1024 * 1024
 UPLOAD_BODY_LIMIT = 64 * 1024 * 1024
 """The multipart body; the file inside is held to RAPPORT_KB_MAX_FILE_BYTES."""
-TextType = Literal["txt", "md", "html"]
-Tag = Annotated[str, msgspec.Meta(max_length=128)]
-
-
-class TextDocument(msgspec.Struct, forbid_unknown_fields=True):
-    """One item of the batch, or the body of the single upsert.
-
-    Also accepts seed 004's KB JSON entries (``id``, ``text``, ``category``, ``tags``):
-    ``id`` is the external_id, ``category`` the label, and the tags become keywords that
-    are embedded with every chunk, so questions phrased like a tag find the entry.
-    """
-
-    external_id: ExternalId | None = None
-    content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)] | None = None
-    label: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    content_type: TextType = "txt"
-    id: ExternalId | None = None
-    text: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)] | None = None
-    category: Annotated[str, msgspec.Meta(max_length=256)] | None = None
-    tags: Annotated[list[Tag], msgspec.Meta(max_length=64)] | None = None
-
-    def incoming(self, external_id: str | None = None) -> Incoming:
-        eid = external_id or self.external_id or self.id
-        if eid is None:
-            raise ValidationFailed("external_id is required.", errors={"external_id": ["required"]})
-        body = self.content if self.content is not None else self.text
-        if body is None:
-            raise ValidationFailed("content is required.", errors={"content": ["required"]})
-        return Incoming(
-            external_id=eid,
-            data=body.encode(),
-            content_type=self.content_type,
-            label=self.label if self.label is not None else self.category,
-            keywords=tuple(self.tags or ()),
-        )
 
 
 class Batch(msgspec.Struct, forbid_unknown_fields=True):
@@ -366,14 +329,12 @@ def curate(
     return kept
 
 
-async def patch_one(request: Request) -> Response:
-    services: Services = request.state.services
-    principal: Principal = request.state.principal
-    doc = await _existing(services, principal.account_id, external_id_of(request))
-    try:
-        changes = _decode_patch(await request.body())
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise invalid_input(exc) from None
+PATCH_TRIES = 3
+"""Times a PATCH is applied again when the worker flips the document meanwhile."""
+
+
+def patched(doc: Document, changes: DocPatch) -> Document:
+    """``doc`` with the PATCH's fields; what it dropped or changed is in ``warnings``."""
     warnings: list[DocWarning] = []
     updated = doc
     if changes.label is not msgspec.UNSET:
@@ -399,11 +360,30 @@ async def patch_one(request: Request) -> Response:
                                     warnings)
         ]  # fmt: skip
         updated = msgspec.structs.replace(updated, link_library=links)
-    updated = msgspec.structs.replace(updated, warnings=warnings)
+    return msgspec.structs.replace(updated, warnings=warnings)
+
+
+async def patch_one(request: Request) -> Response:
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    external_id = external_id_of(request)
+    doc = await _existing(services, principal.account_id, external_id)
     try:
-        await services.docs.write(principal.account_id, updated, expected_generation=doc.generation)
-    except WriteConflict:
-        raise Conflict("The document changed while this request ran; retry.") from None
+        changes = _decode_patch(await request.body())
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid_input(exc) from None
+    for _ in range(PATCH_TRIES):
+        try:
+            updated = await services.docs.write(
+                principal.account_id, patched(doc, changes), replacing=doc
+            )
+            break
+        except WriteConflict:
+            # Another write came first (often the worker flipping it to ready): the
+            # PATCH applies to the document as it is now.
+            doc = await _existing(services, principal.account_id, external_id)
+    else:
+        raise Conflict("The document kept changing while this request ran; retry.")
     (count,) = await services.docs.persona_counts(principal.account_id, [doc.external_id])
     return JSON(view(updated, count))
 

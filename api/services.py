@@ -90,8 +90,9 @@ class Services:
                 model=settings.llm_image_model,
                 timeout=settings.llm_timeout,
             )
+        self.embedder = shared_embedder()
         if settings.llm_base_url is None:
-            self.backend = EmbeddedResponder()
+            self.backend = EmbeddedResponder(self.embedder.embed)
         else:
             self.backend = OpenAICompatible(
                 base_url=settings.llm_base_url,
@@ -111,7 +112,6 @@ class Services:
         self.queue = ProcessingQueue(self.redis, lease_seconds=settings.kb_lease_seconds)
         self.ingest = Ingest(self.docs, self.accounts, self.queue)
         self.activations = Activations(self.redis)
-        self.embedder = shared_embedder()
         self.processor = Processor(
             docs=self.docs,
             queue=self.queue,

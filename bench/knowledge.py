@@ -11,16 +11,16 @@ Each Rapport figure is compared with a peer measured in the same run:
    document, ``EMBED_BATCH`` at a time). Runs alternate raw, pipeline, raw, ..., raw
    (``--ingest-rounds`` pipeline runs), and each pipeline run is compared with the raw runs
    on either side. The server runs with wrappers that time its worker's steps (embed,
-   count_tokens, Chroma add and delete, whole jobs), so each round also gives the pipeline's
+   count_tokens, Chroma add and delete, both job stages), so each round also gives the pipeline's
    throughput relative to the server's own embedder at that moment.
 2. Retrieval latency at ``--chunks`` sizes (10k and 100k) in one account, built directly
    through ``kb.index.VectorIndex``. ``--real-chunks`` chunks are real (embedded); the rest
    are real vectors plus Gaussian noise, renormalised, carrying the source chunk's text.
-   Chunks are spread over ``--index-docs`` documents (``doc_gen`` tags); ``--active`` of
-   them are the persona's. Timed, per query: the retriever's work (embed the query in a
-   thread, then ``VectorIndex.query`` with the active tags, k=5) against the peer, the same
-   Chroma query with no filter; plus the query embedding alone, each query alone and the
-   where clause alone (``get``).
+   Chunks are spread over ``--index-docs`` documents; ``--active`` of them are the
+   persona's. Timed, per query: the retriever's work (embed the query in a thread, then
+   ``VectorIndex.query`` restricted to the active documents' chunk ids, k=5) against the
+   peer, the same Chroma query with no filter; plus the query embedding alone, each query
+   alone and the id filter alone (``get(ids=...)``).
 3. recall@5 of the filtered Chroma query against exact search (numpy dot products over the
    active documents' chunks), for the same queries.
 4. ``GET /api/knowledge/docs`` at ``--list-docs`` staged documents (batch upserts of 100,
@@ -524,7 +524,7 @@ class Timings:
     embed: list[float] = field(default_factory=list)
     filtered: list[float] = field(default_factory=list)  # VectorIndex.query alone
     unfiltered: list[float] = field(default_factory=list)
-    metadata: list[float] = field(default_factory=list)  # the where clause alone: get()
+    metadata: list[float] = field(default_factory=list)  # the id filter alone: get()
     recall: list[float] = field(default_factory=list)
     short: int = 0  # filtered queries that returned fewer than K chunks
 
@@ -534,17 +534,16 @@ async def measure_queries(
     index: VectorIndex,
     embedder: Embedder,
     queries: list[str],
-    tags: list[str],
+    active_ids: list[str],
     active_rows: np.ndarray,
     vectors: np.ndarray,
     warmup: int,
 ) -> Timings:
     collection = index._collection(ACCOUNT)  # the very collection VectorIndex.query searches
-    where: dict[str, Any] = {"doc_gen": {"$in": tags}}
     active = vectors[active_rows]
 
     def unfiltered(vector: np.ndarray) -> int:
-        # VectorIndex.query less the where clause: same include, same result handling.
+        # VectorIndex.query less the id filter: same include, same result handling.
         found = collection.query(
             query_embeddings=[vector],  # type: ignore[list-item]
             n_results=K,
@@ -563,7 +562,7 @@ async def measure_queries(
         found = collection.query(
             query_embeddings=[vector],  # type: ignore[list-item]
             n_results=K,
-            where=where,
+            ids=active_ids,
             include=["distances"],
         )
         return list(found["ids"][0])
@@ -573,18 +572,18 @@ async def measure_queries(
         measured = n >= warmup
         t0 = time.perf_counter()
         vector = (await anyio.to_thread.run_sync(embedder.embed, [query]))[0]
-        hits = await index.query(ACCOUNT, vector, K, tags)
+        hits = await index.query(ACCOUNT, vector, K, active_ids)
         t1 = time.perf_counter()
         vector = (await anyio.to_thread.run_sync(embedder.embed, [query]))[0]
         await anyio.to_thread.run_sync(unfiltered, vector)
         t2 = time.perf_counter()
         vector = embedder.embed([query])[0]
         t3 = time.perf_counter()
-        await index.query(ACCOUNT, vector, K, tags)
+        await index.query(ACCOUNT, vector, K, active_ids)
         t4 = time.perf_counter()
         await anyio.to_thread.run_sync(unfiltered, vector)
         t5 = time.perf_counter()
-        await anyio.to_thread.run_sync(lambda: collection.get(where=where, include=[]))
+        await anyio.to_thread.run_sync(lambda: collection.get(ids=active_ids, include=[]))
         t6 = time.perf_counter()
         if not measured:
             continue
@@ -617,7 +616,6 @@ async def retrieval(
     pair_similarity = float(np.mean(np.sum(real[pairs[:, 0]] * real[pairs[:, 1]], axis=1)))
     rng = random.Random(args.seed + 3)
     active_docs = sorted(rng.sample(range(args.index_docs), args.active))
-    tags = [f"kb-doc-{d:05d}@1" for d in active_docs]
     active_set = set(active_docs)
     queries = [question(rng) for _ in range(args.queries + args.warmup_queries)]
 
@@ -653,8 +651,16 @@ async def retrieval(
         active_rows = np.array(
             [j for j in range(size) if j % args.index_docs in active_set], dtype=np.int64
         )
+        active_ids = ["{}#{}".format(*chunk_id(int(j), args.index_docs)[1:]) for j in active_rows]
         timings = await measure_queries(
-            args, index, embedder, queries, tags, active_rows, all_vectors, args.warmup_queries
+            args,
+            index,
+            embedder,
+            queries,
+            active_ids,
+            active_rows,
+            all_vectors,
+            args.warmup_queries,
         )
         rows.append((size, rate, timings, len(active_rows)))
 
@@ -669,7 +675,7 @@ async def retrieval(
             ("query embedding alone", t.embed),
             ("filtered VectorIndex.query alone", t.filtered),
             ("unfiltered query alone", t.unfiltered),
-            ("where clause alone: get(where=...)", t.metadata),
+            ("id filter alone: get(ids=...)", t.metadata),
         ):
             say(
                 f"| {size} | {active_count} | {name} | {ms(pct(values, 50))} "

@@ -12,7 +12,10 @@
    ``rapport accounts create`` / ``keys create`` while the server runs, whose default persona
    has no active documents, so retrieval returns before embedding the question and the
    responder has nothing to ground on. The difference is the retrieval + grounding cost.
-   Targets alternate round by round.
+   Targets alternate round by round. Then grounding (untimed): 220 more questions, 150
+   answerable (11 phrasings), 50 about a product on something the documents do not say,
+   20 about nothing in them; each reply is classed as the right answer, a wrong sentence,
+   or the honest no-answer.
 2. Speech-to-text. A ~3 s and a ~20 s clip are synthesised with espeak-ng as tests/audio/
    README.md describes (the speaking rate is adjusted so the clips come out near 3 s and
    20 s; without espeak-ng, tests/audio/ada.wav is repeated and trimmed instead), then
@@ -54,6 +57,7 @@ import sys
 import tempfile
 import time
 import wave
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -318,6 +322,76 @@ def questions(products: list[Product], n: int = 60, seed: int = 6) -> list[str]:
     return asked
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One grounding question and what a right reply contains."""
+
+    text: str
+    kind: str  # "answerable", "about a product, not in the KB", "off-topic"
+    product: Product | None = None
+    fact: str = ""
+
+
+# What answers each question: a substring of the one sentence that does.
+ANSWERABLE: tuple[tuple[str, Callable[[Product], str]], ...] = (
+    ("How much does the {} cost?", lambda p: f"costs {p.price} dollars"),
+    ("What is the warranty on the {}?", lambda p: f"{p.warranty}-year warranty"),
+    ("How heavy is the {}?", lambda p: f"weighs {p.grams} grams"),
+    ("Which colours does the {} come in?", lambda p: f"available in {p.colours[0]}"),
+    ("How do I clean my {}?", lambda p: f"To clean the {p.title}"),
+    ("Where is the {} made, and can I return it?", lambda p: "returns are accepted"),
+    ("What's the price of the {}?", lambda p: f"costs {p.price} dollars"),
+    ("how many grams is the {}", lambda p: f"weighs {p.grams} grams"),
+    ("Is the {} available in other colors?", lambda p: f"available in {p.colours[0]}"),
+    ("Can I send back the {} if I don't like it?", lambda p: "returns are accepted"),
+    ("What's the {} good for?", lambda p: "choice for"),
+)
+NOT_IN_KB = (
+    "Is the {} vegan?",
+    "Can I rent the {}?",
+    "Does the {} come with a carry bag?",
+    "Is the {} suitable for children?",
+    "How long does the {} battery last?",
+    "Who designed the {}?",
+)
+MORE_OFF_TOPIC = (
+    "Do you sell fishing rods?",
+    "What time does the Bergen store close on Sunday?",
+    "Can I get a refund for a gift card?",
+    "Tell me a joke.",
+    "Do you have electric bikes?",
+    "What's your opinion on the election?",
+    "How do I bake sourdough bread?",
+    "Is shipping free to Japan?",
+    "hello",
+    "Who are you?",
+)
+
+
+def probes(products: list[Product], seed: int = 66) -> list[Probe]:
+    """150 answerable questions, 50 about a product on something the KB does not say, and
+    20 about nothing in it."""
+    rng = random.Random(seed)
+    found = []
+    for _ in range(150):
+        template, fact = rng.choice(ANSWERABLE)
+        product = rng.choice(products)
+        found.append(Probe(template.format(product.title), "answerable", product, fact(product)))
+    for _ in range(50):
+        text = rng.choice(NOT_IN_KB).format(rng.choice(products).title)
+        found.append(Probe(text, "about a product, not in the KB"))
+    found += [Probe(text, "off-topic") for text in (*UNANSWERABLE, *MORE_OFF_TOPIC)]
+    return found
+
+
+def verdict(probe: Probe, reply: dict[str, Any]) -> str:
+    if not reply["sources"]:
+        return "declined"
+    if probe.product is not None and probe.product.external_id in reply["sources"]:
+        return "right answer" if probe.fact in reply["reply"] else "wrong sentence"
+    return "wrong sentence" if probe.product is not None else "answered"
+
+
 # --- 1. the server -------------------------------------------------------------------------
 
 
@@ -463,6 +537,10 @@ def responder(args: argparse.Namespace, workdir: Path, servers: list[Server], sa
                     target.grounded += bool(reply["sources"])
             say(f"round {round_no + 1}: {per_round} turns per target")
         sample = turn(client, targets[0], 0, asked[0])
+        grounding: dict[str, Counter[str]] = {}
+        for i, probe in enumerate(probes(products)):
+            reply = turn(client, targets[0], i % USERS, probe.text)
+            grounding.setdefault(probe.kind, Counter())[verdict(probe, reply)] += 1
     say()
     say(
         f"{len(asked)} questions ({sum(q not in UNANSWERABLE for q in asked)} about a product "
@@ -488,6 +566,22 @@ def responder(args: argparse.Namespace, workdir: Path, servers: list[Server], sa
         f"p95 {kb.p(95) - peer.p(95):+.1f} ms; ratio p50 {kb.p(50) / peer.p(50):.2f}, "
         f"p95 {kb.p(95) / peer.p(95):.2f}"
     )
+    say()
+    say(
+        "Grounding, one turn per question on the same server (not timed): a right answer "
+        "names the product's document in `sources` and quotes the sentence holding the fact; "
+        "a wrong sentence quotes something else; declined is the honest no-answer."
+    )
+    say()
+    outcomes = ("right answer", "wrong sentence", "answered", "declined")
+    say("| questions | asked | " + " | ".join(outcomes) + " |")
+    say("|---|---:|" + "---:|" * len(outcomes))
+    for kind, counts in grounding.items():
+        say(
+            f"| {kind} | {sum(counts.values())} | "
+            + " | ".join(str(counts[o]) for o in outcomes)
+            + " |"
+        )
     say()
 
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
+import numpy as np
 
 from engine.memory import Memory
 from engine.personas import Persona
@@ -46,6 +47,8 @@ class Reply(msgspec.Struct, frozen=True):
 
 
 OnDelta = Callable[[str], Awaitable[None]]
+Embed = Callable[[list[str]], np.ndarray]
+"""Texts to unit vectors, one row each (the knowledge base's embedder, handed in by api)."""
 
 
 class ReplyBackend(Protocol):

@@ -1,27 +1,49 @@
 """The embedded grounded responder: the default reply backend, with no model at all.
 
-It answers only with sentences taken from the persona's knowledge snippets: the ones that
-best match the message (the retriever's score plus word overlap with the message). When no
-snippet matches, it says so plainly instead of inventing. Its phrasing follows the persona:
-name, sociality and leading temperament pick the opener and the no-answer line, and it
-greets the user by name once memory knows it. The same state always gives the same reply.
+It answers only with sentences taken from the persona's knowledge snippets. A snippet the
+retriever scored below ``RELEVANT`` is not about the message; when none is, or when no
+sentence of the relevant ones comes close to what is asked (``ANSWERS``), the responder
+says plainly that its knowledge base does not cover it instead of inventing.
+
+Choosing the sentence takes both lexical and embedding evidence. The words the best
+snippet repeats (in two of its sentences or more) name what it is about, say "Lumen
+backpack"; the message less those words is what is asked about it ("which colours does
+the come in"). Each sentence is compared in meaning with that question, so "It is available
+in rust red, ochre and plum" beats "The Lumen backpack is our choice for multi-day hikes",
+which a comparison with the whole message prefers because it repeats the name. A sentence's
+score adds its snippet's relevance (twice: finding the right document matters most), so a
+sentence of the right document wins over the same sentence about another product.
+BENCHMARKS.md ("Grounding") has the measurements behind these constants.
+
+Its phrasing follows the persona: name, sociality and leading temperament pick the opener
+and the no-answer line, and it greets the user by name once memory knows it. The same state
+always gives the same reply.
 """
 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import anyio.to_thread
+import numpy as np
 
 from engine.personas import Persona
-from engine.replies import OnDelta, Reply, Snippet, TurnContext
+from engine.replies import Embed, OnDelta, Reply, Snippet, TurnContext
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_SENTENCES = 2
-MIN_OVERLAP = 0.3
-"""A snippet sentence sharing less of the message's words than this is not an answer..."""
-CLOSE_MEANING = 0.5
-"""...unless its snippet is this similar in meaning to the message (cosine), in which case
-the snippet's first sentence answers even with no word in common."""
+RELEVANT = 0.45
+"""A snippet less similar than this to the message (cosine) is not about it."""
+ANSWERS = 0.2
+"""A sentence less similar than this to what is asked does not answer it."""
+SNIPPET_WEIGHT = 2.0
+SECOND_WITHIN = 0.05
+"""A second sentence is quoted only when it scores nearly as well as the best."""
+SENTENCE_CACHE = 4096
+"""Sentence vectors kept (1.5 KB each): knowledge sentences come back turn after turn."""
 SUFFIXES = ("ments", "ment", "ings", "ing", "ed", "s")
 SIBILANT_PLURALS = ("sses", "xes", "zes", "ches", "shes")
 """Plurals that add "es" (boxes, churches); elsewhere only "s" goes (takes -> take)."""
@@ -85,30 +107,94 @@ def leading_temperament(persona: Persona) -> str:
     return max(weights, key=lambda item: item[1])[0]
 
 
-def best_sentences(message: str, snippets: list[Snippet]) -> list[tuple[str, str]]:
-    """The (sentence, external_id) pairs that best answer ``message``, in snippet order."""
-    asked = words(message)
-    if not asked:
-        return []
+def sentences(text: str) -> list[str]:
+    return SENTENCE.split(text.strip())
+
+
+def topic_words(text: str) -> set[str]:
+    """The words a passage repeats, in two of its sentences or more: what it is about."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for sentence in sentences(text):
+        found = words(sentence)
+        repeated |= seen & found
+        seen |= found
+    return repeated
+
+
+def asked_about(message: str, top: Snippet) -> str:
+    """``message`` less the words naming what the top snippet is about; the whole message
+    when that would leave nothing."""
+    topic = topic_words(top.text)
+    kept = [w for w in WORD.findall(message) if stem(w.lower()) not in topic]
+    return " ".join(kept) if any(stem(w.lower()) not in STOPWORDS for w in kept) else message
+
+
+def choose(snippets: Sequence[Snippet], similarity: dict[str, float]) -> list[tuple[str, str]]:
+    """The (sentence, external_id) pairs that answer, in reading order; ``similarity`` is
+    each sentence's cosine to what is asked."""
     scored = []
     for rank, snippet in enumerate(snippets):
-        for position, sentence in enumerate(SENTENCE.split(snippet.text.strip())):
-            overlap = len(asked & words(sentence)) / len(asked)
-            if overlap >= MIN_OVERLAP or (position == 0 and snippet.score >= CLOSE_MEANING):
-                score = overlap + snippet.score
+        if snippet.score < RELEVANT:
+            continue
+        for position, sentence in enumerate(sentences(snippet.text)):
+            answers = similarity[sentence]
+            if answers >= ANSWERS:
+                score = SNIPPET_WEIGHT * snippet.score + answers
                 scored.append((-score, rank, position, sentence, snippet.external_id))
-    picked = sorted(scored)[:MAX_SENTENCES]
+    if not scored:
+        return []
+    scored.sort()
+    best = -scored[0][0]
+    picked = [scored[0], *(s for s in scored[1:MAX_SENTENCES] if -s[0] >= best - SECOND_WITHIN)]
     # Quote in reading order: by snippet rank, then position within the snippet.
     return [(s, doc) for _, _, _, s, doc in sorted(picked, key=lambda p: (p[1], p[2]))]
 
 
+class SentenceVectors:
+    """Embeds what is asked together with the sentences not seen lately, in one call off
+    the event loop, and remembers the sentences' vectors (least recently used go first)."""
+
+    def __init__(self, embed: Embed, capacity: int = SENTENCE_CACHE) -> None:
+        self._embed = embed
+        self._capacity = capacity
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    async def similarity(self, question: str, texts: list[str]) -> dict[str, float]:
+        unique = list(dict.fromkeys(texts))
+        missing = [t for t in unique if t not in self._cache]
+        vectors = await anyio.to_thread.run_sync(self._embed, [question, *missing])
+        for text, vector in zip(missing, vectors[1:], strict=True):
+            self._cache[text] = vector
+        for text in unique:
+            self._cache.move_to_end(text)
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+        asked = vectors[0]
+        return {t: float(self._cache[t] @ asked) for t in unique}
+
+
+async def best_sentences(
+    message: str, snippets: Sequence[Snippet], vectors: SentenceVectors
+) -> list[tuple[str, str]]:
+    relevant = [s for s in snippets if s.score >= RELEVANT]
+    if not relevant or not words(message):
+        return []
+    top = max(relevant, key=lambda s: s.score)
+    texts = [sentence for s in relevant for sentence in sentences(s.text)]
+    return choose(snippets, await vectors.similarity(asked_about(message, top), texts))
+
+
 class EmbeddedResponder:
+    def __init__(self, embed: Embed) -> None:
+        self._vectors = SentenceVectors(embed)
+
     async def reply(self, context: TurnContext, on_delta: OnDelta | None = None) -> Reply:
         persona = context.persona
         name = context.memory.facts.get("name")
         with_name = f", {name}" if name else ""
         prefix = NO_IMAGES if context.image is not None else ""
-        chosen = best_sentences(context.message, context.snippets)
+        chosen = await best_sentences(context.message, context.snippets, self._vectors)
         if chosen:
             opener = OPENERS[persona.sociality].format(name=with_name)
             lead = TEMPERAMENT_LEAD[leading_temperament(persona)]

@@ -7,8 +7,10 @@ retrieval asks only for each document's *live* generation, the last one fully in
 document being re-embedded is therefore seen whole, old content until the new is ready,
 then the new, never a mix.
 
-Writes to one document are compare-and-set on its generation (a Lua script), so two
-concurrent upserts of one external_id cannot both win. Usage counters move with every
+Writes to one document are compare-and-set on its revision, which every write bumps (a Lua
+script), so of two writers that read the same record only the first wins: two upserts of
+one external_id, or a PATCH and the worker flipping the document to ready. The loser reads
+again and decides anew. Usage counters move with every
 charge and refund in the same script, so ``GET /api/subscription/limits`` stays exact.
 """
 
@@ -91,25 +93,38 @@ class Document(msgspec.Struct, kw_only=True):
     """Bumped by every content change; the newest content's number."""
     live_generation: int = 0
     """The generation whose chunks retrieval reads; 0 when none is indexed."""
+    live_chunks: int = 0
+    """How many chunks the live generation has in the index."""
     charged_units: float = 0
     """Knowledge units counted in the account's usage for this document right now."""
+    revision: int = 0
+    """Bumped by every write; writes are compare-and-set on it."""
 
     def chunk_tag(self, generation: int) -> str:
         return f"{self.external_id}@{generation}"
+
+    def chunk_id(self, generation: int, index: int) -> str:
+        return f"{self.chunk_tag(generation)}#{index}"
+
+    def live_chunk_ids(self) -> list[str]:
+        """The index ids retrieval searches for this document; none before it is ready."""
+        if not self.live_generation:
+            return []
+        return [self.chunk_id(self.live_generation, i) for i in range(self.live_chunks)]
 
 
 _encode = msgspec.json.Encoder().encode
 _decode_doc = msgspec.json.Decoder(Document).decode
 _decode_row = msgspec.json.Decoder(Row).decode
 
-# KEYS: doc, docs, version, usage, content. ARGV: expected generation ('' = must not
+# KEYS: doc, docs, version, usage, content. ARGV: expected revision ('' = must not
 # exist), record, row, knowledge-unit delta, storage-byte delta, content ('' = delete it,
 # '-' = leave it). Returns 1, or 0 when another write came first.
 _WRITE = """
 local current = redis.call('GET', KEYS[1])
-local generation = ''
-if current then generation = tostring(cjson.decode(current)['generation']) end
-if generation ~= ARGV[1] then return 0 end
+local revision = ''
+if current then revision = tostring(cjson.decode(current)['revision'] or 0) end
+if revision ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], cjson.decode(ARGV[2])['external_id'], ARGV[3])
 redis.call('INCR', KEYS[3])
@@ -196,15 +211,19 @@ class DocumentStore:
         account_id: str,
         doc: Document,
         *,
-        expected_generation: int | None,
+        replacing: Document | None,
         units_delta: float = 0,
         bytes_delta: int = 0,
         content: bytes | None = None,
         drop_content: bool = False,
-    ) -> None:
-        """Store ``doc`` if the stored generation is still ``expected_generation`` (None:
-        the document must be new), moving usage by the deltas in the same step."""
+    ) -> Document:
+        """Store ``doc`` in place of ``replacing``, the record as the caller read it (None:
+        the document must be new), moving usage by the deltas in the same step. Raises
+        WriteConflict when another write came in between. Returns what was stored."""
         keys = keyspace.AccountKeys(account_id)
+        doc = msgspec.structs.replace(
+            doc, revision=0 if replacing is None else replacing.revision + 1
+        )
         if drop_content:
             content_arg = ""
         elif content is not None:
@@ -214,12 +233,13 @@ class DocumentStore:
         written = await self._write(
             keys=[keys.doc(doc.external_id), keys.docs, keys.docs_version, keys.usage,
                   keys.doc_content(doc.external_id)],
-            args=["" if expected_generation is None else str(expected_generation),
+            args=["" if replacing is None else str(replacing.revision),
                   _encode(doc), _encode(row_of(doc)), repr(units_delta), bytes_delta,
                   content_arg],
         )  # fmt: skip
         if not written:
             raise WriteConflict(doc.external_id)
+        return doc
 
     @redis_boundary
     async def delete(self, account_id: str, doc: Document) -> list[str]:

@@ -29,6 +29,8 @@ from kb.documents import (
 from kb.queue import Job, ProcessingQueue
 
 UpsertStatus = Literal["created", "updated", "no_op"]
+WRITE_TRIES = 3
+"""Times an upsert is planned again when only processing or a PATCH moved its record."""
 
 
 class Incoming(msgspec.Struct, frozen=True, kw_only=True):
@@ -81,25 +83,39 @@ class Ingest:
             if p.document is None:
                 outcomes.append(Outcome(p.incoming.external_id, "no_op", False))
                 continue
-            try:
-                await self._docs.write(
-                    account_id,
-                    p.document,
-                    expected_generation=None if p.current is None else p.current.generation,
-                    units_delta=p.units_delta,
-                    bytes_delta=p.bytes_delta,
-                    content=p.incoming.data if p.content_changed else None,
-                )
-            except WriteConflict:
-                raise Conflict(
-                    f"Document {p.incoming.external_id!r} changed while this request ran; retry."
-                ) from None
+            p = await self._write(account_id, p, now, enqueue)
             if p.content_changed and enqueue:
                 jobs.append(Job(account_id, p.document.external_id, p.document.generation))
             status: UpsertStatus = "created" if p.current is None else "updated"
             outcomes.append(Outcome(p.incoming.external_id, status, p.content_changed))
         await self._queue.push(jobs)
         return outcomes
+
+    async def _write(self, account_id: str, p: Plan, now: datetime, enqueue: bool) -> Plan:
+        """Write a plan; returns the plan written. When the worker (or a PATCH) wrote the
+        same content's record in between, the upsert is planned again on top of that; when
+        someone else changed the content, it is a conflict for the client to retry."""
+        for _ in range(WRITE_TRIES):
+            if p.document is None:  # planned again: the record already says it all
+                return p
+            try:
+                await self._docs.write(
+                    account_id,
+                    p.document,
+                    replacing=p.current,
+                    units_delta=p.units_delta,
+                    bytes_delta=p.bytes_delta,
+                    content=p.incoming.data if p.content_changed else None,
+                )
+                return p
+            except WriteConflict:
+                fresh = await self._docs.get(account_id, p.incoming.external_id)
+                if fresh is None or p.current is None or fresh.generation != p.current.generation:
+                    break
+                p = plan(p.incoming, fresh, now, enqueue)
+        raise Conflict(
+            f"Document {p.incoming.external_id!r} changed while this request ran; retry."
+        )
 
     async def process_staged(self, account_id: str) -> int:
         """Queue every staged document (seed 000's dashboard button); returns how many."""
@@ -111,7 +127,7 @@ class Ingest:
                 continue
             queued = msgspec.structs.replace(doc, processing_status="pending")
             try:
-                await self._docs.write(account_id, queued, expected_generation=doc.generation)
+                await self._docs.write(account_id, queued, replacing=doc)
             except WriteConflict:
                 continue  # changed meanwhile; whoever changed it decided its state
             jobs.append(Job(account_id, doc.external_id, doc.generation))

@@ -35,9 +35,9 @@ class KnowledgeRetriever:
             return []
         active = await self._activations.active(account_id, persona_id)
         docs = await self._docs.get_many(account_id, active)
-        tags = [d.chunk_tag(d.live_generation) for d in docs if d and d.live_generation]
-        if not tags:
+        ids = [i for d in docs if d is not None for i in d.live_chunk_ids()]
+        if not ids:
             return []
         vectors = await anyio.to_thread.run_sync(self._embedder.embed, [query])
-        hits = await self._index.query(account_id, vectors[0], k, tags)
+        hits = await self._index.query(account_id, vectors[0], k, ids)
         return [Snippet(external_id=h.external_id, text=h.text, score=h.score) for h in hits]

@@ -46,6 +46,8 @@ T = TypeVar("T")
 EMBED_BATCH = 32
 MAX_LINKS = 10  # seed 001: a library holds at most 10 entries
 IDLE_POLL_SECONDS = 0.2
+SETTLE_TRIES = 5
+"""Writes a job tries against records that keep changing before it lets its lease run out."""
 GROUP_CHUNKS = 48
 """Chunks that fill a group; at ~0.7 ms a chunk plus ~20 ms a call, the call is then a
 third of an upsert's cost, not four fifths as for a document of five chunks."""
@@ -63,13 +65,22 @@ class Chunks(msgspec.Struct, frozen=True):
 
 
 class Outcome(msgspec.Struct, frozen=True):
-    """What a job's first stage decided: the record to write (ready or failed) if the
-    document is still the one it ``read``, and for a ready one its chunks."""
+    """What a job's first stage decided: the fields that make the document ready (or
+    failed), to set if it still holds the content the job ``read``, and for a ready one
+    its chunks."""
 
     job: Job
     read: Document
-    result: Document
+    changes: dict[str, Any]
+    links: list[LinkEntry]
+    """Links found in the document: they fill an empty link library (seed 001)."""
     chunks: Chunks | None
+
+    def apply(self, current: Document) -> Document:
+        """The stored record with this job's result; a label or library set meanwhile stays,
+        and so does a link library the client curated."""
+        links = current.link_library or self.links
+        return msgspec.structs.replace(current, link_library=links, **self.changes)
 
     @property
     def size(self) -> int:
@@ -140,6 +151,8 @@ class Processor:
             return await step
         except UnavailableError:
             log.warning("kb jobs %s wait for Redis or Chroma", [j.encode() for j in jobs])
+        except WriteConflict:
+            log.warning("kb jobs %s met constant writes; retried later", [j.encode() for j in jobs])
         except Exception:
             log.exception("kb jobs %s failed unexpectedly", [j.encode() for j in jobs])
             for job in jobs:
@@ -160,15 +173,15 @@ class Processor:
         except UnavailableError:
             raise
         except RapportError as error:
-            failed = msgspec.structs.replace(
-                doc,
-                processing_status="failed",
-                error_message=error.message,
-                processed_at=datetime.now(UTC),
-                charged_units=0,
-                live_generation=0,
-            )
-            return Outcome(job=job, read=doc, result=failed, chunks=None)
+            failed = {
+                "processing_status": "failed",
+                "error_message": error.message,
+                "processed_at": datetime.now(UTC),
+                "charged_units": 0,
+                "live_generation": 0,
+                "live_chunks": 0,
+            }
+            return Outcome(job=job, read=doc, changes=failed, links=[], chunks=None)
 
     async def commit(self, group: list[Outcome]) -> None:
         """Index the group's chunks, one upsert per account (one collection each), flip
@@ -191,11 +204,9 @@ class Processor:
             )
         unread: list[dict[str, Any]] = []
         for outcome in group:
-            job, doc, result = outcome.job, outcome.read, outcome.result
+            doc = outcome.read
             tag = doc.chunk_tag(doc.generation)
-            settled = await self._settle(
-                job, doc, result, units_delta=result.charged_units - doc.charged_units
-            )
+            settled = await self._settle(outcome)
             if outcome.chunks is None:  # failed: none of its chunks is read any more
                 if settled:
                     unread.append({"external_id": doc.external_id})
@@ -229,7 +240,7 @@ class Processor:
             tokens += sum(self._embedder.count_tokens(text) for text in batch)
         tag = doc.chunk_tag(doc.generation)
         prepared = Chunks(
-            ids=[f"{tag}#{chunk.index}" for chunk in chunks],
+            ids=[doc.chunk_id(doc.generation, chunk.index) for chunk in chunks],
             vectors=np.concatenate(vectors, axis=0),
             texts=texts,
             metadatas=[
@@ -237,38 +248,43 @@ class Processor:
             ],
         )
         units = knowledge_units(tokens)
-        # Seed 001: links found in the document seed an empty library (source extractor);
-        # a library the client curated is left alone.
-        links = doc.link_library or [
-            LinkEntry(url=url, source="extractor") for url in extracted.links[:MAX_LINKS]
-        ]
-        ready = msgspec.structs.replace(
-            doc,
-            link_library=links,
-            processing_status="ready",
-            processed_at=datetime.now(UTC),
-            knowledge_units=units,
-            storage_units=storage_units(doc.content_size_bytes),
-            actual_pages=extracted.pages,
-            has_extracted_text=extracted.has_extracted_text,
-            charged_units=units,
-            live_generation=doc.generation,
-        )
-        return Outcome(job=job, read=doc, result=ready, chunks=prepared)
+        ready = {
+            "processing_status": "ready",
+            "processed_at": datetime.now(UTC),
+            "knowledge_units": units,
+            "storage_units": storage_units(doc.content_size_bytes),
+            "actual_pages": extracted.pages,
+            "has_extracted_text": extracted.has_extracted_text,
+            "charged_units": units,
+            "live_generation": doc.generation,
+            "live_chunks": len(chunks),
+        }
+        # Seed 001: links found in the document seed an empty library (source extractor).
+        links = [LinkEntry(url=url, source="extractor") for url in extracted.links[:MAX_LINKS]]
+        return Outcome(job=job, read=doc, changes=ready, links=links, chunks=prepared)
 
-    async def _settle(self, job: Job, doc: Document, result: Document, units_delta: float) -> bool:
-        """Write the job's result if the document is still the one the job read."""
+    async def _settle(self, outcome: Outcome) -> bool:
+        """Apply the job's result to the stored record if that still holds the content the
+        job processed; False when newer content came first. A PATCH that lands in between
+        makes the write conflict: the result is applied again on top of it."""
+        job, read = outcome.job, outcome.read
         # Redis failing here propagates before done(): the lease runs out, the job returns.
-        try:
-            await self._docs.write(
-                job.account_id,
-                result,
-                expected_generation=doc.generation,
-                units_delta=units_delta,
-                drop_content=True,
-            )
-            written = True
-        except WriteConflict:
-            written = False
-        await self._queue.done(job)
-        return written
+        for _ in range(SETTLE_TRIES):
+            current = await self._docs.get(job.account_id, job.external_id)
+            if current is None or current.generation != read.generation:
+                await self._queue.done(job)
+                return False
+            result = outcome.apply(current)
+            try:
+                await self._docs.write(
+                    job.account_id,
+                    result,
+                    replacing=current,
+                    units_delta=result.charged_units - current.charged_units,
+                    drop_content=True,
+                )
+            except WriteConflict:
+                continue
+            await self._queue.done(job)
+            return True
+        raise WriteConflict(job.external_id)  # still changing: retried when the lease ends

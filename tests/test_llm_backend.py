@@ -14,6 +14,7 @@ from engine.responder import EmbeddedResponder
 from engine.speech import Transcriber
 from engine.state import connect
 from engine.turns import TurnPipeline
+from kb.embedder import shared_embedder
 from tests.conftest import RedisServer, llm_env, wait_until
 from tests.fake_openai import DEFAULT_REPLY, FakeOpenAI
 from tests.test_conversation_contract import PNG
@@ -95,8 +96,8 @@ async def test_a_failing_summary_keeps_the_plain_one(redis_server: RedisServer) 
 
     pipeline = TurnPipeline(
         accounts=AccountStore(redis), personas=PersonaStore(redis), memory=memory,
-        retriever=NoKnowledge(), backend=EmbeddedResponder(), transcriber=Transcriber(),
-        summariser=Failing(),
+        retriever=NoKnowledge(), backend=EmbeddedResponder(shared_embedder().embed),
+        transcriber=Transcriber(), summariser=Failing(),
     )  # fmt: skip
     await pipeline._condense("acct", "u")
     assert asked == [plain]

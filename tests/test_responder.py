@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 from engine.memory import Memory
 from engine.personas import Persona, Temperament
 from engine.replies import Image, Snippet, TurnContext
 from engine.responder import EmbeddedResponder
+from kb.embedder import shared_embedder
+
+RESPONDER = EmbeddedResponder(shared_embedder().embed)
 
 REFUNDS = Snippet(
     "refunds",
@@ -35,24 +39,22 @@ def context(message: str, snippets: list[Snippet], **extra: object) -> TurnConte
 
 
 async def test_it_quotes_the_document_that_answers() -> None:
-    reply = await EmbeddedResponder().reply(
-        context("How are refunds paid back?", [SHIPPING, REFUNDS])
-    )
+    reply = await RESPONDER.reply(context("How are refunds paid back?", [SHIPPING, REFUNDS]))
     assert "original card within five business days" in reply.text
     assert "Lisbon" not in reply.text
     assert reply.sources == ["refunds"]
 
 
 async def test_it_says_so_when_nothing_answers() -> None:
-    reply = await EmbeddedResponder().reply(context("Do you sell bicycles?", [SHIPPING]))
+    reply = await RESPONDER.reply(context("Do you sell bicycles?", [SHIPPING]))
     assert "don't have information" in reply.text and reply.sources == []
-    empty = await EmbeddedResponder().reply(context("Anything?", []))
+    empty = await RESPONDER.reply(context("Anything?", []))
     assert "don't have information" in empty.text
 
 
 async def test_a_snippet_close_in_meaning_answers_without_shared_words() -> None:
     close = Snippet("pay", "Payment is processed after order confirmation. Then we ship.", 0.55)
-    reply = await EmbeddedResponder().reply(context("How do I settle my bill?", [close]))
+    reply = await RESPONDER.reply(context("How do I settle my bill?", [close]))
     assert reply.sources == ["pay"] and "Payment is processed" in reply.text
     assert "Then we ship" not in reply.text
 
@@ -71,7 +73,7 @@ async def test_a_snippet_close_in_meaning_answers_without_shared_words() -> None
     ],
 )  # fmt: skip
 async def test_the_persona_picks_the_phrasing(fields: dict, expected: str) -> None:
-    reply = await EmbeddedResponder().reply(
+    reply = await RESPONDER.reply(
         context("How are refunds paid back?", [REFUNDS], persona=persona(**fields))
     )
     assert reply.text.startswith(expected) or expected in reply.text.split("Refunds")[0]
@@ -79,7 +81,7 @@ async def test_the_persona_picks_the_phrasing(fields: dict, expected: str) -> No
 
 async def test_it_greets_by_name_and_cannot_see_images() -> None:
     memory = Memory(summary="", facts={"name": "Ada"}, recent=[])
-    reply = await EmbeddedResponder().reply(
+    reply = await RESPONDER.reply(
         context("How are refunds paid back?", [REFUNDS], memory=memory,
                 image=Image(data=b"\x89PNG", mime="image/png"))
     )  # fmt: skip
@@ -93,8 +95,8 @@ async def test_it_is_deterministic_and_streams_word_by_word() -> None:
         pieces.append(piece)
 
     turn = context("How are refunds paid back?", [REFUNDS, SHIPPING])
-    first = await EmbeddedResponder().reply(turn, collect)
-    second = await EmbeddedResponder().reply(turn)
+    first = await RESPONDER.reply(turn, collect)
+    second = await RESPONDER.reply(turn)
     assert first == second
     assert "".join(pieces) == first.text and len(pieces) == len(first.text.split(" "))
 
@@ -105,3 +107,64 @@ def test_word_forms_meet() -> None:
     assert {stem("takes"), stem("take")} == {"take"}
     assert stem("payment") == stem("pays") == stem("pay") == "pay"
     assert stem("boxes") == "box" and stem("processed") == "process"
+
+
+LUMEN = Snippet(
+    "lumen",
+    "The Lumen backpack is our choice for multi-day hikes. The Lumen backpack costs 120 "
+    "dollars. It is available in rust red, ochre and plum. Clean the Lumen backpack with a "
+    "damp cloth.",
+    0.6,
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "answer"),
+    [
+        # The sentence that answers, though it does not repeat the product's name.
+        ("Which colours does the Lumen backpack come in?", "It is available in rust red"),
+        # No word in common with what is asked ("wash" / "Clean").
+        ("How do I wash my Lumen backpack?", "Clean the Lumen backpack with a damp cloth."),
+        ("How much is the Lumen backpack?", "The Lumen backpack costs 120 dollars."),
+    ],
+)
+async def test_the_sentence_that_answers_wins_over_the_one_that_names_the_subject(
+    message: str, answer: str
+) -> None:
+    reply = await RESPONDER.reply(context(message, [LUMEN]))
+    assert answer in reply.text and "multi-day hikes" not in reply.text
+    assert reply.sources == ["lumen"]
+
+
+async def test_a_relevant_snippet_that_does_not_answer_gets_the_honest_no_answer() -> None:
+    reply = await RESPONDER.reply(context("Is the Lumen backpack vegan?", [LUMEN]))
+    assert "don't have information" in reply.text and reply.sources == []
+
+
+def test_the_words_a_passage_repeats_are_its_topic() -> None:
+    from engine.responder import asked_about, topic_words
+
+    assert topic_words(LUMEN.text) == {"lumen", "backpack"}
+    assert asked_about("Which colours does the Lumen backpack come in?", LUMEN) == (
+        "Which colours does the come in"
+    )
+    # Nothing but the topic left: the whole message is what is asked.
+    assert asked_about("The Lumen backpack?", LUMEN) == "The Lumen backpack?"
+
+
+async def test_sentence_vectors_are_remembered_up_to_a_bound() -> None:
+    from engine.responder import SentenceVectors
+
+    embedded: list[list[str]] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        embedded.append(texts)
+        return shared_embedder().embed(texts)
+
+    vectors = SentenceVectors(embed, capacity=2)
+    first = await vectors.similarity("colours?", ["Red.", "Blue."])
+    again = await vectors.similarity("colours?", ["Red.", "Blue."])
+    assert embedded == [["colours?", "Red.", "Blue."], ["colours?"]] and first == again
+    await vectors.similarity("colours?", ["Green."])  # pushes out "Red.", the oldest
+    await vectors.similarity("colours?", ["Red.", "Green."])
+    assert embedded[-1] == ["colours?", "Red."]
