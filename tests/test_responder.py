@@ -168,3 +168,17 @@ async def test_sentence_vectors_are_remembered_up_to_a_bound() -> None:
     await vectors.similarity("colours?", ["Green."])  # pushes out "Red.", the oldest
     await vectors.similarity("colours?", ["Red.", "Green."])
     assert embedded[-1] == ["colours?", "Red."]
+
+
+async def test_only_the_three_most_relevant_snippets_are_read() -> None:
+    from engine.responder import SentenceVectors, best_sentences
+
+    embedded: list[str] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        embedded.extend(texts)
+        return shared_embedder().embed(texts)
+
+    snippets = [Snippet(f"d{i}", f"Fact number {i} is here.", 0.5 + i / 100) for i in range(5)]
+    await best_sentences("Which fact is here?", snippets, SentenceVectors(embed))
+    assert sorted(embedded[1:]) == [f"Fact number {i} is here." for i in (2, 3, 4)]
