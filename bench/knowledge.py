@@ -11,7 +11,7 @@ Each Rapport figure is compared with a peer measured in the same run:
    document, ``EMBED_BATCH`` at a time). Runs alternate raw, pipeline, raw, ..., raw
    (``--ingest-rounds`` pipeline runs), and each pipeline run is compared with the raw runs
    on either side. The server runs with wrappers that time its worker's steps (embed,
-   count_tokens, Chroma add and delete, both job stages), so each round also gives the pipeline's
+   Chroma add and delete, both job stages), so each round also gives the pipeline's
    throughput relative to the server's own embedder at that moment.
 2. Retrieval latency at ``--chunks`` sizes (10k and 100k) in one account, built directly
    through ``kb.index.VectorIndex``. ``--real-chunks`` chunks are real (embedded); the rest
@@ -326,7 +326,7 @@ def indexed_chunks(data_dir: Path) -> int:
     return sum(c.count() for c in client.list_collections())
 
 
-STEPS = ("embed", "count_tokens", "Chroma add", "Chroma delete")
+STEPS = ("embed", "Chroma add", "Chroma delete")
 
 
 def ingest(
@@ -338,7 +338,7 @@ def ingest(
     work = batches(per_doc)
     chunks = sum(len(d) for d in per_doc)
     words = sum(len(t.split()) for t in texts)
-    tokens = sum(embedder.count_tokens(c) for d in per_doc for c in d)
+    tokens = sum(embedder.embed_counting(batch)[1] for batch in batches(per_doc))
     warm_text = document(random.Random(-1))
     print(f"ingest: {args.docs} docs, {words} words, {chunks} chunks, {tokens} tokens", flush=True)
 
@@ -441,10 +441,9 @@ def ingest(
     )
     say()
     say(
-        "| round | wall | prepare | commit | embed | count_tokens | Chroma add "
-        "| Chroma delete | embedding share |"
+        "| round | wall | prepare | commit | embed | Chroma add | Chroma delete | embedding share |"
     )
-    say("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    say("|---:|---:|---:|---:|---:|---:|---:|---:|")
     shares: list[float] = []
     for r, (step, (seconds, *_)) in enumerate(zip(inside, rounds, strict=True)):
         shares.append(step.get("embed", 0.0) / seconds)
@@ -895,8 +894,7 @@ def serve(*, gc_off: bool = False, stages: Path | None = None) -> None:
 
             setattr(owner, name, wrapper)
 
-        timed(Embedder, "embed", "embed")
-        timed(Embedder, "count_tokens", "count_tokens")
+        timed(Embedder, "embed_counting", "embed")
         timed_async(VectorIndex, "add", "Chroma add")
         timed_async(VectorIndex, "delete", "Chroma delete")
         timed_async(Processor, "prepare", "prepare")

@@ -48,19 +48,15 @@ class Embedder:
         # Tokenizer padding settings are per object; keep batches from racing on them.
         self._lock = threading.Lock()
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model sees for ``text`` (special tokens included, before truncation)."""
-        with self._lock:
-            self._tokenizer.no_truncation()
-            try:
-                return len(self._tokenizer.encode(text).ids)
-            finally:
-                self._tokenizer.enable_truncation(MAX_TOKENS)
-
     def embed(self, texts: list[str]) -> np.ndarray:
         """(len(texts), 384) float32 unit vectors."""
+        return self.embed_counting(texts)[0]
+
+    def embed_counting(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """The vectors, and how many tokens the model saw (special tokens included, after
+        truncation): what knowledge units count, taken from the same tokenisation."""
         if not texts:
-            return np.zeros((0, DIMENSIONS), dtype=np.float32)
+            return np.zeros((0, DIMENSIONS), dtype=np.float32), 0
         with self._lock:
             encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
@@ -73,7 +69,7 @@ class Embedder:
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32), int(mask.sum())
 
 
 _shared: dict[int, Embedder] = {}

@@ -236,8 +236,11 @@ class Processor:
         tokens = 0
         for start in range(0, len(embedded), EMBED_BATCH):
             batch = embedded[start : start + EMBED_BATCH]
-            vectors.append(await anyio.to_thread.run_sync(self._embedder.embed, batch))
-            tokens += sum(self._embedder.count_tokens(text) for text in batch)
+            embedded_batch, seen = await anyio.to_thread.run_sync(
+                self._embedder.embed_counting, batch
+            )
+            vectors.append(embedded_batch)
+            tokens += seen
         tag = doc.chunk_tag(doc.generation)
         prepared = Chunks(
             ids=[doc.chunk_id(doc.generation, chunk.index) for chunk in chunks],

@@ -47,9 +47,11 @@ def test_padding_does_not_change_a_vector(embedder: Embedder) -> None:
 
 def test_long_texts_are_truncated_not_refused(embedder: Embedder) -> None:
     long = "alpha beta gamma delta " * 200
-    assert embedder.count_tokens(long) > MAX_TOKENS
-    assert embedder.embed([long]).shape == (1, DIMENSIONS)
-    assert embedder.count_tokens("hello world") == 4  # [CLS] hello world [SEP]
+    vectors, tokens = embedder.embed_counting([long, "hello world"])
+    assert vectors.shape == (2, DIMENSIONS)
+    # Knowledge units count what the model saw: the long text up to the limit, and
+    # [CLS] hello world [SEP] (padding not counted).
+    assert tokens == MAX_TOKENS + 4
 
 
 def test_chroma_reopens_a_collection_with_it_offline(tmp_path: Path) -> None:
