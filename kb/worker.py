@@ -2,10 +2,11 @@
 
 Runs inside each server process, next to the HTTP handlers; the CPU-heavy steps run in
 threads (onnxruntime and pypdf release the interpreter for most of their work). The flip
-to ``ready`` is a compare-and-set on the document's generation: if the content changed
-while this job ran, the job's chunks are dropped and the newer job wins. Old chunks are
-deleted only after the flip, and retrieval asks for current generations only, so a reader
-sees the old content or the new, never a mix.
+to ``ready`` applies the job's result to the record as it is then, if it still holds the
+content the job processed (same generation): a label or library PATCHed meanwhile stays,
+and if the content changed, the job's chunks are dropped and the newer job wins. Old
+chunks are deleted only after the flip, and retrieval asks for the live generation's
+chunks only, so a reader sees the old content or the new, never a mix.
 
 A failure of the document itself (a corrupt file, no text) marks it ``failed`` with a
 message and refunds its knowledge units. A failure of Redis or Chroma leaves the job's
