@@ -1,9 +1,11 @@
 """The embedded grounded responder: the default reply backend, with no model at all.
 
 It answers only with sentences taken from the persona's knowledge snippets. A snippet the
-retriever scored below ``RELEVANT`` is not about the message; when none is, or when no
-sentence of the relevant ones comes close to what is asked (``ANSWERS``), the responder
-says plainly that its knowledge base does not cover it instead of inventing.
+retriever scored ``RELEVANT`` or more is about the message; below that, down to
+``RELATED``, only its sentences that share half the message's words count ("Can I return
+my shoes?" scores 0.37 against a passage on returns that says "Returns are free for 30
+days"). When no sentence is left, or none comes close to what is asked (``ANSWERS``), the
+responder says plainly that its knowledge base does not cover it instead of inventing.
 
 Choosing the sentence takes both lexical and embedding evidence. The words the best
 snippet repeats (in two of its sentences or more) name what it is about, say "Lumen
@@ -36,7 +38,11 @@ SENTENCE = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_SENTENCES = 2
 RELEVANT = 0.45
-"""A snippet less similar than this to the message (cosine) is not about it."""
+"""A snippet this similar to the message (cosine) is about it."""
+RELATED = 0.3
+"""A snippet between this and RELEVANT counts only through sentences sharing words."""
+SHARED = 0.5
+"""The share of the message's content words a sentence of a related snippet must hold."""
 ANSWERS = 0.2
 """A sentence less similar than this to what is asked does not answer it."""
 SNIPPET_WEIGHT = 2.0
@@ -133,16 +139,19 @@ def asked_about(message: str, top: Snippet) -> str:
     return " ".join(kept) if any(stem(w.lower()) not in STOPWORDS for w in kept) else message
 
 
-def choose(snippets: Sequence[Snippet], similarity: dict[str, float]) -> list[tuple[str, str]]:
+def choose(
+    message: str, snippets: Sequence[Snippet], similarity: dict[str, float]
+) -> list[tuple[str, str]]:
     """The (sentence, external_id) pairs that answer, in reading order; ``similarity`` is
     each sentence's cosine to what is asked."""
+    asked = words(message)
     scored = []
     for rank, snippet in enumerate(snippets):
-        if snippet.score < RELEVANT:
-            continue
         for position, sentence in enumerate(sentences(snippet.text)):
             answers = similarity[sentence]
-            if answers >= ANSWERS:
+            shared = len(asked & words(sentence)) / len(asked) if asked else 0.0
+            about = snippet.score >= RELEVANT or (snippet.score >= RELATED and shared >= SHARED)
+            if about and answers >= ANSWERS:
                 score = SNIPPET_WEIGHT * snippet.score + answers
                 scored.append((-score, rank, position, sentence, snippet.external_id))
     if not scored:
@@ -181,11 +190,12 @@ async def best_sentences(
     message: str, snippets: Sequence[Snippet], vectors: SentenceVectors
 ) -> list[tuple[str, str]]:
     ranked = sorted(snippets, key=lambda s: -s.score)[:SNIPPETS_READ]
-    relevant = [s for s in ranked if s.score >= RELEVANT]
+    relevant = [s for s in ranked if s.score >= RELATED]
     if not relevant or not words(message):
         return []
     texts = [sentence for s in relevant for sentence in sentences(s.text)]
-    return choose(relevant, await vectors.similarity(asked_about(message, relevant[0]), texts))
+    asked = asked_about(message, relevant[0])
+    return choose(message, relevant, await vectors.similarity(asked, texts))
 
 
 class EmbeddedResponder:

@@ -182,3 +182,16 @@ async def test_only_the_three_most_relevant_snippets_are_read() -> None:
     snippets = [Snippet(f"d{i}", f"Fact number {i} is here.", 0.5 + i / 100) for i in range(5)]
     await best_sentences("Which fact is here?", snippets, SentenceVectors(embed))
     assert sorted(embedded[1:]) == [f"Fact number {i} is here." for i in (2, 3, 4)]
+
+
+async def test_a_related_snippet_answers_through_the_words_it_shares() -> None:
+    returns = Snippet(
+        "returns",
+        "Returns are free for 30 days. Refunds reach your card within five business days.",
+        0.37,  # what the retriever scores it for "Can I return my shoes?"
+    )
+    reply = await RESPONDER.reply(context("Can I return my shoes?", [returns]))
+    assert "Returns are free for 30 days." in reply.text and reply.sources == ["returns"]
+    # As related, but sharing no word: not enough to quote it.
+    declined = await RESPONDER.reply(context("Do you sell bicycles?", [returns]))
+    assert declined.sources == [] and "don't have information" in declined.text
