@@ -41,7 +41,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
@@ -53,6 +52,7 @@ from typing import Any
 import httpx
 import redis
 
+from bench.harness import run_bench, start_fake_openai
 from bench.http_overhead import (
     LOOPBACK,
     ROOT,
@@ -65,7 +65,6 @@ from bench.http_overhead import (
     rapport_command,
     redis_pid,
     spawn,
-    stop,
     wait_ready,
 )
 
@@ -353,16 +352,7 @@ def settings_line(args: argparse.Namespace) -> str:
 
 
 def setup(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> Bench:
-    fake_port = free_port()
-    upstream = spawn(
-        "fake_openai",
-        [sys.executable, "-m", "tests.fake_openai", "--port", str(fake_port)],
-        dict(os.environ),
-        workdir / "fake_openai.log",
-    )
-    servers.append(upstream)
-    control = f"http://{LOOPBACK}:{fake_port}"
-    wait_ready(upstream, f"{control}/_control/calls")
+    upstream, control = start_fake_openai(workdir, servers)
 
     data_dir = workdir / "data"
     rapport_port = free_port()
@@ -667,25 +657,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_peer is not None:
         serve_peer(args.serve_peer, args.peer_upstream, args.peer_prompt, args.peer_call)
         return 0
-    # SIGTERM to this script unwinds like Ctrl-C, so the finally below still runs.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="rapport-bench-", ignore_cleanup_errors=True) as tmp:
-        try:
-            run(args, Path(tmp), servers)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        finally:
-            # A second Ctrl-C must not cut the shutdown short; every wait in stop() is bounded.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for server in reversed(servers):
-                if args.profile is not None and server.name == "rapport":
-                    stop_profiled(server)
-                stop(server)
+
+    def profiled(server: Server) -> None:
+        if args.profile is not None and server.name == "rapport":
+            stop_profiled(server)
+
+    status = run_bench(lambda workdir, servers: run(args, workdir, servers), before_stop=profiled)
     if args.profile is not None and args.profile.exists():
         print_profile(args.profile)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

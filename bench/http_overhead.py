@@ -10,7 +10,7 @@ prints latency percentiles, throughput, CPU per request of every process involve
 ratios Rapport/peer measured in the same run. Targets are loopback only; both servers are
 stopped by pid (SIGTERM, then wait) whatever happens, Ctrl-C included.
 
-    .venv/bin/python bench/http_overhead.py [--requests 2000] [--warmup 200] [--rounds 3]
+    .venv/bin/python -m bench.http_overhead [--requests 2000] [--warmup 200] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -469,21 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_peer is not None:
         serve_peer(args.serve_peer, args.peer_body)
         return 0
-    # SIGTERM to this script unwinds like Ctrl-C, so the finally below still runs.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="rapport-bench-", ignore_cleanup_errors=True) as tmp:
-        try:
-            run(args, Path(tmp), servers)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        finally:
-            # A second Ctrl-C must not cut the shutdown short; every wait in stop() is bounded.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for server in reversed(servers):
-                stop(server)
-    return 0
+    from bench.harness import run_bench  # it imports this module
+
+    return run_bench(lambda workdir, servers: run(args, workdir, servers))
 
 
 if __name__ == "__main__":

@@ -42,10 +42,8 @@ import contextlib
 import os
 import random
 import shlex
-import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ import anyio.to_thread
 import httpx
 import numpy as np
 
+from bench.harness import run_bench
 from bench.http_overhead import (
     LOG_LEVEL,
     LOOPBACK,
@@ -1004,23 +1003,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_gc_off or args.serve_stages is not None:
         serve(gc_off=args.serve_gc_off, stages=args.serve_stages)
         return 0
-    # SIGTERM to this script unwinds like Ctrl-C, so the finally below still runs.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    servers: list[Server] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="rapport-bench-kb-", ignore_cleanup_errors=True) as tmp:
-        try:
-            run(args, Path(tmp), servers, Report())
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        finally:
-            # A second Ctrl-C must not cut the shutdown short; every wait in stop() is bounded.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for server in reversed(servers):
-                stop(server)
+    status = run_bench(
+        lambda workdir, servers: run(args, workdir, servers, Report()), prefix="rapport-bench-kb-"
+    )
     print(f"took {time.perf_counter() - started:.0f} s")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

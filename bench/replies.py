@@ -50,11 +50,9 @@ import json
 import os
 import random
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import wave
 from collections import Counter
@@ -68,6 +66,7 @@ from typing import Any
 import httpx
 
 from bench.conversation_overhead import LLM_KEY, MODEL, run_async
+from bench.harness import run_bench, start_fake_openai
 from bench.http_overhead import (
     LOG_LEVEL,
     LOOPBACK,
@@ -975,16 +974,7 @@ def ttft(args: argparse.Namespace, workdir: Path, servers: list[Server], say: Re
         "JSON and WebSocket sessions are not built yet, so no Rapport transport streams."
     )
     say()
-    port = free_port()
-    fake = spawn(
-        "fake_openai",
-        [sys.executable, "-m", "tests.fake_openai", "--port", str(port)],
-        dict(os.environ),
-        workdir / "fake_openai.log",
-    )
-    servers.append(fake)
-    control = f"http://{LOOPBACK}:{port}"
-    wait_ready(fake, f"{control}/_control/calls")
+    _, control = start_fake_openai(workdir, servers)
     products, texts = knowledge_base(10, 2, seed=7)
     context = turn_context(products, texts)
     messages = build_messages(context)
@@ -1082,21 +1072,7 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server], say: Rep
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM to this script unwinds like Ctrl-C, so the finally below still runs.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="rapport-bench-", ignore_cleanup_errors=True) as tmp:
-        try:
-            run(args, Path(tmp), servers, Report())
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        finally:
-            # A second Ctrl-C must not cut the shutdown short; every wait in stop() is bounded.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            for server in reversed(servers):
-                stop(server)
-    return 0
+    return run_bench(lambda workdir, servers: run(args, workdir, servers, Report()))
 
 
 if __name__ == "__main__":

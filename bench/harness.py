@@ -1,0 +1,55 @@
+"""What every benchmark script does around its measurements: a temp dir, the processes it
+starts, and stopping each of them by its pid however the run ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.http_overhead import LOOPBACK, Server, free_port, spawn, stop, wait_ready
+
+
+def run_bench(
+    body: Callable[[Path, list[Server]], None],
+    *,
+    prefix: str = "rapport-bench-",
+    before_stop: Callable[[Server], None] | None = None,
+) -> int:
+    """Run ``body(workdir, servers)``; every server it appends is stopped afterwards, last
+    started first. Returns the exit status (130 when interrupted)."""
+    # SIGTERM to this script unwinds like Ctrl-C, so the finally below still runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True) as tmp:
+        try:
+            body(Path(tmp), servers)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        finally:
+            # A second Ctrl-C must not cut the shutdown short; every wait in stop() is bounded.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for server in reversed(servers):
+                if before_stop is not None:
+                    before_stop(server)
+                stop(server)
+    return 0
+
+
+def start_fake_openai(workdir: Path, servers: list[Server]) -> tuple[Server, str]:
+    """The tests' fake OpenAI-compatible server on a free loopback port, and its URL."""
+    port = free_port()
+    fake = spawn(
+        "fake_openai",
+        [sys.executable, "-m", "tests.fake_openai", "--port", str(port)],
+        dict(os.environ),
+        workdir / "fake_openai.log",
+    )
+    servers.append(fake)
+    url = f"http://{LOOPBACK}:{port}"
+    wait_ready(fake, f"{url}/_control/calls")
+    return fake, url
