@@ -10,7 +10,17 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.http_overhead import LOOPBACK, Server, free_port, spawn, stop, wait_ready
+from bench.http_overhead import (
+    LOG_LEVEL,
+    LOOPBACK,
+    Server,
+    free_port,
+    rapport_command,
+    redis_pid,
+    spawn,
+    stop,
+    wait_ready,
+)
 
 
 def run_bench(
@@ -38,6 +48,36 @@ def run_bench(
                     before_stop(server)
                 stop(server)
     return 0
+
+
+def start_rapport(
+    data_dir: Path,
+    log: Path,
+    servers: list[Server],
+    env: dict[str, str],
+    command: list[str] | None = None,
+) -> tuple[Server, str, str]:
+    """``rapport serve`` on a fresh data dir: loopback, a free port, one process, warnings
+    only in the log, plus ``env``. Returns the server (its embedded redis-server's pid among
+    its own), its base URL and the demo account's key."""
+    port = free_port()
+    settings = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
+    settings.update(
+        RAPPORT_DATA_DIR=str(data_dir),
+        RAPPORT_HOST=LOOPBACK,
+        RAPPORT_PORT=str(port),
+        RAPPORT_WORKERS="1",
+        RAPPORT_LOG_LEVEL=LOG_LEVEL,
+        **env,
+    )
+    server = spawn(log.stem, command or rapport_command(), settings, log)
+    servers.append(server)
+    base = f"http://{LOOPBACK}:{port}"
+    wait_ready(server, f"{base}/healthz")
+    pid = redis_pid(data_dir)
+    if pid is not None:
+        server.extra_pids.append(pid)
+    return server, base, (data_dir / "demo_api_key").read_text().strip()
 
 
 def start_fake_openai(workdir: Path, servers: list[Server]) -> tuple[Server, str]:

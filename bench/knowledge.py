@@ -55,20 +55,13 @@ import anyio.to_thread
 import httpx
 import numpy as np
 
-from bench.harness import run_bench
+from bench.harness import run_bench, start_rapport
 from bench.http_overhead import (
-    LOG_LEVEL,
-    LOOPBACK,
     Server,
     Tally,
     cpu_seconds,
-    free_port,
     machine,
-    rapport_command,
-    redis_pid,
-    spawn,
     stop,
-    wait_ready,
 )
 from engine.config import Settings
 from kb.chunking import chunk_text
@@ -235,25 +228,8 @@ class Report:
 def start(
     data_dir: Path, log: Path, servers: list[Server], command: list[str] | None = None
 ) -> tuple[Server, str, dict[str, str]]:
-    """``rapport serve`` as bench.http_overhead starts it, plus NEVER_REFUSE."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
-    env.update(
-        RAPPORT_DATA_DIR=str(data_dir),
-        RAPPORT_HOST=LOOPBACK,
-        RAPPORT_PORT=str(port),
-        RAPPORT_WORKERS="1",
-        RAPPORT_LOG_LEVEL=LOG_LEVEL,
-        **NEVER_REFUSE,
-    )
-    server = spawn(log.stem, command or rapport_command(), env, log)
-    servers.append(server)
-    base = f"http://{LOOPBACK}:{port}"
-    wait_ready(server, base + HEALTHZ)
-    pid = redis_pid(data_dir)
-    if pid is not None:
-        server.extra_pids.append(pid)
-    key = (data_dir / "demo_api_key").read_text().strip()
+    """``rapport serve`` as the harness starts it, plus NEVER_REFUSE."""
+    server, base, key = start_rapport(data_dir, log, servers, NEVER_REFUSE, command)
     return server, base, {"X-Api-Key": key}
 
 

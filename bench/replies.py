@@ -66,20 +66,14 @@ from typing import Any
 import httpx
 
 from bench.conversation_overhead import LLM_KEY, MODEL, run_async
-from bench.harness import run_bench, start_fake_openai
+from bench.harness import run_bench, start_fake_openai, start_rapport
 from bench.http_overhead import (
-    LOG_LEVEL,
-    LOOPBACK,
     ROOT,
     Server,
     Tally,
-    free_port,
     machine,
     rapport_command,
-    redis_pid,
-    spawn,
     stop,
-    wait_ready,
 )
 
 PARTS = ("responder", "stt", "ttft")
@@ -439,28 +433,13 @@ def responder(args: argparse.Namespace, workdir: Path, servers: list[Server], sa
     say("### Embedded responder, per turn")
     say()
     data_dir = workdir / "data"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
-    env.update(
-        RAPPORT_DATA_DIR=str(data_dir),
-        RAPPORT_HOST=LOOPBACK,
-        RAPPORT_PORT=str(port),
-        RAPPORT_WORKERS="1",
-        RAPPORT_LOG_LEVEL=LOG_LEVEL,
-        RAPPORT_KEY_RPM=str(HIGH_RPM),
-        RAPPORT_IP_RPM=str(HIGH_RPM),
-        RAPPORT_GLOBAL_IP_RPM=str(HIGH_RPM),
-        RAPPORT_MUTATIONS_RPM=str(HIGH_RPM),
-        RAPPORT_UPLOADS_RPM=str(HIGH_RPM),
+    limits = ("KEY", "IP", "GLOBAL_IP", "MUTATIONS", "UPLOADS")
+    server, base, demo_key = start_rapport(
+        data_dir,
+        workdir / "rapport.log",
+        servers,
+        {f"RAPPORT_{name}_RPM": str(HIGH_RPM) for name in limits},
     )
-    server = spawn("rapport", rapport_command(), env, workdir / "rapport.log")
-    servers.append(server)
-    base = f"http://{LOOPBACK}:{port}"
-    wait_ready(server, f"{base}/healthz")
-    pid = redis_pid(data_dir)
-    if pid is not None:
-        server.extra_pids.append(pid)
-    demo_key = (data_dir / "demo_api_key").read_text().strip()
     cli_env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
     cli_env["RAPPORT_DATA_DIR"] = str(data_dir)
     cli(cli_env, "accounts", "create", "bench-peer")
