@@ -63,6 +63,7 @@ from bench.http_overhead import (
     free_port,
     machine,
     rapport_command,
+    rapport_env,
     redis_pid,
     spawn,
     wait_ready,
@@ -319,13 +320,9 @@ def measure(
 def start_rapport(
     data_dir: Path, port: int, upstream: str, log: Path, profile: Path | None
 ) -> Server:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
-    env.update(
-        RAPPORT_DATA_DIR=str(data_dir),
-        RAPPORT_HOST=LOOPBACK,
-        RAPPORT_PORT=str(port),
-        RAPPORT_WORKERS="1",
-        RAPPORT_LOG_LEVEL="warning",
+    env = rapport_env(
+        data_dir,
+        port,
         RAPPORT_LLM_BASE_URL=upstream,
         RAPPORT_LLM_MODEL=MODEL,
         RAPPORT_LLM_API_KEY=LLM_KEY,

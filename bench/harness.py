@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.http_overhead import (
-    LOG_LEVEL,
     LOOPBACK,
     Server,
     free_port,
     rapport_command,
+    rapport_env,
     redis_pid,
     spawn,
     stop,
@@ -50,7 +50,7 @@ def run_bench(
     return 0
 
 
-def start_rapport(
+def spawn_ready_rapport(
     data_dir: Path,
     log: Path,
     servers: list[Server],
@@ -61,15 +61,7 @@ def start_rapport(
     only in the log, plus ``env``. Returns the server (its embedded redis-server's pid among
     its own), its base URL and the demo account's key."""
     port = free_port()
-    settings = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
-    settings.update(
-        RAPPORT_DATA_DIR=str(data_dir),
-        RAPPORT_HOST=LOOPBACK,
-        RAPPORT_PORT=str(port),
-        RAPPORT_WORKERS="1",
-        RAPPORT_LOG_LEVEL=LOG_LEVEL,
-        **env,
-    )
+    settings = rapport_env(data_dir, port, **env)
     server = spawn(log.stem, command or rapport_command(), settings, log)
     servers.append(server)
     base = f"http://{LOOPBACK}:{port}"

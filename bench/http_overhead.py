@@ -144,7 +144,9 @@ def rapport_command() -> list[str]:
     return [sys.executable, "-m", "api.cli", "serve"]
 
 
-def start_rapport(data_dir: Path, port: int, log: Path) -> Server:
+def rapport_env(data_dir: Path, port: int, **settings: str) -> dict[str, str]:
+    """This process's environment less any RAPPORT_* of its own, then a fresh data dir,
+    loopback, ``port``, one process, warnings only in the log, and ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
     env.update(
         RAPPORT_DATA_DIR=str(data_dir),
@@ -152,8 +154,13 @@ def start_rapport(data_dir: Path, port: int, log: Path) -> Server:
         RAPPORT_PORT=str(port),
         RAPPORT_WORKERS="1",
         RAPPORT_LOG_LEVEL=LOG_LEVEL,
+        **settings,
     )
-    return spawn("rapport", rapport_command(), env, log)
+    return env
+
+
+def start_rapport(data_dir: Path, port: int, log: Path) -> Server:
+    return spawn("rapport", rapport_command(), rapport_env(data_dir, port), log)
 
 
 def start_peer(port: int, body_file: Path, log: Path) -> Server:

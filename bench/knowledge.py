@@ -55,7 +55,7 @@ import anyio.to_thread
 import httpx
 import numpy as np
 
-from bench.harness import run_bench, start_rapport
+from bench.harness import run_bench, spawn_ready_rapport
 from bench.http_overhead import (
     Server,
     Tally,
@@ -229,7 +229,7 @@ def start(
     data_dir: Path, log: Path, servers: list[Server], command: list[str] | None = None
 ) -> tuple[Server, str, dict[str, str]]:
     """``rapport serve`` as the harness starts it, plus NEVER_REFUSE."""
-    server, base, key = start_rapport(data_dir, log, servers, NEVER_REFUSE, command)
+    server, base, key = spawn_ready_rapport(data_dir, log, servers, NEVER_REFUSE, command)
     return server, base, {"X-Api-Key": key}
 
 

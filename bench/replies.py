@@ -66,7 +66,7 @@ from typing import Any
 import httpx
 
 from bench.conversation_overhead import LLM_KEY, MODEL, run_async
-from bench.harness import run_bench, start_fake_openai, start_rapport
+from bench.harness import run_bench, spawn_ready_rapport, start_fake_openai
 from bench.http_overhead import (
     ROOT,
     Server,
@@ -434,7 +434,7 @@ def responder(args: argparse.Namespace, workdir: Path, servers: list[Server], sa
     say()
     data_dir = workdir / "data"
     limits = ("KEY", "IP", "GLOBAL_IP", "MUTATIONS", "UPLOADS")
-    server, base, demo_key = start_rapport(
+    server, base, demo_key = spawn_ready_rapport(
         data_dir,
         workdir / "rapport.log",
         servers,
