@@ -16,6 +16,7 @@ lease to run out, so the job comes back once they do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -156,8 +157,11 @@ class Processor:
             log.warning("kb jobs %s met constant writes; retried later", [j.encode() for j in jobs])
         except Exception:
             log.exception("kb jobs %s failed unexpectedly", [j.encode() for j in jobs])
-            for job in jobs:
-                await self._queue.done(job)
+            # Not retried: a job that fails the same way each time would come back forever.
+            # If Redis is down too, its lease running out brings it back once more.
+            with contextlib.suppress(UnavailableError):
+                for job in jobs:
+                    await self._queue.done(job)
         return None
 
     async def prepare(self, job: Job) -> Outcome | None:
