@@ -383,13 +383,16 @@ def report(
                     round_rps[(target.name, conc)], round_rps[(peer.name, conc)], strict=True
                 )
             ]
+            # CPU times tick in 10 ms; a short run can leave the peer's at zero.
             cpu_ratio = (
-                (t.server_cpu + t.redis_cpu) / t.requests / (base.server_cpu / base.requests)
+                f"{(t.server_cpu + t.redis_cpu) / base.server_cpu * base.requests / t.requests:.2f}"
+                if base.server_cpu
+                else "-"
             )
             print(
                 f"| {target.name} | {conc} | {t.p(50) / base.p(50):.2f} "
                 f"| {t.p(99) / base.p(99):.2f} | {t.rps / base.rps:.2f} "
-                f"({min(per_round):.2f}-{max(per_round):.2f}) | {cpu_ratio:.2f} |"
+                f"({min(per_round):.2f}-{max(per_round):.2f}) | {cpu_ratio} |"
             )
     print()
     print("server CPU ratio counts Rapport's uvicorn process plus its embedded redis-server.")
