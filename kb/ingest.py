@@ -30,7 +30,7 @@ from kb.queue import Job, ProcessingQueue
 
 UpsertStatus = Literal["created", "updated", "no_op"]
 WRITE_TRIES = 3
-"""Times an upsert is planned again when only processing or a PATCH moved its record."""
+"""Times an upsert or a queueing is tried again when another write moved the record."""
 
 
 class Incoming(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,15 +122,19 @@ class Ingest:
         listing = await self._docs.listing(account_id)
         staged = [eid for eid, row in listing.rows.items() if row.status == "staged"]
         jobs = []
-        for doc in await self._docs.get_many(account_id, staged):
-            if doc is None or doc.processing_status != "staged":
-                continue
-            queued = msgspec.structs.replace(doc, processing_status="pending")
-            try:
-                await self._docs.write(account_id, queued, replacing=doc)
-            except WriteConflict:
-                continue  # changed meanwhile; whoever changed it decided its state
-            jobs.append(Job(account_id, doc.external_id, doc.generation))
+        for found in await self._docs.get_many(account_id, staged):
+            doc = found
+            for _ in range(WRITE_TRIES):
+                if doc is None or doc.processing_status != "staged":
+                    break  # deleted, or queued or replaced by someone else meanwhile
+                queued = msgspec.structs.replace(doc, processing_status="pending")
+                try:
+                    await self._docs.write(account_id, queued, replacing=doc)
+                except WriteConflict:  # a PATCH came in between: still staged, try again
+                    doc = await self._docs.get(account_id, doc.external_id)
+                    continue
+                jobs.append(Job(account_id, doc.external_id, doc.generation))
+                break
         await self._queue.push(jobs)
         return len(jobs)
 

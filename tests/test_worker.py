@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -16,7 +17,7 @@ import redis.asyncio as aioredis
 from engine.accounts import AccountStore
 from engine.config import Settings
 from engine.state import connect
-from kb.documents import DocumentStore, LinkEntry, WriteConflict
+from kb.documents import Document, DocumentStore, LinkEntry, WriteConflict
 from kb.embedder import shared_embedder
 from kb.index import VectorIndex
 from kb.ingest import Incoming, Ingest
@@ -185,3 +186,30 @@ async def test_a_query_naming_chunks_that_are_gone_searches_the_rest(tmp_path: P
     found = await index.query("gone", vectors[0], 5, ["hours@1#0", "hours@2#0", "ship@1#0"])
     assert [h.external_id for h in found] == ["hours", "ship"]
     assert await index.query("gone", vectors[0], 5, ["hours@1#0"]) == []
+
+
+async def test_queueing_staged_documents_survives_a_patch_in_between(
+    redis: aioredis.Redis,
+) -> None:
+    accounts = AccountStore(redis)
+    account = await accounts.create("staging")
+    docs, queue = DocumentStore(redis), ProcessingQueue(redis)
+    ingest = Ingest(docs, accounts, queue)
+    await ingest.upsert(account.id, [text("menu", "Soup of the day: tomato.")], enqueue=False)
+    write = docs.write
+    patched: list[str] = []
+
+    async def write_after_a_patch(account_id: str, doc: Document, **options: Any) -> Document:
+        if not patched:  # a PATCH lands between the read and the first write
+            current = await docs.get(account_id, doc.external_id)
+            assert current is not None
+            relabelled = msgspec.structs.replace(current, label="Menu")
+            await write(account_id, relabelled, replacing=current)
+            patched.append(doc.external_id)
+        return await write(account_id, doc, **options)
+
+    docs.write = write_after_a_patch  # type: ignore[method-assign]
+    assert await ingest.process_staged(account.id) == 1
+    queued = await docs.get(account.id, "menu")
+    assert queued is not None and queued.processing_status == "pending" and queued.label == "Menu"
+    assert await queue.waiting() == 1
