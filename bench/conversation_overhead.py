@@ -65,6 +65,7 @@ from bench.http_overhead import (
     rapport_command,
     rapport_env,
     redis_pid,
+    serve_like_rapport,
     spawn,
     wait_ready,
 )
@@ -136,7 +137,6 @@ def serve_peer(port: int, upstream: str, prompt_file: Path, call: str) -> None:
     exactly as engine/llm.py sends it: same path, body fields, cast and stream classes).
     """
     import openai
-    import uvicorn
     from openai import AsyncStream
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
     from starlette.applications import Starlette
@@ -181,16 +181,7 @@ def serve_peer(port: int, upstream: str, prompt_file: Path, call: str) -> None:
         return Response(b"ok")
 
     app = Starlette(routes=[Route(PEER_PATH, turn, methods=["POST"]), Route("/healthz", healthz)])
-    # The uvicorn settings `rapport serve` uses (api/cli.py), less the factory.
-    uvicorn.run(
-        app,
-        host=LOOPBACK,
-        port=port,
-        workers=1,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    serve_like_rapport(app, port)
 
 
 # --- the load ------------------------------------------------------------------------------

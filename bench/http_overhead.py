@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -89,7 +90,6 @@ class Server:
 
 def serve_peer(port: int, body_file: Path) -> None:
     """Run the bare Starlette app: one route, fixed bytes, no middleware, no Redis."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -101,7 +101,14 @@ def serve_peer(port: int, body_file: Path) -> None:
         return Response(body, media_type="application/json")
 
     app = Starlette(routes=[Route(PEER_PATH, limits, methods=["GET"])])
-    # The same uvicorn settings `rapport serve` uses (api/cli.py), less the factory.
+    serve_like_rapport(app, port)
+
+
+def serve_like_rapport(app: Any, port: int) -> None:
+    """Serve a peer app with the uvicorn settings `rapport serve` uses (api/cli.py), less
+    the factory."""
+    import uvicorn
+
     uvicorn.run(
         app,
         host=LOOPBACK,
@@ -325,14 +332,18 @@ def machine() -> Iterator[str]:
     yield f"nproc: {cores}" + (f" ({model})" if model else "")
     yield f"python: {platform.python_version()} ({platform.python_implementation()})"
     yield f"platform: {platform.platform()}"
-    packages = ("uvicorn", "starlette", "httpx", "uvloop", "httptools")
-    versions = []
-    for name in packages:
+    yield package_versions("uvicorn", "starlette", "httpx", "uvloop", "httptools")
+
+
+def package_versions(*names: str) -> str:
+    """A report line with each installed package's version ("absent" when it is not)."""
+    found = []
+    for name in names:
         try:
-            versions.append(f"{name} {version(name)}")
+            found.append(f"{name} {version(name)}")
         except Exception:
-            versions.append(f"{name} absent")
-    yield "packages: " + ", ".join(versions)
+            found.append(f"{name} absent")
+    return "packages: " + ", ".join(found)
 
 
 def report(

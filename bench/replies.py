@@ -59,7 +59,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +71,7 @@ from bench.http_overhead import (
     Server,
     Tally,
     machine,
+    package_versions,
     rapport_command,
     stop,
 )
@@ -998,14 +998,9 @@ def ttft(args: argparse.Namespace, workdir: Path, servers: list[Server], say: Re
 
 def machine_lines() -> Iterator[str]:
     yield from machine()
-    names = ("faster-whisper", "ctranslate2", "av", "onnxruntime", "openai", "chromadb")
-    found = []
-    for name in names:
-        try:
-            found.append(f"{name} {version(name)}")
-        except Exception:
-            found.append(f"{name} absent")
-    yield "packages: " + ", ".join(found)
+    yield package_versions(
+        "faster-whisper", "ctranslate2", "av", "onnxruntime", "openai", "chromadb"
+    )
     yield f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
 
 
