@@ -3,16 +3,29 @@
 The key comes from ``X-Api-Key`` or ``Authorization: Bearer`` (seeds 000 and 004); when
 both are sent, ``X-Api-Key`` wins. Authentication runs before routing, so an unknown path
 under ``/api/`` tells an anonymous caller nothing. The principal lands in the request state.
+
+Only requests need a key here. A browser cannot set headers on a WebSocket (the constructor
+takes a URL and subprotocols, nothing else), and a key in a URL would land in proxy logs and
+browser history; so a socket presents its own short-lived session token, minted by the
+business's backend with the key (``POST /api/sessions``), and its route checks that token.
+Upgrades still pass the request id, IP rate limits and message limits of the middleware
+around this one.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.problems import render
+from api.problems import V1_PREFIX, refuse
 from engine.apikeys import KeyStore, Principal
 from engine.errors import MissingApiKey, RapportError
+from engine.state import redis_boundary
+
+if TYPE_CHECKING:
+    from api.services import Services
 
 PROTECTED_PREFIX = "/api/"
 
@@ -28,6 +41,29 @@ def presented_key(headers: Headers) -> str | None:
     return None
 
 
+def client_ip(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
+
+
+@redis_boundary
+async def authenticate_counting_ip(services: Services, key: str, ip: str) -> Principal:
+    """Look the key up and count seed 004's per-IP window in one round trip: with the
+    turn's own two (:mod:`engine.turn_store`), a conversation turn is three in all. The
+    IP is counted whether or not the key is good, so guessing keys spends the window too;
+    a bad key is still answered 401 first."""
+    record_key = KeyStore.record_key(key)
+    async with services.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(record_key)
+        services.rate_limits.queue_ip(pipe, ip)
+        record, window = await pipe.execute(raise_on_error=False)
+    if isinstance(record, Exception):
+        raise record
+    principal = KeyStore.principal(key, record)
+    await services.rate_limits.ip_answered(window, ip)
+    return principal
+
+
 class ApiKeyAuth:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -37,14 +73,17 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         state = scope["state"]
-        keys: KeyStore = state["services"].keys
+        services = state["services"]
         try:
             key = presented_key(Headers(scope=scope))
             if key is None:
                 raise MissingApiKey()
-            principal: Principal = await keys.authenticate(key)
+            if scope["path"].startswith(V1_PREFIX):
+                principal = await authenticate_counting_ip(services, key, client_ip(scope))
+            else:
+                principal = await services.keys.authenticate(key)
         except RapportError as error:
-            await render(scope, error)(scope, receive, send)
+            await refuse(scope, receive, send, error)
             return
         state["principal"] = principal
         await self.app(scope, receive, send)

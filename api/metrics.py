@@ -1,7 +1,13 @@
-"""Prometheus metrics: requests by route and status, latency histograms.
+"""Prometheus metrics: requests by route and status, latency histograms; sockets by route
+and outcome, with their lifetimes.
 
 Labels use the route template (``/api/personas/{persona_id}``), never the raw path, so the
-series count stays bounded whatever clients send. With several uvicorn workers the parent
+series count stays bounded whatever clients send. A socket's ``status`` is how it ended: 101
+when it was accepted and the client ended it, the close code when the server closed it, the
+HTTP status (403, 500) when its handshake was refused. The close codes are only ours (the
+error table's and 1000); a client's close code is never a label, so it cannot add series.
+Sockets have their own families because they live for minutes: in the request histogram
+they would bury the latencies it is there to show. With several uvicorn workers the parent
 sets ``PROMETHEUS_MULTIPROC_DIR`` and every worker's samples are summed at scrape time.
 """
 
@@ -23,6 +29,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
+# Seconds a socket stays open: a failed handshake, a short exchange, a session (up to an hour).
+SOCKET_BUCKETS = (0.01, 0.1, 1.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -48,10 +56,27 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=None if multiproc_dir else self.registry,
         )
+        self.sockets = Counter(
+            "rapport_websocket_connections",
+            "WebSocket connections ended, by route template and status (see the module).",
+            ("route", "status"),
+            registry=None if multiproc_dir else self.registry,
+        )
+        self.socket_duration = Histogram(
+            "rapport_websocket_connection_duration_seconds",
+            "Time from the upgrade request to the socket's end, by route template.",
+            ("route",),
+            buckets=SOCKET_BUCKETS,
+            registry=None if multiproc_dir else self.registry,
+        )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)
+
+    def observe_socket(self, route: str, status: int, seconds: float) -> None:
+        self.sockets.labels(route, str(status)).inc()
+        self.socket_duration.labels(route).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

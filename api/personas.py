@@ -14,14 +14,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.forms import read_upload
 from api.knowledge import ExternalId
 from api.operations import Operation
 from api.problems import invalid_input
+from api.queries import Paging, parse_query
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
@@ -35,57 +35,55 @@ from engine.errors import (
 )
 from engine.persona_media import EXTENSIONS, LIMITS, Kind, Media
 from engine.personas import (
+    Age,
     Archetype,
+    Archetypes,
+    Availability,
+    Description,
     Gender,
+    Headers,
+    ImageRef,
     Mode,
+    Modes,
+    Name,
     Persona,
+    Role,
+    SessionLimit,
     Sociality,
     Temperament,
+    TemperamentWeights,
     Window,
     Zodiac,
+    delete_persona_everywhere,
 )
 
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")]
-HeaderValue = Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^[^\r\n]*$")]
-Headers = Annotated[dict[HeaderName, HeaderValue], msgspec.Meta(max_length=32)]
 MAX_ACTIVATION = 1000
 MEDIA_BODY_LIMIT = max(LIMITS.values())
-
-
-class AvailabilityIn(msgspec.Struct, forbid_unknown_fields=True):
-    time_zone: str
-    windows: list[Window]
 
 
 class PublishSettingsIn(msgspec.Struct, forbid_unknown_fields=True):
     """Fields left out stay as they are; ``null`` clears a limit or the opening hours."""
 
-    session_interaction_limit: int | msgspec.UnsetType | None = msgspec.UNSET
-    session_duration_limit_seconds: int | msgspec.UnsetType | None = msgspec.UNSET
-    availability: AvailabilityIn | msgspec.UnsetType | None = msgspec.UNSET
-    allowed_modes: list[Mode] | msgspec.UnsetType = msgspec.UNSET
+    session_interaction_limit: SessionLimit | msgspec.UnsetType | None = msgspec.UNSET
+    session_duration_limit_seconds: SessionLimit | msgspec.UnsetType | None = msgspec.UNSET
+    availability: Availability | msgspec.UnsetType | None = msgspec.UNSET
+    allowed_modes: Modes | msgspec.UnsetType = msgspec.UNSET
 
 
 class PersonaIn(msgspec.Struct, forbid_unknown_fields=True):
     """Every field optional: POST needs ``name``; PUT and PATCH change what they are given."""
 
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | msgspec.UnsetType = (
-        msgspec.UNSET
-    )
-    description: Annotated[str, msgspec.Meta(max_length=2000)] | msgspec.UnsetType = msgspec.UNSET
-    system_prompt: Annotated[str, msgspec.Meta(max_length=1000)] | msgspec.UnsetType = msgspec.UNSET
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
+    system_prompt: Role | msgspec.UnsetType = msgspec.UNSET
     headers: Headers | msgspec.UnsetType = msgspec.UNSET
-    image_url: Annotated[str, msgspec.Meta(max_length=2048)] | msgspec.UnsetType | None = (
-        msgspec.UNSET
-    )
-    age: Annotated[int, msgspec.Meta(ge=1, le=120)] | msgspec.UnsetType | None = msgspec.UNSET
+    image_url: ImageRef | msgspec.UnsetType | None = msgspec.UNSET
+    age: Age | msgspec.UnsetType | None = msgspec.UNSET
     gender: Gender | msgspec.UnsetType | None = msgspec.UNSET
     zodiac: Zodiac | msgspec.UnsetType | None = msgspec.UNSET
-    temperament: Temperament | msgspec.UnsetType = msgspec.UNSET
+    temperament: TemperamentWeights | msgspec.UnsetType = msgspec.UNSET
     sociality: Sociality | msgspec.UnsetType = msgspec.UNSET
-    archetypes: Annotated[list[Archetype], msgspec.Meta(max_length=16)] | msgspec.UnsetType = (
-        msgspec.UNSET
-    )
+    archetypes: Archetypes | msgspec.UnsetType = msgspec.UNSET
     publish_settings: PublishSettingsIn | msgspec.UnsetType = msgspec.UNSET
 
     def changes(self) -> dict[str, Any]:
@@ -239,19 +237,11 @@ async def default_id(services: Services, account_id: str) -> str | None:
 
 async def list_personas(request: Request) -> Response:
     services, account_id = context(request)
-    errors: dict[str, list[str]] = {}
-    paging: dict[str, int] = {}
-    for name, default, low, high in (("limit", 50, 1, 200), ("offset", 0, 0, 10**9)):
-        raw = request.query_params.get(name, str(default))
-        if not raw.isdigit() or not low <= int(raw) <= high:
-            errors[name] = [f"an integer from {low} to {high}"]
-        else:
-            paging[name] = int(raw)
-    if errors:
-        raise ValidationFailed("Bad paging parameters.", errors=errors)
-    personas, total = await services.personas.page(account_id, paging["limit"], paging["offset"])
+    paging = parse_query(request.query_params, Paging)
+    personas, total = await services.personas.page(account_id, paging.limit, paging.offset)
     chosen = await default_id(services, account_id)
-    items = [view(p, chosen, await services.media.list(account_id, p.id)) for p in personas]
+    media = await services.media.list_many(account_id, [p.id for p in personas])
+    items = [view(p, chosen, media[p.id]) for p in personas]
     return JSON(PersonaPage(items=items, total_count=total))
 
 
@@ -294,14 +284,14 @@ async def update_persona(request: Request) -> Response:
 
 async def delete_persona(request: Request) -> Response:
     services, account_id = context(request)
-    persona = await services.personas.get(account_id, request.path_params["persona_id"])
-    if persona.id == await default_id(services, account_id):
-        raise Conflict(
-            "This is the account's default persona; choose another default before deleting it."
-        )
-    await services.activations.forget_persona(account_id, persona.id)
-    await services.media.delete_all(account_id, persona.id)
-    await services.personas.delete(account_id, persona)
+    await delete_persona_everywhere(
+        services.accounts,
+        services.personas,
+        services.media,
+        services.activations.forget_persona,
+        account_id,
+        request.path_params["persona_id"],
+    )
     return Response(status_code=204)
 
 
@@ -360,21 +350,10 @@ async def upload_media(request: Request) -> Response:
     """Multipart ``file``: an image, a voice sample or a video, told apart by its mime."""
     services, account_id = context(request)
     persona_id = await _persona_id(services, account_id, request)
-    try:
-        async with request.form(max_files=1, max_fields=4) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise ValidationFailed(
-                    "A file is required in the multipart field named file.",
-                    errors={"file": ["required"]},
-                )
-            data = await upload.read(MEDIA_BODY_LIMIT + 1)
-            mime, name = upload.content_type or "", upload.filename
-    except HTTPException as exc:
-        if exc.status_code == 413:
-            raise FileTooLarge() from None
-        raise
-    media = await services.media.add(account_id, persona_id, mime, data, name)
+    upload = await read_upload(request, max_file_bytes=MEDIA_BODY_LIMIT, max_fields=4)
+    media = await services.media.add(
+        account_id, persona_id, upload.mime or "", upload.data, upload.file_name
+    )
     return JSON(media_view(persona_id, media), status_code=201)
 
 

@@ -4,6 +4,12 @@
 else gets an RFC 9457 problem document with the seed 000 ``code`` extension, ``traceId`` and,
 for field validation, ``errors``. Both read the same row of :class:`engine.errors.Failure`.
 No exception text or trace is ever rendered: only the message our own code wrote.
+
+Middleware that refuses before the app has answered goes through :func:`refuse`, the one exit
+for both scope types: a request gets the document above; a socket is accepted, then closed
+with the row's WebSocket close code (docs/architecture.md, "Live sessions (planned)": after
+accepting, so a browser can read the code, where a refused handshake shows it nothing but a
+failed connection) and a reason of the family's code and our message.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope, Send
 
 from api.responses import JSON, ProblemJSON
 from engine.errors import (
@@ -27,6 +33,8 @@ from engine.errors import (
 )
 
 V1_PREFIX = "/api/v1/"
+# RFC 6455 §5.5: a control frame carries at most 125 bytes, 2 of which are the close code.
+MAX_CLOSE_REASON = 123
 
 
 class V1Detail(msgspec.Struct, omit_defaults=True):
@@ -89,6 +97,27 @@ def render(scope: Scope, error: RapportError) -> Response:
         scope=error.scope,
     )
     return ProblemJSON(body, status_code=failure.status, headers=error.headers)
+
+
+def close_message(scope: Scope, error: RapportError) -> Message:
+    """The ``websocket.close`` for a failure: the table's close code, and the family's code
+    and our message as reason, cut on a UTF-8 boundary to what a close frame can carry."""
+    failure = error.failure
+    code = failure.v1_code if is_v1(scope.get("path", "")) else failure.code
+    reason = f"{code}: {error.message}".encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
+    return {"type": "websocket.close", "code": failure.close_code, "reason": reason}
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, error: RapportError) -> None:
+    """Answer ``error`` in place of the app, in the way of the scope's type."""
+    if scope["type"] == "websocket":
+        # The error's headers (a 429's Retry-After) ride on the 101, for clients that can
+        # read it; a browser cannot, and has the close code and reason.
+        headers = [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+        await send({"type": "websocket.accept", "headers": headers})
+        await send(close_message(scope, error))
+        return
+    await render(scope, error)(scope, receive, send)
 
 
 def invalid_input(exc: msgspec.MsgspecError, prefix: str = "") -> ValidationFailed:

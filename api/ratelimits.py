@@ -1,19 +1,30 @@
 """Rate limits: seed 004's per-key and per-IP limits on every ``/api/v1/`` route (with
-RateLimit-* headers), and seed 000's policies on the rest of ``/api/``."""
+RateLimit-* headers), and seed 000's policies on the rest of ``/api/``.
+
+WebSocket upgrades are counted too, and refused through :func:`api.problems.refuse`:
+accepted, then closed with the table's close code (1008 for a rate limit, 1011 with Redis
+down). Only the per-IP limits apply to them: seed 000's ``Global`` under ``/api/`` and seed
+004's per-IP limit under ``/api/v1/``, in the same windows as requests. The per-key and
+per-account limits need a principal, and a socket has none at this point: browsers cannot
+set headers on a WebSocket, so socket routes authenticate with their own session token
+(see :mod:`api.auth`)."""
 
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import PROTECTED_PREFIX
-from api.problems import V1_PREFIX, render
+from api.auth import PROTECTED_PREFIX, client_ip
+from api.problems import V1_PREFIX, refuse
 from engine.apikeys import Principal
 from engine.errors import RapportError
 from engine.ratelimit import RateLimits
 
 MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UPLOAD_PATHS = ("/api/knowledge/files", "/api/knowledge/docs")
+# A turn counts its API key's window itself, in the turn's opening round trip
+# (engine.turn_runner); counted here as well, every turn would spend two hits.
+TURN_PATH = "/api/v1/conversation"
 
 
 def is_upload(method: str, path: str) -> bool:
@@ -34,59 +45,61 @@ def is_persona_upload(method: str, path: str) -> bool:
 
 class ApiRateLimits:
     """Seed 000's policies on ``/api/`` outside ``/api/v1/``: Global per IP on every
-    request; document uploads count against KnowledgeUploadsRate, persona media and
-    portraits against PersonaUploads, other mutations against MutationDefault."""
+    request and upgrade; document uploads count against KnowledgeUploadsRate, persona media
+    and portraits against PersonaUploads, other mutations against MutationDefault."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" else ""
+        path = scope["path"] if scope["type"] in ("http", "websocket") else ""
         if not path.startswith(PROTECTED_PREFIX) or path.startswith(V1_PREFIX):
             await self.app(scope, receive, send)
             return
-        state = scope["state"]
-        services = state["services"]
-        principal: Principal = state["principal"]
+        services = scope["state"]["services"]
         global_ip, uploads, mutations, persona_uploads = services.api_policies
-        client = scope.get("client")
         try:
-            await services.rate_limits.enforce(global_ip, client[0] if client else "unknown")
-            method = scope["method"]
-            if is_upload(method, path):
-                await services.rate_limits.enforce(uploads, principal.account_id)
-            elif is_persona_upload(method, path):
-                await services.rate_limits.enforce(persona_uploads, principal.account_id)
-            elif method in MUTATIONS:
-                await services.rate_limits.enforce(mutations, principal.account_id)
+            await services.rate_limits.enforce(global_ip, client_ip(scope))
+            if scope["type"] == "http":
+                principal: Principal = scope["state"]["principal"]
+                method = scope["method"]
+                if is_upload(method, path):
+                    await services.rate_limits.enforce(uploads, principal.account_id)
+                elif is_persona_upload(method, path):
+                    await services.rate_limits.enforce(persona_uploads, principal.account_id)
+                elif method in MUTATIONS:
+                    await services.rate_limits.enforce(mutations, principal.account_id)
         except RapportError as error:
-            await render(scope, error)(scope, receive, send)
+            await refuse(scope, receive, send, error)
             return
         await self.app(scope, receive, send)
 
 
 class V1RateLimits:
-    """Runs after authentication, so the key is known; counts before any other work."""
+    """Runs after authentication, so a request's key is known, and before any other work.
+    A request's IP was counted with its key lookup (:func:`api.auth.authenticate_counting_ip`);
+    here its key's window, except a turn's (see ``TURN_PATH``). An upgrade, which has no key,
+    counts against the IP window only."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(V1_PREFIX):
+        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(V1_PREFIX):
             await self.app(scope, receive, send)
             return
-        state = scope["state"]
-        limits: RateLimits = state["services"].rate_limits
-        principal: Principal = state["principal"]
-        client = scope.get("client")
+        limits: RateLimits = scope["state"]["services"].rate_limits
+        extra: dict[str, str] = {}
         try:
-            quota = await limits.hit(
-                f"{principal.account_id}:{principal.slot}", client[0] if client else "unknown"
-            )
+            if scope["type"] == "websocket":
+                await limits.hit_ip(client_ip(scope))
+            elif (scope["method"], scope["path"]) != ("POST", TURN_PATH):
+                # A request's IP was counted with its key lookup (api.auth).
+                principal: Principal = scope["state"]["principal"]
+                extra = (await limits.hit_key(principal.account_id, principal.slot)).headers()
         except RapportError as error:
-            await render(scope, error)(scope, receive, send)
+            await refuse(scope, receive, send, error)
             return
-        extra = quota.headers()
 
         async def send_with_quota(message: Message) -> None:
             if message["type"] == "http.response.start":

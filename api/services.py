@@ -12,7 +12,7 @@ from engine.accounts import AccountStore
 from engine.apikeys import KeyStore
 from engine.balance import Balance
 from engine.config import Settings
-from engine.idempotency import IdempotencyStore
+from engine.idempotency import Idempotency
 from engine.llm import OpenAICompatible, OpenAIImages
 from engine.memory import MemoryStore
 from engine.persona_media import MediaStore
@@ -22,6 +22,8 @@ from engine.replies import ReplyBackend
 from engine.responder import EmbeddedResponder
 from engine.speech import Transcriber
 from engine.state import redis_boundary
+from engine.turn_runner import TurnRunner
+from engine.turn_store import TurnStore
 from engine.turns import TurnPipeline
 from engine.workers import WorkerPool
 from kb.activation import Activations
@@ -48,11 +50,10 @@ class Services:
     personas: PersonaStore = field(init=False)
     memory: MemoryStore = field(init=False)
     balance: Balance = field(init=False)
-    idempotency: IdempotencyStore = field(init=False)
     rate_limits: RateLimits = field(init=False)
     backend: ReplyBackend = field(init=False)
     pool: WorkerPool = field(init=False)
-    turns: TurnPipeline = field(init=False)
+    runner: TurnRunner = field(init=False)
     docs: DocumentStore = field(init=False)
     queue: ProcessingQueue = field(init=False)
     ingest: Ingest = field(init=False)
@@ -71,9 +72,6 @@ class Services:
         self.personas = PersonaStore(self.redis)
         self.memory = MemoryStore(self.redis, max_bytes=settings.memory_bytes)
         self.balance = Balance(self.redis)
-        self.idempotency = IdempotencyStore(
-            self.redis, in_flight_ttl=int(settings.llm_timeout) + CLAIM_MARGIN_SECONDS
-        )
         self.rate_limits = RateLimits(self.redis, key_rpm=settings.key_rpm, ip_rpm=settings.ip_rpm)
         self.api_policies = (
             Policy("Global", settings.global_ip_rpm, "ip"),
@@ -124,12 +122,10 @@ class Services:
             workers=settings.stt_workers,
             max_seconds=settings.stt_max_seconds,
         )
-        self.turns = TurnPipeline(
-            accounts=self.accounts,
+        pipeline = TurnPipeline(
             personas=self.personas,
             memory=self.memory,
             retriever=KnowledgeRetriever(
-                activations=self.activations,
                 docs=self.docs,
                 index=self.index,
                 embedder=self.embedder,
@@ -138,6 +134,13 @@ class Services:
             transcriber=self.transcriber,
             summariser=self.backend if isinstance(self.backend, OpenAICompatible) else None,
         )
+        store = TurnStore(
+            self.redis,
+            memory=self.memory,
+            idempotency=Idempotency(in_flight_ttl=int(settings.llm_timeout) + CLAIM_MARGIN_SECONDS),
+            key_rpm=settings.key_rpm,
+        )
+        self.runner = TurnRunner(store=store, pipeline=pipeline, pool=self.pool)
 
     async def close(self) -> None:
         if isinstance(self.backend, OpenAICompatible):

@@ -92,6 +92,7 @@ class TurnTally(Tally):
     bodies: list[bytes] = field(default_factory=list)
     redis_calls: Counter[str] = field(default_factory=Counter)
     redis_usec: float = 0.0
+    redis_reads: int = 0
 
 
 @dataclass
@@ -254,11 +255,14 @@ class Bench:
     def pids(self, target: str) -> list[int]:
         return [self.servers[target].proc.pid]
 
-    def commandstats(self) -> dict[str, dict[str, float]]:
+    def redis_info(self) -> dict[str, Any]:
+        """INFO all: ``cmdstat_*`` per command, and ``total_reads_processed``, the read
+        events of the server: one per request or pipeline a client sends, so its change
+        over a run is the run's round trips."""
         if self.redis is None:
             return {}
-        stats: dict[str, dict[str, float]] = self.redis.info("commandstats")
-        return stats
+        info: dict[str, Any] = self.redis.info("all")
+        return info
 
     def upstream_calls(self) -> int:
         with httpx.Client(trust_env=False, timeout=30) as http:
@@ -282,7 +286,7 @@ def measure(
     pids = bench.pids(target)
     redis_pids = bench.rapport.extra_pids if target == "rapport" else []
     up_pids = [bench.upstream.proc.pid]
-    stats0 = bench.commandstats() if target == "rapport" else {}
+    stats0 = bench.redis_info() if target == "rapport" else {}
     server0, redis0, up0 = cpu_seconds(pids), cpu_seconds(redis_pids), cpu_seconds(up_pids)
     client0 = time.process_time()
     wall = run_async(drive(port, load, conc, args.requests, sink))
@@ -291,11 +295,15 @@ def measure(
     tally.redis_cpu += cpu_seconds(redis_pids) - redis0
     tally.upstream_cpu += cpu_seconds(up_pids) - up0
     if target == "rapport":
-        for name, now in bench.commandstats().items():
+        stats = bench.redis_info()
+        for name, now in stats.items():
+            if not name.startswith("cmdstat_"):
+                continue
             before = stats0.get(name, {"calls": 0, "usec": 0})
             tally.redis_calls[name.removeprefix("cmdstat_")] += int(now["calls"] - before["calls"])
             tally.redis_usec += now["usec"] - before["usec"]
         tally.redis_calls["info"] -= 1  # our own INFO above
+        tally.redis_reads += stats["total_reads_processed"] - stats0["total_reads_processed"] - 1
     calls = bench.upstream_calls()
     if calls != args.warmup + args.requests:
         raise RuntimeError(f"{target}: the fake server saw {calls} calls, expected every turn")
@@ -503,17 +511,20 @@ def report(
     calls: Counter[str] = Counter()
     usec = 0.0
     turns = 0
+    reads = 0
     for conc in args.concurrency:
         t = tallies[("rapport", conc)]
         calls += t.redis_calls
         usec += t.redis_usec
+        reads += t.redis_reads
         turns += t.requests
     if turns and calls:
         mix = ", ".join(f"{name} {n / turns:.1f}" for name, n in calls.most_common() if n > 0)
         print(
             f"Redis commands per turn (INFO commandstats, all levels; commands run inside "
             f"scripts counted too): {sum(calls.values()) / turns:.1f} in all, "
-            f"{usec / turns:.0f} us of Redis time: {mix}"
+            f"{usec / turns:.0f} us of Redis time: {mix}; round trips per turn (INFO stats "
+            f"total_reads_processed): {reads / turns:.2f}"
         )
     verdict(tallies)
 

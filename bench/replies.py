@@ -27,8 +27,8 @@
    3 s and 20 s points) and the wrapper's overhead in %. Decoding alone is timed too.
 3. Time to first token. Rapport's HTTP endpoint answers whole JSON and WebSocket sessions
    are not built, so there is no streaming transport to measure through: TTFT is measured
-   at Rapport's reply backend, ``engine.llm.OpenAICompatible.reply(context, on_delta)``, from
-   the call to the first ``on_delta``, against ``openai.AsyncOpenAI`` streaming
+   at Rapport's reply backend, ``engine.llm.OpenAICompatible.reply(context, emit)``, from
+   the call to the first ``ReplyDelta`` event, against ``openai.AsyncOpenAI`` streaming
    ``chat.completions.create(..., stream=True)`` to its first content chunk (and, as a
    diagnostic, the client's ``post`` as engine/llm.py calls it), all three against the same
    fake streaming server (``tests.fake_openai``, ``chunk_delay_s`` between chunks) with the
@@ -876,6 +876,7 @@ async def ttft_runs(
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
     from engine.llm import OpenAICompatible
+    from engine.replies import ReplyDelta, ReplyEvent
 
     backend = OpenAICompatible(
         base_url=base_url, api_key=LLM_KEY, model=MODEL, timeout=30, max_tokens=512, vision=False
@@ -885,12 +886,12 @@ async def ttft_runs(
     async def rapport() -> float:
         first: list[float] = []
 
-        async def on_delta(text: str) -> None:
-            if not first:
+        def on_event(event: ReplyEvent) -> None:
+            if not first and isinstance(event, ReplyDelta):
                 first.append(time.perf_counter())
 
         started = time.perf_counter()
-        reply = await backend.reply(context, on_delta)
+        reply = await backend.reply(context, on_event)
         if reply.text != REPLY:
             raise RuntimeError(f"rapport got {reply.text!r}")
         return first[0] - started

@@ -69,9 +69,19 @@ class KeyStore:
     @redis_boundary
     async def authenticate(self, presented: str) -> Principal:
         # A malformed key cannot match: answer without a Redis round trip.
+        return self.principal(presented, await self._redis.hgetall(self.record_key(presented)))
+
+    @staticmethod
+    def record_key(presented: str) -> str:
+        """Where the record of a well-formed key would be (for a caller that pipelines the
+        lookup with other reads); a malformed key raises InvalidApiKey."""
         if not KEY_SHAPE.match(presented):
             raise InvalidApiKey()
-        record = await self._redis.hgetall(keyspace.api_key(_lookup(presented)))
+        return keyspace.api_key(_lookup(presented))
+
+    @staticmethod
+    def principal(presented: str, record: dict[str, str]) -> Principal:
+        """Who ``presented`` is, given the record found at :meth:`record_key`."""
         if not record or not hmac.compare_digest(record["digest"], _digest(presented)):
             raise InvalidApiKey()
         if record["disabled"] == "1":

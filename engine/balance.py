@@ -9,29 +9,25 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from engine import keyspace
-from engine.errors import NoRequests
 from engine.state import redis_boundary
 
-# DECR only while positive: a check then a DECR in two commands could overdraw.
-_SPEND = """
-local balance = tonumber(redis.call('GET', KEYS[1]) or '0')
-if balance <= 0 then return -1 end
-return redis.call('DECR', KEYS[1])
+# Spliced into the script that opens a turn (engine/turn_store.py). DECR first and undo at
+# zero: one command on the common path, and a check then a DECR in two commands could
+# overdraw under concurrency.
+SPEND = """
+-- Take one request from the balance at `key`: what is left, or -1 at zero (nothing taken).
+local function spend(key)
+  local left = redis.call('DECR', key)
+  if left >= 0 then return left end
+  redis.call('INCR', key)
+  return -1
+end
 """
 
 
 class Balance:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
-        self._spend = redis.register_script(_SPEND)
-
-    @redis_boundary
-    async def spend(self, account_id: str) -> int:
-        """Take one request; returns what is left. Raises NoRequests at zero."""
-        left = await self._spend(keys=[keyspace.AccountKeys(account_id).balance])
-        if left < 0:
-            raise NoRequests()
-        return left
 
     @redis_boundary
     async def refund(self, account_id: str) -> None:

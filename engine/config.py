@@ -1,8 +1,9 @@
 """Settings: read once at start, typed, validated; every error names the setting.
 
 Each setting is the environment variable ``RAPPORT_<NAME>`` and the ``rapport serve`` flag
-``--<name>`` (DESIGN.md, "Configuration"); a flag given on the command line wins over the
-environment. Validation happens while converting, so a bad value never reaches the code.
+``--<name>`` (docs/architecture.md, "Where each rule lives"); a flag given on the command
+line wins over the environment. Validation happens while converting, so a bad value never
+reaches the code.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                     " - at `$.stt_model`"
                 )
         if self.workers > 1 and self.chroma_url is None:
-            # chromadb's PersistentClient must not be opened by two processes (DESIGN.md).
+            # chromadb's PersistentClient must not be opened by two processes
+            # (docs/architecture.md, "Components and constraints").
             raise msgspec.ValidationError(
                 "more than one worker needs a Chroma server - at `$.chroma_url`"
             )

@@ -40,6 +40,7 @@ Exception tree, grouped by cause::
     ├── UpstreamError                the reply model failed us
     │   ├── UpstreamTimeout
     │   └── UpstreamFailed
+    ├── Replayed                     a kept failure, raised again for a repeated key
     └── InternalError                a bug; the client sees the code, never the text
 """
 
@@ -170,6 +171,17 @@ class RapportError(Exception):
         self.scope = scope
         """Seed 000's ``scope`` extension of a 429: which partition ran out."""
         super().__init__(self.message)
+
+
+class Replayed(RapportError):
+    """A failure kept for an idempotency key, raised again for a repeat: its row and its
+    message are the first request's."""
+
+    def __init__(
+        self, failure: Failure, message: str, *, errors: Mapping[str, list[str]] | None = None
+    ) -> None:
+        super().__init__(message, errors=errors)
+        self.failure = failure  # type: ignore[misc]  # this instance's row, not the class's
 
 
 class AuthError(RapportError):

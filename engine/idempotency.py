@@ -1,14 +1,17 @@
-"""Idempotency-Key: the first outcome of a request is kept and replayed byte for byte.
+"""Idempotency keys: the first outcome of a turn is kept and handed back to every repeat.
 
 Seed 004: a repeated key with the same payload gets the stored response; with another
 payload, 409 ``idempotency_key_reused_with_different_payload``; while the first is still
 running, 409 ``idempotency_in_flight``. Keys are scoped per account and kept 24 hours.
 
-The claim is one atomic step (a Lua GET-or-SET), so of any number of concurrent requests
-with one key exactly one runs. An in-flight claim expires after ``in_flight_ttl`` so a
-process that dies mid-request does not block the key for a day. Outcomes the caller may
-cure by retrying (5xx, 429, 402) are not kept: the claim is released instead, so the retry
-the key exists for can succeed.
+A key keeps an outcome as opaque JSON: the turn runner (:mod:`engine.turn_runner`) decides
+what an outcome is and which are kept, and each transport renders it, so an HTTP replay
+and a live session's resent message are answered from the same record. The claim and the
+settle run inside the turn's own scripts (:mod:`engine.turn_store`).
+
+The claim is one atomic step (a Lua SET NX, else GET), so of any number of concurrent
+requests with one key exactly one runs. An in-flight claim expires after ``in_flight_ttl`` so a
+process that dies mid-request does not block the key for a day.
 """
 
 from __future__ import annotations
@@ -17,52 +20,55 @@ import hashlib
 import secrets
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine import keyspace
-from engine.errors import IdempotencyInFlight, IdempotencyKeyReused, IdempotencyUnavailable
-from engine.state import unavailable_as
+from engine.errors import IdempotencyInFlight, IdempotencyKeyReused
 
 KEEP_SECONDS = 24 * 3600
 MAX_KEY_LENGTH = 255
 
 
-class Outcome(msgspec.Struct, frozen=True):
-    status: int
-    body: str
-
-
 class Record(msgspec.Struct, frozen=True, kw_only=True):
     fingerprint: str
     token: str
-    outcome: Outcome | None = None
+    outcome: str | None = None
+    """The kept outcome's JSON, as the runner encoded it."""
 
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Record).decode
 
-# Returns nil when the claim was taken, else the record already there.
-_CLAIM = """
-local current = redis.call('GET', KEYS[1])
-if current then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
+# Lua functions spliced into the turn's scripts (engine/turn_store.py), so the claim is
+# made in the round trip that opens a turn and settled in the one that closes it.
+CLAIM = """
+-- Claim `key` with the in-flight `record` for `ttl` s: false when claimed, else the record
+-- already there (one SET on the common path).
+local function claim(key, record, ttl)
+  if redis.call('SET', key, record, 'NX', 'EX', ttl) then return false end
+  return redis.call('GET', key)
+end
 """
-# Writes or releases only a claim that is still ours (same token).
-_SETTLE = """
-local current = redis.call('GET', KEYS[1])
-if not current or cjson.decode(current)['token'] ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-return 1
+SETTLE = """
+-- Keep `record` at `key` for `keep` s, or release the key when `record` is '', but only
+-- while the claim there is `token`'s: one that lapsed and was taken again is left to its
+-- new owner (put back as it was, with the in-flight lifetime).
+local function settle(key, token, record, keep, in_flight)
+  if record == '' then
+    local current = redis.call('GET', key)
+    if current and cjson.decode(current)['token'] == token then redis.call('DEL', key) end
+    return
+  end
+  local previous = redis.call('SET', key, record, 'XX', 'GET', 'EX', keep)
+  if not previous or cjson.decode(previous)['token'] == token then return end
+  redis.call('SET', key, previous, 'EX', in_flight)
+end
 """
 
-idempotency_boundary = unavailable_as(IdempotencyUnavailable)
 
-
-def keeps(status: int) -> bool:
-    """Whether an outcome is final: retrying the same request could not change it."""
-    return status < 500 and status not in (402, 429)
+class IdempotencyKey(msgspec.Struct, frozen=True):
+    key: str
+    fingerprint: str
+    """A digest of the request's content: the same key with other content is refused."""
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -71,40 +77,44 @@ class Claim(msgspec.Struct, frozen=True):
     redis_key: str
     fingerprint: str
     token: str
+    record: str
+    """The in-flight record that marks the key as taken."""
 
 
-class IdempotencyStore:
-    def __init__(self, redis: aioredis.Redis, *, in_flight_ttl: int) -> None:
-        self._claim = redis.register_script(_CLAIM)
-        self._settle = redis.register_script(_SETTLE)
-        self._in_flight_ttl = in_flight_ttl
+class Idempotency:
+    """The rules of a key: what a claim holds, what a repeat gets, what is kept."""
 
-    @idempotency_boundary
-    async def claim(self, account_id: str, key: str, fingerprint: str) -> Claim | Outcome:
-        """Claim ``key`` for this request, or return the outcome to replay.
+    def __init__(self, *, in_flight_ttl: int) -> None:
+        self.in_flight_ttl = in_flight_ttl
 
-        Raises IdempotencyKeyReused or IdempotencyInFlight when it may not run.
-        """
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        redis_key = keyspace.AccountKeys(account_id).idempotency(digest)
+    def claim(self, account_id: str, key: IdempotencyKey) -> Claim:
+        """A claim on ``key`` for this request, to be made by the Lua ``claim``."""
+        digest = hashlib.sha256(key.key.encode()).hexdigest()
         token = secrets.token_hex(8)
-        mine = _encode(Record(fingerprint=fingerprint, token=token))
-        existing = await self._claim(keys=[redis_key], args=[mine, self._in_flight_ttl])
-        if existing is None:
-            return Claim(redis_key=redis_key, fingerprint=fingerprint, token=token)
-        record = _decode(existing)
-        if record.fingerprint != fingerprint:
+        record = _encode(Record(fingerprint=key.fingerprint, token=token)).decode()
+        redis_key = keyspace.AccountKeys(account_id).idempotency(digest)
+        return Claim(redis_key=redis_key, fingerprint=key.fingerprint, token=token, record=record)
+
+    @staticmethod
+    def existing(claim: Claim, raw: str) -> str:
+        """The kept outcome (JSON) of the request that claimed the key first.
+
+        Raises IdempotencyKeyReused or IdempotencyInFlight when it may not be replayed."""
+        record = _decode(raw)
+        if record.fingerprint != claim.fingerprint:
             raise IdempotencyKeyReused()
         if record.outcome is None:
             raise IdempotencyInFlight()
         return record.outcome
 
-    @idempotency_boundary
-    async def settle(self, claim: Claim, outcome: Outcome | None) -> None:
-        """Keep ``outcome`` for replay, or release the key when there is nothing to keep."""
+    def settle_args(self, claim: Claim | None, outcome: bytes | None) -> list[str | int]:
+        """ARGV of the Lua ``settle``: keep ``outcome`` (JSON), or release the key when
+        there is nothing to keep, so that the retry the key exists for can run."""
+        if claim is None:
+            return ["", "", 0, 0]
         record = ""
-        if outcome is not None and keeps(outcome.status):
+        if outcome is not None:
             record = _encode(
-                Record(fingerprint=claim.fingerprint, token=claim.token, outcome=outcome)
+                Record(fingerprint=claim.fingerprint, token=claim.token, outcome=outcome.decode())
             ).decode()
-        await self._settle(keys=[claim.redis_key], args=[claim.token, record, KEEP_SECONDS])
+        return [claim.token, record, KEEP_SECONDS, self.in_flight_ttl]

@@ -23,6 +23,11 @@ KB_LEASES = f"{PREFIX}:kb:leases"
 """Sorted set: jobs being processed, scored by the time their lease runs out."""
 
 
+def rate_window(policy: str, partition: str) -> str:
+    """List: the times of one client IP's hits in a rate-limit window, newest first."""
+    return f"{PREFIX}:rate:{policy}:{_segment(partition)}"
+
+
 def api_key(lookup: str) -> str:
     """Hash of one issued key, found by its public lookup prefix: account, slot, digest."""
     return f"{PREFIX}:apikey:{lookup}"
@@ -116,6 +121,10 @@ class AccountKeys:
     def persona(self, persona_id: str) -> str:
         """String: one persona record (msgspec JSON)."""
         return f"{self.base}:persona:{persona_id}"
+
+    def rate_window(self, policy: str, partition: str) -> str:
+        """List: the times of the hits of one key or account in a rate-limit window."""
+        return f"{self.base}:rate:{policy}:{_segment(partition)}"
 
 
 def _segment(value: str) -> str:

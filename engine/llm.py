@@ -16,6 +16,8 @@ other failure of the upstream ``upstream_error``.
 from __future__ import annotations
 
 import base64
+import contextlib
+from collections.abc import Iterator
 
 import openai
 from openai import AsyncStream
@@ -23,9 +25,31 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from engine.errors import UpstreamFailed, UpstreamTimeout
 from engine.prompt import build_messages, summary_messages
-from engine.replies import OnDelta, Reply, TurnContext
+from engine.replies import (
+    Emit,
+    Reply,
+    ReplyDelta,
+    ReplyDone,
+    ReplySources,
+    ReplyStarted,
+    TurnContext,
+    ignore,
+)
 
 SUMMARY_TOKENS = 200
+
+
+@contextlib.contextmanager
+def upstream_errors() -> Iterator[None]:
+    """The one boundary where the openai client's errors become ours: a timeout is
+    ``upstream_timeout``; any other failure of the upstream (status, connection, a body
+    that does not parse) ``upstream_error``. Anything else is our bug and goes on as one."""
+    try:
+        yield
+    except openai.APITimeoutError as exc:
+        raise UpstreamTimeout() from exc
+    except openai.OpenAIError as exc:
+        raise UpstreamFailed() from exc
 
 
 class OpenAICompatible:
@@ -46,9 +70,9 @@ class OpenAICompatible:
         self._max_tokens = max_tokens
         self._vision = vision
 
-    async def reply(self, context: TurnContext, on_delta: OnDelta | None = None) -> Reply:
+    async def reply(self, context: TurnContext, emit: Emit = ignore) -> Reply:
         parts: list[str] = []
-        try:
+        with upstream_errors():
             stream = await self._client.post(
                 "/chat/completions",
                 cast_to=ChatCompletion,
@@ -61,23 +85,28 @@ class OpenAICompatible:
                 stream=True,
                 stream_cls=AsyncStream[ChatCompletionChunk],
             )
-            async for chunk in stream:
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0].delta.content
-                if delta:
-                    parts.append(delta)
-                    if on_delta is not None:
-                        await on_delta(delta)
-        except openai.APITimeoutError as exc:
-            raise UpstreamTimeout() from exc
-        except openai.OpenAIError as exc:
-            raise UpstreamFailed() from exc
-        return Reply(text="".join(parts).strip(), sources=[s.external_id for s in context.snippets])
+            # The context manager closes the HTTP response on every exit: a cancelled turn
+            # (asyncio cancel, a client's reply.cancel) ends the upstream request at once
+            # instead of leaving the model generating for nobody.
+            async with stream:
+                emit(ReplyStarted())
+                async for chunk in stream:
+                    if not chunk.choices:
+                        continue
+                    delta = chunk.choices[0].delta.content
+                    if delta:
+                        parts.append(delta)
+                        emit(ReplyDelta(delta))
+        reply = Reply(
+            text="".join(parts).strip(), sources=[s.external_id for s in context.snippets]
+        )
+        emit(ReplySources(reply.sources))
+        emit(ReplyDone(reply))
+        return reply
 
     async def summarise(self, summary: str) -> str:
         """A condensed version of a memory summary (one short, non-streamed request)."""
-        try:
+        with upstream_errors():
             completion = await self._client.post(
                 "/chat/completions",
                 cast_to=ChatCompletion,
@@ -87,10 +116,6 @@ class OpenAICompatible:
                     "max_tokens": SUMMARY_TOKENS,
                 },
             )
-        except openai.APITimeoutError as exc:
-            raise UpstreamTimeout() from exc
-        except openai.OpenAIError as exc:
-            raise UpstreamFailed() from exc
         text = completion.choices[0].message.content if completion.choices else None
         if not text or not text.strip():
             raise UpstreamFailed("The model returned an empty summary.")
@@ -110,14 +135,10 @@ class OpenAIImages:
         self._model = model
 
     async def generate(self, prompt: str) -> bytes:
-        try:
+        with upstream_errors():
             result = await self._client.images.generate(
                 model=self._model, prompt=prompt, n=1, size="1024x1024"
             )
-        except openai.APITimeoutError as exc:
-            raise UpstreamTimeout() from exc
-        except openai.OpenAIError as exc:
-            raise UpstreamFailed() from exc
         # gpt-image-1 always answers base64; a URL would need a download we do not make.
         encoded = result.data[0].b64_json if result.data else None
         if not encoded:

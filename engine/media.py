@@ -1,16 +1,27 @@
-"""Image and voice payloads of the conversation API: base64, sizes, types (seed 004).
+"""Media rules: the accepted types, their sizes, and what a file's bytes really are.
 
-Seed 004: images are image/jpeg, image/jpg, image/png or image/webp, about 5 MB decoded;
-voice is one of ten audio mimes, about 25 MB decoded. Rapport reads "MB" as MiB. Sizes are
-checked on the base64 text, before decoding, so an oversized payload costs no decoding.
+Seed 004 (the conversation API): images are image/jpeg, image/jpg, image/png or image/webp,
+about 5 MB decoded; voice is one of ten audio mimes, about 25 MB decoded. Rapport reads "MB"
+as MiB. Sizes are checked on the base64 text, before decoding, so an oversized payload costs
+no decoding. Persona videos (seed 002's videos) are mp4, webm or mov, up to 50 MiB.
+
+This is the one place that reads signatures (the ``filetype`` library's matchers) and image
+dimensions (Pillow, from the header: no pixel is decoded), so the conversation API, persona
+media and knowledge uploads agree on what a file is.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import math
 from typing import Literal, get_args
+
+import filetype
+from filetype.types import TYPES
+from filetype.types import Type as FileType
+from PIL import Image, UnidentifiedImageError
 
 from engine.errors import ValidationFailed
 
@@ -19,11 +30,14 @@ VoiceMime = Literal[
     "audio/aac", "audio/m4a", "audio/mp3", "audio/mp4", "audio/mpeg",
     "audio/ogg", "audio/opus", "audio/wav", "audio/webm", "audio/x-wav",
 ]  # fmt: skip
+VideoMime = Literal["video/mp4", "video/webm", "video/quicktime"]
 IMAGE_MIMES: tuple[str, ...] = get_args(ImageMime)
 VOICE_MIMES: tuple[str, ...] = get_args(VoiceMime)
+VIDEO_MIMES: tuple[str, ...] = get_args(VideoMime)
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_VOICE_BYTES = 25 * 1024 * 1024
+MAX_VIDEO_BYTES = 50 * 1024 * 1024
 
 
 def base64_length(decoded_bytes: int) -> int:
@@ -33,6 +47,14 @@ def base64_length(decoded_bytes: int) -> int:
 
 MAX_IMAGE_B64 = base64_length(MAX_IMAGE_BYTES)
 MAX_VOICE_B64 = base64_length(MAX_VOICE_BYTES)
+
+
+def base_mime(mime: str | None) -> str:
+    """``Audio/WebM; codecs=opus`` -> ``audio/webm``; None or blank -> "".
+
+    RFC 9110 §8.3.1: type and subtype are case-insensitive, and parameters follow a ';'.
+    """
+    return (mime or "").split(";", 1)[0].strip().lower()
 
 
 def decode_base64(field: str, text: str) -> bytes:
@@ -52,64 +74,103 @@ def decode_base64(field: str, text: str) -> bytes:
     return data
 
 
-def sniff_image(data: bytes) -> str | None:
-    """The image type the bytes really are, from their signature, or None."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
+# -- signatures -----------------------------------------------------------------------------
 
 
-def image_size(data: bytes, kind: str) -> tuple[int, int] | None:
+class _CompoundFile(FileType):
+    """An OLE2 compound file (.doc, .xls, .ppt), by its signature alone (MS-CFB §2.2).
+
+    filetype names one only when it also finds a Word, Excel or PowerPoint stream past byte
+    512; a short or unusual one is still no document we can read, and is worth naming."""
+
+    def __init__(self) -> None:
+        super().__init__(mime="application/x-ole-storage", extension="cfb")
+
+    def match(self, buf: bytes | bytearray) -> bool:
+        return buf[:8] == b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
+# filetype's own matchers first, so its precise answers (a .doc, a .xls) win.
+_MATCHERS: tuple[FileType, ...] = (*TYPES, _CompoundFile())
+
+
+def sniff(data: bytes) -> str | None:
+    """The mime the bytes' signature says (``image/png``, ``application/pdf``...), or None."""
+    found = filetype.match(data, matchers=_MATCHERS)
+    return None if found is None else found.mime
+
+
+Container = Literal["wav", "mp3", "ogg", "aac", "mp4", "webm"]
+"""An audio/video container, as far as its first bytes tell."""
+
+# filetype's mime -> the container. ISO base media (ISO/IEC 14496-12) is one container
+# whatever its brand says (M4A, mp4, QuickTime, M4V); WebM is Matroska with the webm doctype.
+_CONTAINERS: dict[str, Container] = {
+    "audio/x-wav": "wav",
+    "audio/mpeg": "mp3",
+    "audio/ogg": "ogg",
+    "audio/aac": "aac",  # raw ADTS frames
+    "audio/mp4": "mp4",
+    "video/mp4": "mp4",
+    "video/x-m4v": "mp4",
+    "video/quicktime": "mp4",
+    "video/webm": "webm",
+}
+
+VOICE_CONTAINERS: dict[Container, frozenset[str]] = {
+    "wav": frozenset({"audio/wav", "audio/x-wav"}),
+    "mp3": frozenset({"audio/mpeg", "audio/mp3"}),
+    "ogg": frozenset({"audio/ogg", "audio/opus"}),
+    # AAC in MP4 is what browsers and phones label audio/aac as often as audio/mp4.
+    "mp4": frozenset({"audio/mp4", "audio/m4a", "audio/aac"}),
+    # Raw ADTS is audio/aac only: audio/mp4 (RFC 4337) and m4a name the MP4 container.
+    "aac": frozenset({"audio/aac"}),
+    "webm": frozenset({"audio/webm"}),
+}
+"""Seed 004's voice_mime values, by the container that may honestly be called each."""
+
+VIDEO_CONTAINERS: dict[Container, frozenset[str]] = {
+    "mp4": frozenset({"video/mp4", "video/quicktime"}),
+    "webm": frozenset({"video/webm"}),
+}
+
+
+def container_of(data: bytes) -> Container | None:
+    """The audio/video container the bytes start like, or None."""
+    return _CONTAINERS.get(sniff(data) or "")
+
+
+_IMAGE_TYPES = {
+    "image/jpeg": "image/jpeg",
+    "image/png": "image/png",
+    # An animated PNG is a PNG: its first chunk is IHDR and every PNG reader shows frame one.
+    "image/apng": "image/png",
+    "image/webp": "image/webp",
+}
+# image/jpg is not registered, but seed 004 accepts it for image/jpeg.
+_ALIASES = {"image/jpg": "image/jpeg"}
+# Pillow's format names, so it tries only the format the signature named.
+_PILLOW_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+
+
+def image_type(data: bytes) -> str | None:
+    """The accepted image type the bytes really are (image/jpeg, image/png, image/webp)."""
+    return _IMAGE_TYPES.get(sniff(data) or "")
+
+
+def image_size(data: bytes, mime: str) -> tuple[int, int] | None:
     """(width, height) from the image's header, or None when it cannot be read."""
-    if kind == "image/png" and len(data) >= 24 and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if kind == "image/jpeg":
-        return _jpeg_size(data)
-    if kind == "image/webp" and len(data) >= 30:
-        chunk = data[12:16]
-        if chunk == b"VP8X":  # canvas size, 24 bits each, minus one
-            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(
-                data[27:30], "little"
-            ) + 1
-        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy key frame
-            width = int.from_bytes(data[26:28], "little") & 0x3FFF
-            return width, int.from_bytes(data[28:30], "little") & 0x3FFF
-        if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit sizes minus one
-            bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    return None
-
-
-# JPEG start-of-frame markers (ITU T.81 table B.1): C0-CF except DHT (C4), JPG (C8), DAC (CC).
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    position = 2
-    while position + 9 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker in _SOF:
-            height = int.from_bytes(data[position + 5 : position + 7], "big")
-            return int.from_bytes(data[position + 7 : position + 9], "big"), height
-        if length < 2:
-            return None
-        position += 2 + length
-    return None
+    try:
+        with Image.open(io.BytesIO(data), formats=(_PILLOW_FORMATS[mime],)) as image:
+            return image.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        return None  # Pillow's ways of saying "no such image"; a bomb is no image we take
 
 
 def check_image(data: bytes, mime: str) -> None:
-    declared = "image/jpeg" if mime == "image/jpg" else mime
-    actual = sniff_image(data)
+    """Seed 004's image_b64: bytes of the declared image type, with readable dimensions."""
+    declared = _ALIASES.get(mime, mime)
+    actual = image_type(data)
     if actual != declared:
         found = actual or "no supported image type"
         raise ValidationFailed(
@@ -124,46 +185,13 @@ def check_image(data: bytes, mime: str) -> None:
         )
 
 
-# Which declared audio mimes a file's first bytes are compatible with. Containers: RIFF/WAVE
-# (wav), ID3 or an MPEG frame sync (mp3), Ogg (ogg, opus), an ADTS frame (aac), ISO base
-# media "ftyp" (m4a, mp4), EBML (webm).
-_AUDIO_FAMILIES: dict[str, tuple[str, ...]] = {
-    "wav": ("audio/wav", "audio/x-wav"),
-    "mp3": ("audio/mp3", "audio/mpeg"),
-    "ogg": ("audio/ogg", "audio/opus"),
-    "aac": ("audio/aac",),
-    "mp4": ("audio/m4a", "audio/mp4", "audio/aac"),
-    "webm": ("audio/webm",),
-}
-VIDEO_MIMES: tuple[str, ...] = ("video/mp4", "video/webm", "video/quicktime")
-
-
-def container_of(data: bytes) -> str | None:
-    """The audio/video container the bytes start like, or None."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        return "wav"
-    if data.startswith(b"ID3"):
-        return "mp3"
-    if data.startswith(b"OggS"):
-        return "ogg"
-    if data[4:8] == b"ftyp":
-        return "mp4"
-    if data.startswith(b"\x1a\x45\xdf\xa3"):
-        return "webm"
-    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xF6 == 0xF0:
-        return "aac"  # ADTS: sync word, layer 00
-    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0:
-        return "mp3"  # MPEG audio frame sync
-    return None
-
-
-def audio_matches(data: bytes, mime: str) -> bool:
+def bytes_match(data: bytes, mime: str) -> bool:
+    """Whether ``data`` is what ``mime`` (an accepted image, voice or video mime) says."""
+    if mime in IMAGE_MIMES:
+        return image_type(data) == _ALIASES.get(mime, mime)
     container = container_of(data)
-    return container is not None and mime in _AUDIO_FAMILIES.get(container, ())
-
-
-def video_matches(data: bytes, mime: str) -> bool:
-    container = container_of(data)
-    if mime in ("video/mp4", "video/quicktime"):
-        return container == "mp4" or data[4:8] in (b"moov", b"mdat", b"wide")
-    return mime == "video/webm" and container == "webm"
+    if container is None:
+        return False
+    return mime in VOICE_CONTAINERS.get(container, ()) or mime in VIDEO_CONTAINERS.get(
+        container, ()
+    )

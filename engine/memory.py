@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 import redis.asyncio as aioredis
 
 from engine import keyspace
+from engine.sentences import sentences
 from engine.state import redis_boundary
 
 SENTENCE_BYTES = 200
@@ -47,7 +49,10 @@ SENTENCE_BYTES = 200
 ELLIPSIS = "…"
 
 
-class Turn(msgspec.Struct, frozen=True, kw_only=True):
+TurnStatus = Literal["completed", "cancelled"]
+
+
+class Turn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One exchange: what the user said and what the persona replied."""
 
     at: datetime
@@ -58,6 +63,9 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
     sources: list[str] = msgspec.field(default_factory=list)
     """external_ids of the knowledge documents the reply used."""
+    status: TurnStatus = "completed"
+    """``cancelled`` when the reply was stopped before it was finished: ``reply`` is then
+    the part that had been said."""
 
 
 class Memory(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,33 +81,47 @@ _encode = msgspec.json.Encoder().encode
 _decode_turn = msgspec.json.Decoder(Turn).decode
 _decode_facts = msgspec.json.Decoder(dict[str, str]).decode
 
-# Append, count and trim in one step. KEYS: turns list, meta hash. ARGV: the turn's JSON, the
-# byte bound, and facts to merge as a JSON object ('' for none). Lua's # is a byte length,
-# which is what the bound is in. Facts are merged here too, so "a later statement replaces an
-# earlier one" follows the order in which turns were stored. Returns the popped turns' JSON.
-_REMEMBER = """
-local bound = tonumber(ARGV[2])
-redis.call('RPUSH', KEYS[1], ARGV[1])
-local total = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
-local trimmed = {}
-while total > bound do
-  local oldest = redis.call('LPOP', KEYS[1])
-  if not oldest then
-    redis.call('HSET', KEYS[2], 'bytes', 0)
-    break
+# Append, count and trim in one step: the Lua function ``remember``, spliced into the
+# standalone script below and into the turn's closing script (engine/turn_store.py). The
+# turn's JSON, the byte bound, and facts to merge as a JSON object ('' for none). Lua's # is
+# a byte length, which is what the bound is in. Facts are merged here too, so "a later
+# statement replaces an earlier one" follows the order in which turns were stored. Returns
+# the popped turns' JSON.
+REMEMBER = """
+local function remember(turns_key, meta_key, turn, bound, facts_json)
+  redis.call('RPUSH', turns_key, turn)
+  local total = redis.call('HINCRBY', meta_key, 'bytes', #turn)
+  local trimmed = {}
+  while total > bound do
+    local oldest = redis.call('LPOP', turns_key)
+    if not oldest then
+      redis.call('HSET', meta_key, 'bytes', 0)
+      break
+    end
+    total = redis.call('HINCRBY', meta_key, 'bytes', -#oldest)
+    trimmed[#trimmed + 1] = oldest
   end
-  total = redis.call('HINCRBY', KEYS[2], 'bytes', -#oldest)
-  trimmed[#trimmed + 1] = oldest
+  if facts_json ~= '' then
+    local facts = {}
+    local stored = redis.call('HGET', meta_key, 'facts')
+    if stored then facts = cjson.decode(stored) end
+    for name, value in pairs(cjson.decode(facts_json)) do facts[name] = value end
+    redis.call('HSET', meta_key, 'facts', cjson.encode(facts))
+  end
+  return trimmed
 end
-if ARGV[3] ~= '' then
-  local facts = {}
-  local stored = redis.call('HGET', KEYS[2], 'facts')
-  if stored then facts = cjson.decode(stored) end
-  for name, value in pairs(cjson.decode(ARGV[3])) do facts[name] = value end
-  redis.call('HSET', KEYS[2], 'facts', cjson.encode(facts))
-end
-return trimmed
 """
+
+# The recent turns and the meta fields a reply needs, read in one step (so, one snapshot).
+RECALL = """
+local function recall(turns_key, meta_key, recent)
+  return {redis.call('LRANGE', turns_key, -recent, -1),
+          redis.call('HMGET', meta_key, 'summary', 'facts')}
+end
+"""
+
+_REMEMBER = REMEMBER + "return remember(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3])"
+_RECALL = RECALL + "return recall(KEYS[1], KEYS[2], tonumber(ARGV[1]))"
 
 # Append digest lines to the summary and drop whole lines from the front until it fits.
 # KEYS: meta hash. ARGV: the byte bound, then the lines (no newlines, each within the bound).
@@ -142,46 +164,61 @@ class MemoryStore:
             "redis.call('HSET', KEYS[1], 'summary', ARGV[1]) end"
         )
         self._max_bytes = max_bytes
-        self._recent_turns = recent_turns
+        self.recent_turns = recent_turns
         self._summary_bytes = summary_bytes
         self._remember = redis.register_script(_REMEMBER)
+        self._recall = redis.register_script(_RECALL)
         self._fold = redis.register_script(_FOLD)
 
     @redis_boundary
     async def recall(self, account_id: str, user_id: str) -> Memory:
         """The user's summary, facts and last ``recent_turns`` turns, read as one snapshot."""
+        answer = await self._recall(keys=self.keys(account_id, user_id), args=[self.recent_turns])
+        return self.recalled(answer)
+
+    def keys(self, account_id: str, user_id: str) -> list[str]:
+        """The user's turns list and meta hash: the keys of ``recall`` and ``remember``."""
         keys = keyspace.AccountKeys(account_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrange(keys.memory_turns(user_id), -self._recent_turns, -1)
-            pipe.hmget(keys.memory_meta(user_id), ["summary", "facts"])
-            raws, (summary, facts) = await pipe.execute()
+        return [keys.memory_turns(user_id), keys.memory_meta(user_id)]
+
+    @staticmethod
+    def recalled(answer: list) -> Memory:
+        """The Memory that the Lua ``recall`` answered."""
+        raws, (summary, facts) = answer
         return Memory(
             summary=summary or "",
             facts=_decode_facts(facts) if facts else {},
             recent=[_decode_turn(raw) for raw in raws],
         )
 
-    @redis_boundary
-    async def remember(self, account_id: str, user_id: str, turn: Turn) -> bool:
-        """Store one turn, learn facts from the user's words, fold what no longer fits.
-
-        Returns whether the summary grew, so a caller with an LLM can condense it."""
+    def remember_args(self, turn: Turn) -> list[str | int]:
+        """ARGV of the Lua ``remember`` for ``turn``: its JSON (time in UTC), the byte bound,
+        and the facts its words tell (name, ...)."""
         if turn.at.tzinfo is None:
             turn = msgspec.structs.replace(turn, at=turn.at.replace(tzinfo=UTC))
         elif turn.at.utcoffset():
             turn = msgspec.structs.replace(turn, at=turn.at.astimezone(UTC))
         facts = extract_facts(turn.user)
-        keys = keyspace.AccountKeys(account_id)
-        meta = keys.memory_meta(user_id)
-        trimmed = await self._remember(
-            keys=[keys.memory_turns(user_id), meta],
-            args=[_encode(turn), self._max_bytes, _encode(facts) if facts else ""],
-        )
+        return [_encode(turn).decode(), self._max_bytes, _encode(facts).decode() if facts else ""]
+
+    @redis_boundary
+    async def remember(self, account_id: str, user_id: str, turn: Turn) -> bool:
+        """Store one turn, learn facts from the user's words, fold what no longer fits.
+
+        Returns whether the summary grew, so a caller with an LLM can condense it."""
+        keys = self.keys(account_id, user_id)
+        trimmed = await self._remember(keys=keys, args=self.remember_args(turn))
+        return await self.fold(account_id, user_id, trimmed)
+
+    @redis_boundary
+    async def fold(self, account_id: str, user_id: str, trimmed: list[str]) -> bool:
+        """Fold turns that ``remember`` pushed out into the summary; whether it grew."""
         if not trimmed or self._summary_bytes == 0:
             return False
         lines = [digest(_decode_turn(raw), self._summary_bytes) for raw in trimmed]
         lines = [line for line in lines if line]
         if lines:
+            meta = keyspace.AccountKeys(account_id).memory_meta(user_id)
             await self._fold(keys=[meta], args=[self._summary_bytes, *lines])
         return bool(lines)
 
@@ -218,7 +255,6 @@ class MemoryStore:
 
 # --- the summary digest ---------------------------------------------------------------------
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])\s")
 _SPACE = re.compile(r"\s+")
 
 
@@ -236,9 +272,9 @@ def digest(turn: Turn, budget: int) -> str:
 
 
 def first_sentence(text: str) -> str:
-    """The text up to its first sentence end, on one line (a summary line holds no newline)."""
-    flat = _SPACE.sub(" ", text).strip()
-    return _SENTENCE_END.split(flat, maxsplit=1)[0]
+    """The text's first sentence, on one line (a summary line holds no newline)."""
+    found = sentences(text, lowercase_starts=True)  # chat, not edited prose
+    return _SPACE.sub(" ", found[0]) if found else ""
 
 
 def clip(text: str, budget: int) -> str:

@@ -1,23 +1,50 @@
 """Personas: who the account's users talk to.
 
-Field limits come from seed 004 (the conversation API's ``persona`` object): name 1..64,
-age 1..120, gender, the twelve zodiac signs, temperament weights, sociality, up to 16
-archetypes, role 1..1000. Names are unique within an account (seed 003: duplicate → 409).
+This module is the one place for a persona's fields and their limits: the stored
+:class:`Persona`, seed 004's ``persona`` object (:class:`PersonaPatch`), and the annotated
+types the ``/api/personas`` bodies are made of. Field limits come from seed 004 (the
+conversation API's ``persona`` object): name 1..64, age 1..120, gender, the twelve zodiac
+signs, temperament weights, sociality, up to 16 archetypes, role 1..1000. Names are unique
+within an account (seed 003: duplicate → 409).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import redis.asyncio as aioredis
 
 from engine import keyspace
+from engine.accounts import AccountStore
 from engine.errors import Conflict, NotFound, ValidationFailed
 from engine.ids import new_id
+from engine.persona_media import MediaStore
 from engine.state import redis_boundary
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+"""Seed 004: name 1..64."""
+ROLE_MAX_LENGTH = 1000
+Role = Annotated[str, msgspec.Meta(min_length=1, max_length=ROLE_MAX_LENGTH)]
+"""Seed 004: role 1..1000, whichever API gives it (seed 003's ``systemPrompt`` is this field).
+Seed 003 makes the system prompt optional, so a persona never given one stores "" (and a
+portrait request then gets seed 003's "Persona has no system prompt"); given, it is 1..1000."""
+Description = Annotated[str, msgspec.Meta(max_length=2000)]
+"""Seed 003: "short description", without a number; seed 004's role, the full description,
+is at most 1000. 2000 is the cap ``/api/personas`` has always had, kept so that every stored
+description still reads."""
+Age = Annotated[int, msgspec.Meta(ge=1, le=120)]
+"""Seed 004: integer 1..120."""
+ImageRef = Annotated[str, msgspec.Meta(max_length=2048)]
+"""Seed 003's ``imageUrl``: an image id (``<media id>.png``) or a URL."""
+# RFC 9110 §5.1: a field name is a token; a value may not hold CR or LF (§5.5), or it would
+# smuggle a header of its own into the connector's request (seed 003: persona headers).
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")]
+HeaderValue = Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^[^\r\n]*$")]
+Headers = Annotated[dict[HeaderName, HeaderValue], msgspec.Meta(max_length=32)]
 
 Gender = Literal["male", "female"]
 Zodiac = Literal[
@@ -31,9 +58,14 @@ Archetype = Literal[
     "Innocent", "Everyman", "Hero", "Caregiver", "Explorer", "Rebel",
     "Lover", "Creator", "Jester", "Sage", "Magician", "Ruler",
 ]  # fmt: skip
+Archetypes = Annotated[list[Archetype], msgspec.Meta(max_length=16)]
+"""Seed 004: an array of up to 16 enum values."""
 Mode = Literal["chat", "full"]
 
 Weight = Annotated[float, msgspec.Meta(ge=0)]
+
+
+TemperamentName = Literal["sanguine", "choleric", "phlegmatic", "melancholic"]
 
 
 class Temperament(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +86,22 @@ class Temperament(msgspec.Struct, frozen=True, kw_only=True):
             phlegmatic=self.phlegmatic / total,
             melancholic=self.melancholic / total,
         )
+
+    @property
+    def leading(self) -> TemperamentName:
+        """The temperament with the largest weight. Ties go to the earlier name in seed
+        004's order, so equal weights (the default) pick one steadily."""
+        return max(get_args(TemperamentName), key=lambda name: getattr(self, name))
+
+
+class TemperamentWeights(msgspec.Struct, forbid_unknown_fields=True):
+    """A temperament as given (seed 004): taken whole, a weight left out counts as 0;
+    :class:`Temperament` stores it normalised."""
+
+    sanguine: Weight = 0.0
+    choleric: Weight = 0.0
+    phlegmatic: Weight = 0.0
+    melancholic: Weight = 0.0
 
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -85,37 +133,56 @@ class Availability(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError(f"unknown time zone {self.time_zone!r}") from None
 
 
+SessionLimit = Annotated[int, msgspec.Meta(ge=1)]
+"""Seed 000's SessionInteractionLimit and SessionDurationLimitSeconds; None = unlimited."""
+Modes = Annotated[list[Mode], msgspec.Meta(min_length=1)]
+
+
 class PublishSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Seed 000's PublishSettings: per-session budgets (None = unlimited), opening hours,
     and the session modes a widget may use."""
 
-    session_interaction_limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    session_interaction_limit: SessionLimit | None = None
     """Billing units a session may spend: a full-mode turn costs 2, a chat turn 1."""
-    session_duration_limit_seconds: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    session_duration_limit_seconds: SessionLimit | None = None
     availability: Availability | None = None
-    allowed_modes: Annotated[list[Mode], msgspec.Meta(min_length=1)] = msgspec.field(
-        default_factory=lambda: ["chat", "full"]
-    )
+    allowed_modes: Modes = msgspec.field(default_factory=lambda: ["chat", "full"])
 
 
 class Persona(msgspec.Struct, frozen=True, kw_only=True):
     id: str
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    description: str = ""
-    role: Annotated[str, msgspec.Meta(max_length=1000)] = ""
-    age: Annotated[int, msgspec.Meta(ge=1, le=120)] | None = None
+    name: Name
+    description: Description = ""
+    role: Annotated[str, msgspec.Meta(max_length=ROLE_MAX_LENGTH)] = ""
+    """A :data:`Role`, or "" for none."""
+    age: Age | None = None
     gender: Gender | None = None
     zodiac: Zodiac | None = None
     temperament: Temperament = msgspec.field(default_factory=Temperament)
     sociality: Sociality = "ambivert"
-    archetypes: Annotated[list[Archetype], msgspec.Meta(max_length=16)] = msgspec.field(
-        default_factory=list
-    )
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    image: str | None = None
+    archetypes: Archetypes = msgspec.field(default_factory=list)
+    headers: Headers = msgspec.field(default_factory=dict)
+    image: ImageRef | None = None
     publish_settings: PublishSettings = msgspec.field(default_factory=PublishSettings)
     created_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
     updated_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
+
+
+class PersonaPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Seed 004's ``persona`` object: the fields given (not null) replace the stored ones."""
+
+    name: Name | None = None
+    age: Age | None = None
+    gender: Gender | None = None
+    zodiac: Zodiac | None = None
+    temperament: TemperamentWeights | None = None
+    sociality: Sociality | None = None
+    archetypes: Archetypes | None = None
+    role: Role | None = None
+
+    def changes(self) -> dict[str, Any]:
+        """The fields given, as builtins, for :meth:`PersonaStore.merge`."""
+        return {k: v for k, v in msgspec.to_builtins(self).items() if v is not None}
 
 
 _encode = msgspec.json.Encoder().encode
@@ -225,3 +292,34 @@ class PersonaStore:
 def _normalised(persona: Persona) -> Persona:
     # Seed 004: temperament weights are "normalized inside the engine".
     return msgspec.structs.replace(persona, temperament=persona.temperament.normalised())
+
+
+ForgetActivations = Callable[[str, str], Awaitable[None]]
+"""Drops every knowledge activation of (account_id, persona_id)."""
+
+
+async def delete_persona_everywhere(
+    accounts: AccountStore,
+    personas: PersonaStore,
+    media: MediaStore,
+    forget_activations: ForgetActivations,
+    account_id: str,
+    persona_id: str,
+) -> None:
+    """Delete a persona and what hangs off it: its activations, its media, then the record.
+
+    The record goes last, so a retry after a failure half way finds the persona and finishes.
+    Activations are kb's, and engine imports nothing of kb, so the wiring hands that one step
+    in, as it hands the turn pipeline its retriever (docs/architecture.md, "Layers"); the
+    rest is persona rules (the default persona stays; media goes with its persona), which
+    belong here rather than in kb, which would otherwise have to be given the persona and
+    media stores.
+    """
+    persona = await personas.get(account_id, persona_id)
+    if persona.id == (await accounts.get(account_id)).default_persona_id:
+        raise Conflict(
+            "This is the account's default persona; choose another default before deleting it."
+        )
+    await forget_activations(account_id, persona.id)
+    await media.delete_all(account_id, persona.id)
+    await personas.delete(account_id, persona)

@@ -27,15 +27,7 @@ def persona_lines(persona: Persona) -> list[str]:
     traits.append(persona.sociality)
     if persona.archetypes:
         traits.append("archetypes " + ", ".join(persona.archetypes))
-    t = persona.temperament
-    weights = {
-        "sanguine": t.sanguine,
-        "choleric": t.choleric,
-        "phlegmatic": t.phlegmatic,
-        "melancholic": t.melancholic,
-    }
-    leading = max(weights, key=weights.__getitem__)
-    traits.append(f"mostly {leading} in temperament")
+    traits.append(f"mostly {persona.temperament.leading} in temperament")
     lines.append("Your style: " + "; ".join(traits) + ".")
     return lines
 

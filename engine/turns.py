@@ -1,29 +1,33 @@
 """One conversation turn: persona, memory and knowledge in; a reply, remembered, out.
 
-Transport-free: the HTTP route and the WebSocket session both call :meth:`TurnPipeline.run`
-and differ only in whether they pass ``on_delta`` to stream the reply.
+Transport-free. :class:`TurnPipeline` makes the reply; the runner in
+:mod:`engine.turn_runner` wraps it with what every transport needs (balance, idempotency,
+deadline, timing), and the HTTP route and the live session both call the runner.
+Events go out through a plain function as they happen (see :mod:`engine.replies`): a
+voice note's ``transcript``, then the backend's started, deltas, sources and done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
-from engine.accounts import AccountStore
-from engine.errors import InternalError, RapportError
-from engine.memory import MemoryStore, Turn
+from engine.errors import RapportError
+from engine.memory import Memory, MemoryStore
 from engine.personas import Persona, PersonaStore
 from engine.replies import (
     Image,
-    OnDelta,
     Reply,
     ReplyBackend,
+    ReplyEvent,
     Retriever,
     Summariser,
     TurnContext,
+    ignore,
 )
 from engine.speech import Transcriber
 
@@ -49,7 +53,32 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     """Seed 004's ``persona`` object: merged into the account's default persona first."""
 
 
+class Transcribed(msgspec.Struct, frozen=True, tag="transcript"):
+    """What the voice note said; sent before the reply starts."""
+
+    text: str
+
+
+TurnEvent = Transcribed | ReplyEvent
+EmitTurn = Callable[[TurnEvent], None]
+
+
+class TurnState(Protocol):
+    """What the turn's opening read found (:class:`engine.turn_store.Opened`)."""
+
+    @property
+    def persona(self) -> Persona: ...
+
+    @property
+    def memory(self) -> Memory: ...
+
+    @property
+    def active(self) -> list[str]: ...
+
+
 class TurnOutcome(msgspec.Struct, frozen=True):
+    message: str
+    """What the user said: the text, or the voice note's transcript when it is the question."""
     reply: Reply
     transcript: str | None = None
 
@@ -58,7 +87,6 @@ class TurnPipeline:
     def __init__(
         self,
         *,
-        accounts: AccountStore,
         personas: PersonaStore,
         memory: MemoryStore,
         retriever: Retriever,
@@ -67,7 +95,6 @@ class TurnPipeline:
         summariser: Summariser | None = None,
     ) -> None:
         self._transcriber = transcriber
-        self._accounts = accounts
         self._personas = personas
         self._memory = memory
         self._retriever = retriever
@@ -75,51 +102,39 @@ class TurnPipeline:
         self._summariser = summariser
         self._condensing: set[asyncio.Task[None]] = set()
 
-    async def default_persona(self, account_id: str) -> Persona:
-        account = await self._accounts.get(account_id)
-        if account.default_persona_id is None:
-            raise InternalError(f"Account {account_id} has no default persona.")
-        return await self._personas.get(account_id, account.default_persona_id)
-
-    async def run(self, turn: TurnInput, on_delta: OnDelta | None = None) -> TurnOutcome:
+    async def run(self, turn: TurnInput, state: TurnState, emit: EmitTurn = ignore) -> TurnOutcome:
         transcript = None
         message = turn.message
         if turn.voice is not None:
             transcript = (await self._transcriber.transcribe(turn.voice.data, turn.voice.mime)).text
+            emit(Transcribed(transcript))
         # Seed 004: text wins; voice alone is the question, voice beside text is context.
         voice_context = transcript if message else None
         message = message or transcript or ""
-        persona = await self.default_persona(turn.account_id)
+        persona = state.persona
         if turn.persona_changes:
             persona = await self._personas.merge(turn.account_id, persona.id, turn.persona_changes)
-        memory = await self._memory.recall(turn.account_id, turn.user_id)
-        snippets = await self._retriever.retrieve(turn.account_id, persona.id, message, KNOWLEDGE_K)
+        snippets = await self._retriever.retrieve(
+            turn.account_id, state.active, message, KNOWLEDGE_K
+        )
         context = TurnContext(
             persona=persona,
-            memory=memory,
+            memory=state.memory,
             message=message,
             snippets=snippets,
             image=turn.image,
             voice_context=voice_context,
         )
-        reply = await self._backend.reply(context, on_delta)
-        folded = await self._memory.remember(
-            turn.account_id,
-            turn.user_id,
-            Turn(
-                at=datetime.now(UTC),
-                user=message,
-                reply=reply.text,
-                request_id=turn.request_id,
-                sources=reply.sources,
-            ),
-        )
-        if folded and self._summariser is not None:
-            # Condensing the summary never delays the reply; a failure keeps the plain one.
-            task = asyncio.create_task(self._condense(turn.account_id, turn.user_id))
-            self._condensing.add(task)
-            task.add_done_callback(self._condensing.discard)
-        return TurnOutcome(reply, transcript)
+        reply = await self._backend.reply(context, emit)
+        return TurnOutcome(message, reply, transcript)
+
+    def condense_later(self, account_id: str, user_id: str) -> None:
+        """Condense a summary that just grew, with the model, without delaying anything."""
+        if self._summariser is None:
+            return
+        task = asyncio.create_task(self._condense(account_id, user_id))
+        self._condensing.add(task)
+        task.add_done_callback(self._condensing.discard)
 
     async def _condense(self, account_id: str, user_id: str) -> None:
         assert self._summariser is not None

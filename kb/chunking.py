@@ -4,8 +4,10 @@ The embedder truncates at 256 tokens (``kb.embedder.MAX_TOKENS``), so a chunk th
 past that is partly invisible to retrieval. Chunks are counted in words, not tokens, so
 chunking needs no tokenizer; 120 words is ~160 tokens of English prose, which leaves room
 for long words and numbers. Chunks end where sentences end, because the extractive responder
-quotes sentences and a half sentence at a chunk's edge quotes badly; consecutive chunks share
-their edge sentences so that a fact spanning two chunks is still found whole in one.
+quotes sentences and a half sentence at a chunk's edge quotes badly; both split by
+``engine.sentences``, so the responder finds in a chunk the very sentences it was built of.
+Consecutive chunks share their edge sentences so that a fact spanning two chunks is still
+found whole in one.
 
 Every chunk is a slice of the source text (``text[start:start + len(chunk.text)]``), so a
 chunk can always be traced back to where it came from.
@@ -13,12 +15,13 @@ chunk can always be traced back to where it came from.
 
 from __future__ import annotations
 
-import itertools
 import re
 from collections import Counter
 from typing import NamedTuple
 
 import msgspec
+
+from engine.sentences import paragraph_spans, sentence_spans
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -37,21 +40,12 @@ class _Unit(NamedTuple):
     paragraph: int
 
 
-_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 # Scripts written without spaces: each character counts as a word, as the model's tokenizer
 # gives each ideograph a token of its own.
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 # A run of non-space characters longer than 20 (a URL, a hash, base64) counts as several
 # words, one per 20 characters: it costs the model several tokens, not one.
 _WORD = re.compile(rf"[{_CJK}]|[^\s{_CJK}]{{1,20}}")
-# A sentence ends at . ! ? or … (then any closing quotes or brackets) before whitespace,
-# or at a CJK full stop, which takes no space after it.
-_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"')\]\u2019\u201d]*(?=\s)|[\u3002\uff01\uff1f]+")
-# Lines that start a new block even without a blank line before them: headings, list items,
-# quotes and table rows (Markdown, and what the extractors write for tables).
-_BLOCK_START = re.compile(r"[ \t]*(?:#{1,6}\s|[-*+\u2022]\s|\d{1,3}[.)]\s|>|\|)")
-_HEADING = re.compile(r"[ \t]*#{1,6}\s")
-_NEXT_CHARACTER = re.compile(r"\s*(\S)")
 
 
 def chunk_text(text: str, *, max_words: int = 120, overlap_words: int = 20) -> list[Chunk]:
@@ -127,63 +121,18 @@ def _units(text: str, max_words: int, overlap_words: int) -> list[_Unit]:
     # A sentence too long for a chunk is cut into pieces that leave room for the overlap.
     piece = max_words - overlap_words
     units: list[_Unit] = []
-    for paragraph, (start, end) in enumerate(_paragraphs(text)):
-        for s_start, s_end in _sentences(text, start, end):
-            words = tuple(m.start() for m in _WORD.finditer(text, s_start, s_end))
+    for paragraph, (start, end) in enumerate(paragraph_spans(text)):
+        for s_start, s_end in sentence_spans(text, start, end):
+            found = list(_WORD.finditer(text, s_start, s_end))
+            words = tuple(m.start() for m in found)
             if len(words) <= max_words:
                 units.append(_Unit(s_start, s_end, words, paragraph))
                 continue
-            for i in range(0, len(words), piece):
-                part = words[i : i + piece]
-                after = words[i + piece] if i + piece < len(words) else s_end
-                units.append(_Unit(part[0], _trim_end(text, part[0], after), part, paragraph))
+            for i in range(0, len(found), piece):
+                part = found[i : i + piece]
+                # Every non-space character is in some word, so a piece ending at its last
+                # word's end drops only the whitespace before the next piece.
+                units.append(
+                    _Unit(part[0].start(), part[-1].end(), words[i : i + piece], paragraph)
+                )
     return units
-
-
-def _paragraphs(text: str) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    position = 0
-    for match in _PARAGRAPH_BREAK.finditer(text):
-        spans.append((position, match.start()))
-        position = match.end()
-    spans.append((position, len(text)))
-    return spans
-
-
-def _sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Sentence spans in ``text[start:end]``, trimmed of surrounding whitespace."""
-    cuts = [start]
-    # Single newlines are soft wraps inside a sentence, except before a block start or
-    # after a heading.
-    line_start = start
-    while (newline := text.find("\n", line_start, end)) != -1:
-        heading = _HEADING.match(text, line_start, newline)
-        if heading or _BLOCK_START.match(text, newline + 1, end):
-            cuts.append(newline + 1)
-        line_start = newline + 1
-    for match in _SENTENCE_END.finditer(text, start, end):
-        following = _NEXT_CHARACTER.match(text, match.end(), end)
-        # "e.g. this" and "approx. ten": a lowercase word after the stop continues the
-        # sentence. Anything else after it (a capital, a digit, a quote) starts a new one.
-        if following and not following.group(1).islower():
-            cuts.append(match.end())
-    cuts.append(end)
-    bounds = sorted(set(cuts))
-    spans: list[tuple[int, int]] = []
-    for a, b in itertools.pairwise(bounds):
-        a, b = _trim(text, a, b)
-        if a < b:
-            spans.append((a, b))
-    return spans
-
-
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    return start, _trim_end(text, start, end)
-
-
-def _trim_end(text: str, start: int, end: int) -> int:
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return end

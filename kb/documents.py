@@ -10,8 +10,9 @@ then the new, never a mix.
 Writes to one document are compare-and-set on its revision, which every write bumps (a Lua
 script), so of two writers that read the same record only the first wins: two upserts of
 one external_id, or a PATCH and the worker flipping the document to ready. The loser reads
-again and decides anew. Usage counters move with every
-charge and refund in the same script, so ``GET /api/subscription/limits`` stays exact.
+again and decides anew (:meth:`DocumentStore.update`, the one retry loop every writer
+uses). Usage counters move with every charge and refund in the same script, so
+``GET /api/subscription/limits`` stays exact.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import base64
 import hashlib
 import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -28,15 +30,24 @@ import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.accounts import BYTES_PER_STORAGE_UNIT
+from engine.errors import Conflict
 from engine.state import redis_boundary
-from kb.listing import Listing, Row, Status
+from kb.listing import Listing, ListingRow, Status
 
 EXTERNAL_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 """Seed 000: 1-128 characters of letters, digits, '.', '_', ':' and '-'."""
 TOKENS_PER_KNOWLEDGE_UNIT = 1000
 """A knowledge unit is 1,000 embedded tokens, rounded up per document (at least 1)."""
+WRITE_TRIES = 5
+"""Tries of one read-change-write before it gives up. A lost try means another write won,
+and a document has four kinds of writer: an upsert, the queueing of staged documents, a
+PATCH and the worker's flip to ready. Five tries outlast one winning write of each of the
+others; only a client that writes one document in a loop exhausts them (409, or for the
+worker a retry when its lease runs out)."""
 
-ContentType = Literal["txt", "md", "html", "pdf", "docx"]
+DocumentType = Literal["txt", "md", "html", "pdf", "docx"]
+"""Seed 001's ``content_type`` of a document: a kind of document, not a mime (kb/extract.py
+reads each)."""
 Source = Literal["client", "extractor"]
 
 
@@ -68,7 +79,7 @@ class Document(msgspec.Struct, kw_only=True):
     external_id: str
     label: str | None = None
     original_file_name: str | None = None
-    content_type: ContentType = "txt"
+    content_type: DocumentType = "txt"
     content_size_bytes: int = 0
     estimated_knowledge_units: float = 0
     estimated_storage_units: float = 0
@@ -115,7 +126,7 @@ class Document(msgspec.Struct, kw_only=True):
 
 _encode = msgspec.json.Encoder().encode
 _decode_doc = msgspec.json.Decoder(Document).decode
-_decode_row = msgspec.json.Decoder(Row).decode
+_decode_row = msgspec.json.Decoder(ListingRow).decode
 
 # KEYS: doc, docs, version, usage, content. ARGV: expected revision ('' = must not
 # exist), record, row, knowledge-unit delta, storage-byte delta, content ('' = delete it,
@@ -147,8 +158,29 @@ return personas
 """
 
 
-class WriteConflict(Exception):
-    """Another write to the same document came first; read again and retry."""
+class WriteConflict(Conflict):
+    """Another write to the same document came first. :meth:`DocumentStore.update` reads
+    again and retries; when its tries run out, the request that asked is a 409."""
+
+    def __init__(self, external_id: str) -> None:
+        super().__init__(f"Document {external_id!r} kept changing while this request ran; retry.")
+
+
+class DocWrite(msgspec.Struct, frozen=True, kw_only=True):
+    """One write of a document: the record to store, and what moves with it."""
+
+    document: Document
+    units_delta: float = 0
+    bytes_delta: int = 0
+    content: bytes | None = None
+    """New content to keep for the worker; None leaves the stored content as it is."""
+    drop_content: bool = False
+    """Delete the stored content (the worker has processed it)."""
+
+
+Change = Callable[[Document | None], DocWrite | None]
+"""What to write on top of the record as it is now (None: it is gone); None to write
+nothing. Raising gives up."""
 
 
 def content_hash(content_type: str, data: bytes) -> str:
@@ -168,8 +200,8 @@ def estimate_tokens(content_type: str, size: int) -> int:
     return math.ceil(size / (4 if content_type in ("txt", "md", "html") else 40))
 
 
-def row_of(doc: Document) -> Row:
-    return Row(
+def row_of(doc: Document) -> ListingRow:
+    return ListingRow(
         label=(doc.label or "").casefold(),
         file_name=(doc.original_file_name or doc.label or doc.external_id).casefold(),
         original_file_name=(doc.original_file_name or "").casefold(),
@@ -240,6 +272,32 @@ class DocumentStore:
         if not written:
             raise WriteConflict(doc.external_id)
         return doc
+
+    async def update(
+        self, account_id: str, external_id: str, change: Change, *, read: Document | None
+    ) -> Document | None:
+        """Write ``change(current)`` in place of ``current``, starting from the record as the
+        caller ``read`` it. When another write came first, read the record again and apply
+        ``change`` to that, up to WRITE_TRIES times in all. Returns what was stored, None
+        when ``change`` chose to write nothing; raises WriteConflict when every try lost."""
+        current = read
+        for _ in range(WRITE_TRIES):
+            edit = change(current)
+            if edit is None:
+                return None
+            try:
+                return await self.write(
+                    account_id,
+                    edit.document,
+                    replacing=current,
+                    units_delta=edit.units_delta,
+                    bytes_delta=edit.bytes_delta,
+                    content=edit.content,
+                    drop_content=edit.drop_content,
+                )
+            except WriteConflict:
+                current = await self.get(account_id, external_id)
+        raise WriteConflict(external_id)
 
     @redis_boundary
     async def delete(self, account_id: str, doc: Document) -> list[str]:

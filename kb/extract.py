@@ -11,6 +11,7 @@ name or declared mime only as far as its bytes agree (an ``.exe`` renamed ``.pdf
 
 from __future__ import annotations
 
+import codecs
 import io
 import logging
 import math
@@ -18,7 +19,7 @@ import re
 import zipfile
 from collections.abc import Iterable, Iterator
 from html.parser import HTMLParser
-from typing import Any, Final, Literal, cast, get_args
+from typing import Any, Final, cast, get_args
 from urllib.parse import urlsplit
 
 import docx
@@ -30,10 +31,12 @@ from lxml import etree
 # upload.page_limit_exceeded 413, upload.file_too_large 413 (a docx that unpacks too large).
 # Re-exported, so callers may import them from here.
 from engine.errors import FileTooLarge, InvalidSignature, PageLimitExceeded, UnsupportedType
+from engine.media import base_mime, sniff
+from kb.documents import DocumentType
 
 __all__ = [
-    "CONTENT_TYPES",
-    "ContentType",
+    "DOCUMENT_TYPES",
+    "DocumentType",
     "Extracted",
     "FileTooLarge",
     "InvalidSignature",
@@ -47,8 +50,7 @@ __all__ = [
 
 log = logging.getLogger("rapport.kb")
 
-ContentType = Literal["txt", "md", "html", "pdf", "docx"]
-CONTENT_TYPES: Final[tuple[str, ...]] = get_args(ContentType)
+DOCUMENT_TYPES: Final[tuple[str, ...]] = get_args(DocumentType)
 _SUPPORTED = "txt, md, html, pdf or docx"
 
 # A docx page is estimated as 1 + its hard page and section breaks, or ~3000 characters a
@@ -73,7 +75,7 @@ class Extracted(msgspec.Struct, frozen=True):
 
 # -- the type -------------------------------------------------------------------------------
 
-_EXTENSIONS: Final[dict[str, ContentType]] = {
+_EXTENSIONS: Final[dict[str, DocumentType]] = {
     "txt": "txt",
     "text": "txt",
     "md": "md",
@@ -83,7 +85,7 @@ _EXTENSIONS: Final[dict[str, ContentType]] = {
     "pdf": "pdf",
     "docx": "docx",
 }
-_MIMES: Final[dict[str, ContentType]] = {
+_MIMES: Final[dict[str, DocumentType]] = {
     "text/plain": "txt",
     "text/markdown": "md",
     "text/x-markdown": "md",
@@ -102,7 +104,7 @@ _EXTENSION = re.compile(r"\.([A-Za-z0-9]{1,16})\Z")
 _MIME = re.compile(r"[A-Za-z0-9][\w.+-]{0,63}/[\w.+-]{1,127}")
 
 
-def content_type_of(filename: str | None, declared_mime: str | None) -> ContentType:
+def content_type_of(filename: str | None, declared_mime: str | None) -> DocumentType:
     """The document type an upload claims to be: by its name's extension when it has one,
     else by its declared mime. The bytes are checked against it by :func:`check_signature`."""
     name = re.split(r"[/\\]", filename or "")[-1]  # old browsers send a whole Windows path
@@ -112,7 +114,7 @@ def content_type_of(filename: str | None, declared_mime: str | None) -> ContentT
         if ext in _EXTENSIONS:
             return _EXTENSIONS[ext]
         raise UnsupportedType(f"Files of type .{ext} are not supported; upload {_SUPPORTED}.")
-    mime = (declared_mime or "").split(";", 1)[0].strip().lower()
+    mime = base_mime(declared_mime)
     if mime and mime not in _GENERIC_MIMES:
         if mime in _MIMES:
             return _MIMES[mime]
@@ -125,28 +127,42 @@ def content_type_of(filename: str | None, declared_mime: str | None) -> ContentT
     )
 
 
-def _known(content_type: str) -> ContentType:
-    if content_type in CONTENT_TYPES:
-        return cast(ContentType, content_type)
+def _known(content_type: str) -> DocumentType:
+    if content_type in DOCUMENT_TYPES:
+        return cast(DocumentType, content_type)
     shown = content_type if re.fullmatch(r"[A-Za-z0-9]{1,16}", content_type) else "this type"
     raise UnsupportedType(f"Documents of type {shown} are not supported; upload {_SUPPORTED}.")
 
 
 # -- signatures -----------------------------------------------------------------------------
 
-_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
-    (b"%PDF-", "a PDF document"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Office file (.doc, .xls or .ppt)"),
-    (b"\x7fELF", "an ELF executable"),
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF87a", "a GIF image"),
-    (b"GIF89a", "a GIF image"),
-    (b"{\\rtf", "an RTF document"),
-    (b"\x1f\x8b", "a gzip archive"),
-    (b"%!PS", "a PostScript file"),
-    (b"\xff\xfe", "UTF-16 text"),
-    (b"\xfe\xff", "UTF-16 text"),
+_LEGACY_OFFICE = "a legacy Office file (.doc, .xls or .ppt)"
+# What engine.media.sniff names, in words, for the types an upload is most often mistaken for.
+_DESCRIPTIONS: Final[dict[str, str]] = {
+    "application/pdf": "a PDF document",
+    "application/x-ole-storage": _LEGACY_OFFICE,
+    "application/msword": _LEGACY_OFFICE,
+    "application/vnd.ms-excel": _LEGACY_OFFICE,
+    "application/vnd.ms-powerpoint": _LEGACY_OFFICE,
+    "application/x-executable": "an ELF executable",
+    "application/x-msdownload": "a Windows executable",
+    "image/png": "a PNG image",
+    "image/apng": "a PNG image",
+    "image/jpeg": "a JPEG image",
+    "image/gif": "a GIF image",
+    "image/webp": "a WebP image",
+    "application/rtf": "an RTF document",
+    "application/gzip": "a gzip archive",
+    "application/postscript": "a PostScript file",
+}
+# Zip containers: what is inside tells them apart better than the first entries' names.
+_ZIPS: Final = frozenset(
+    {
+        "application/zip",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    }
 )
 
 
@@ -154,16 +170,17 @@ def _describe(data: bytes) -> str:
     """What the bytes look like, for error messages: 'a PNG image', 'plain text', ..."""
     if not data:
         return "an empty file"
-    for magic, what in _MAGIC:
-        if data.startswith(magic):
-            return what
-    # A text file may begin with "MZ"; an executable's header has NULs right after.
-    if data.startswith(b"MZ") and b"\x00" in data[:64]:
-        return "a Windows executable"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "a WebP image"
-    if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16 text"
+    sniffed = sniff(data)
+    if sniffed in _ZIPS:
         return _describe_zip(data)
+    # "MZ" is all an .exe's signature is, and a text may begin so; an executable's header
+    # has NULs right after.
+    if sniffed == "application/x-msdownload" and b"\x00" not in data[:64]:
+        sniffed = None
+    if sniffed is not None:
+        return _DESCRIPTIONS.get(sniffed, f"a file of type {sniffed}")
     if b"\x00" not in data:
         try:
             data.decode("utf-8-sig")
@@ -199,7 +216,7 @@ def check_signature(content_type: str, data: bytes) -> None:
     """Raise :class:`InvalidSignature` unless ``data`` really is a ``content_type`` file."""
     kind = _known(content_type)
     if kind == "pdf":
-        if not data.startswith(b"%PDF-"):
+        if sniff(data) != "application/pdf":
             raise InvalidSignature(
                 f"The file was declared pdf but is {_describe(data)}: a PDF starts with %PDF-."
             )
@@ -212,7 +229,7 @@ def check_signature(content_type: str, data: bytes) -> None:
 def _check_docx(data: bytes) -> dict[str, zipfile.ZipInfo]:
     # Checked before zipfile sees it: zipfile also opens an archive appended to anything,
     # a self-extracting .exe included.
-    if not data.startswith(b"PK\x03\x04"):
+    if sniff(data) not in _ZIPS:
         raise InvalidSignature(
             f"The file was declared docx but is {_describe(data)}, not a Word (.docx) document."
         )
@@ -234,7 +251,7 @@ def _check_docx(data: bytes) -> dict[str, zipfile.ZipInfo]:
 _MARKUP = re.compile(r"<(?:!doctype|!--|/?[a-z][a-z0-9-]*(?:\s|/?>))", re.IGNORECASE)
 
 
-def _decode_text(kind: ContentType, data: bytes) -> str:
+def _decode_text(kind: DocumentType, data: bytes) -> str:
     if b"\x00" in data:
         raise InvalidSignature(
             f"The file was declared {kind} but is {_describe(data)}: it contains NUL bytes, "
@@ -276,7 +293,7 @@ def estimate_pages(content_type: str, data: bytes) -> int | None:
 _NAMES: Final[dict[str, str]] = {"pdf": "PDF", "docx": "Word document", "html": "HTML page"}
 
 
-def _check_pages(kind: ContentType, pages: int, max_pages: int, *, estimate: bool) -> None:
+def _check_pages(kind: DocumentType, pages: int, max_pages: int, *, estimate: bool) -> None:
     if pages > max_pages:
         about = "about " if estimate else ""
         raise PageLimitExceeded(

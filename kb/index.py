@@ -3,6 +3,11 @@
 chromadb's client is synchronous, so every call runs in a worker thread. A Chroma server
 that is down when Rapport starts is not fatal: the client is (re)made on the next use, and
 until then the index reports :class:`~engine.errors.IndexUnavailable`.
+
+Only Chroma failing, or the way to it, is IndexUnavailable (a 503 that says "retry later");
+the errors that mean so are listed below by cause, and mapped once, in ``VectorIndex._call``.
+Anything else (a ValueError for an id that is not a string, a TypeError) is a bug of ours
+and surfaces as one, a 500 with its traceback in the log, not as "Chroma is down".
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import chromadb
 import chromadb.errors
+import httpx
 import msgspec
 import numpy as np
 from chromadb.api import ClientAPI
@@ -27,8 +33,33 @@ from kb.embedder import MiniLMEmbeddingFunction
 
 T = TypeVar("T")
 
-# Telemetry would try to reach the internet, which neither we nor many users have.
-_CHROMA_SETTINGS = ChromaSettings(anonymized_telemetry=False)
+
+# What chromadb 1.5.9 raises when Chroma, or the way to it, failed, by cause.
+STORE_FAILED: tuple[type[Exception], ...] = (chromadb.errors.InternalError,)
+"""The store itself. The embedded store is Rust (sqlx over SQLite, HNSW files): its disk and
+SQLite errors reach Python as InternalError ("File exists (os error 17)" for a data dir
+that is a file), never as sqlite3 errors. A server's 500s come back as the same class."""
+SERVER_BUSY: tuple[type[Exception], ...] = (chromadb.errors.RateLimitError,)
+"""A Chroma server shedding load (429)."""
+TRANSPORT_FAILED: tuple[type[Exception], ...] = (httpx.TransportError, httpx.HTTPStatusError)
+"""The HTTP client only: no connection, a timeout, a broken exchange, or an error response
+that is not one of Chroma's own."""
+CHROMA_FAILED = STORE_FAILED + SERVER_BUSY + TRANSPORT_FAILED
+_REWRAPPED: tuple[type[Exception], ...] = (ValueError, Exception)
+"""chromadb's HTTP client re-raises some of those as a plain ValueError or Exception from
+inside its ``except`` block, so the cause is the exception being handled: a refused
+connection while the client is made is ``ValueError("Could not connect to a Chroma
+server...")`` (api/client.py), an error response it cannot name is ``Exception(body)``
+(api/base_http_client.py)."""
+
+
+def chroma_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` means Chroma, or the way to it, failed (not that our call was wrong)."""
+    while not isinstance(exc, CHROMA_FAILED):
+        if type(exc) not in _REWRAPPED or exc.__context__ is None:
+            return False
+        exc = exc.__context__
+    return True
 
 
 class VectorIndex:
@@ -41,10 +72,15 @@ class VectorIndex:
     def _open(self) -> ClientAPI:
         with self._lock:
             if self._client is None:
+                # Telemetry would try to reach the internet, which neither we nor many users
+                # have. Settings of their own for each client: chromadb writes the path, host
+                # and port into the object it is given, and refuses a second client whose
+                # host or port differ from those it wrote there.
+                chroma_settings = ChromaSettings(anonymized_telemetry=False)
                 url = self._settings.chroma_url
                 if url is None:
                     self._client = chromadb.PersistentClient(
-                        path=str(self._settings.chroma_path), settings=_CHROMA_SETTINGS
+                        path=str(self._settings.chroma_path), settings=chroma_settings
                     )
                 else:
                     parts = urlsplit(url)
@@ -52,7 +88,7 @@ class VectorIndex:
                         host=parts.hostname or "127.0.0.1",
                         port=parts.port or (443 if parts.scheme == "https" else 80),
                         ssl=parts.scheme == "https",
-                        settings=_CHROMA_SETTINGS,
+                        settings=chroma_settings,
                     )
             return self._client
 
@@ -64,18 +100,21 @@ class VectorIndex:
         await self._call(self._heartbeat)
 
     async def _call(self, work: Callable[[], T]) -> T:
-        """Run a Chroma call in a thread; any failure of Chroma becomes IndexUnavailable."""
+        """Run a Chroma call in a thread; Chroma failing becomes IndexUnavailable."""
         try:
             return await anyio.to_thread.run_sync(work)
         except Exception as exc:
+            if not chroma_failed(exc):
+                raise
             if self._settings.chroma_url is not None:
                 self._client = None  # dial again next time
                 self._collections.clear()
             raise IndexUnavailable() from exc
 
     def _collection(self, account_id: str) -> Collection:
-        # One collection per account (DESIGN.md). Naming our embedding function stores it
-        # in the collection's configuration, so the collection reopens with it offline.
+        # One collection per account (docs/architecture.md, "Data model"). Naming our
+        # embedding function stores it in the collection's configuration, so the collection
+        # reopens with it offline.
         found = self._collections.get(account_id)
         if found is None:
             found = self._open().get_or_create_collection(

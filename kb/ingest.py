@@ -16,9 +16,10 @@ import msgspec
 from engine.accounts import BYTES_PER_STORAGE_UNIT, AccountStore
 from engine.errors import Conflict, KnowledgeQuotaExceeded
 from kb.documents import (
-    ContentType,
     Document,
     DocumentStore,
+    DocumentType,
+    DocWrite,
     WriteConflict,
     content_hash,
     estimate_tokens,
@@ -29,8 +30,6 @@ from kb.documents import (
 from kb.queue import Job, ProcessingQueue
 
 UpsertStatus = Literal["created", "updated", "no_op"]
-WRITE_TRIES = 3
-"""Times an upsert or a queueing is tried again when another write moved the record."""
 
 
 class Incoming(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,7 +37,7 @@ class Incoming(msgspec.Struct, frozen=True, kw_only=True):
 
     external_id: str
     data: bytes
-    content_type: ContentType
+    content_type: DocumentType
     label: str | None = None
     original_file_name: str | None = None
     estimated_pages: int | None = None
@@ -46,13 +45,17 @@ class Incoming(msgspec.Struct, frozen=True, kw_only=True):
     """Embedded with every chunk to help retrieval, never quoted (seed 004's ``tags``)."""
 
 
-class Outcome(msgspec.Struct, frozen=True):
+class UpsertResult(msgspec.Struct, frozen=True):
+    """What an upsert did to one document."""
+
     external_id: str
     status: UpsertStatus
     re_embedded: bool
 
 
-class Plan(msgspec.Struct, frozen=True):
+class UpsertPlan(msgspec.Struct, frozen=True):
+    """What an upsert of one document will write, decided against the record it read."""
+
     incoming: Incoming
     current: Document | None
     document: Document | None
@@ -60,6 +63,17 @@ class Plan(msgspec.Struct, frozen=True):
     units_delta: float
     bytes_delta: int
     content_changed: bool
+
+    def write(self) -> DocWrite | None:
+        """The write this plan makes; None for a no-op."""
+        if self.document is None:
+            return None
+        return DocWrite(
+            document=self.document,
+            units_delta=self.units_delta,
+            bytes_delta=self.bytes_delta,
+            content=self.incoming.data if self.content_changed else None,
+        )
 
 
 class Ingest:
@@ -70,7 +84,7 @@ class Ingest:
 
     async def upsert(
         self, account_id: str, items: list[Incoming], *, enqueue: bool
-    ) -> list[Outcome]:
+    ) -> list[UpsertResult]:
         currents = await self._docs.get_many(account_id, [i.external_id for i in items])
         now = datetime.now(UTC)
         plans = [
@@ -78,44 +92,44 @@ class Ingest:
         ]
         await self._check_quota(account_id, plans)
         jobs = []
-        outcomes = []
+        results = []
         for p in plans:
             if p.document is None:
-                outcomes.append(Outcome(p.incoming.external_id, "no_op", False))
+                results.append(UpsertResult(p.incoming.external_id, "no_op", False))
                 continue
             p = await self._write(account_id, p, now, enqueue)
             if p.content_changed and enqueue:
                 jobs.append(Job(account_id, p.document.external_id, p.document.generation))
             status: UpsertStatus = "created" if p.current is None else "updated"
-            outcomes.append(Outcome(p.incoming.external_id, status, p.content_changed))
+            results.append(UpsertResult(p.incoming.external_id, status, p.content_changed))
         await self._queue.push(jobs)
-        return outcomes
+        return results
 
-    async def _write(self, account_id: str, p: Plan, now: datetime, enqueue: bool) -> Plan:
+    async def _write(
+        self, account_id: str, first: UpsertPlan, now: datetime, enqueue: bool
+    ) -> UpsertPlan:
         """Write a plan; returns the plan written. When the worker (or a PATCH) wrote the
         same content's record in between, the upsert is planned again on top of that; when
         someone else changed the content, it is a conflict for the client to retry."""
-        for _ in range(WRITE_TRIES):
-            if p.document is None:  # planned again: the record already says it all
-                return p
-            try:
-                await self._docs.write(
-                    account_id,
-                    p.document,
-                    replacing=p.current,
-                    units_delta=p.units_delta,
-                    bytes_delta=p.bytes_delta,
-                    content=p.incoming.data if p.content_changed else None,
-                )
-                return p
-            except WriteConflict:
-                fresh = await self._docs.get(account_id, p.incoming.external_id)
-                if fresh is None or p.current is None or fresh.generation != p.current.generation:
-                    break
-                p = plan(p.incoming, fresh, now, enqueue)
-        raise Conflict(
-            f"Document {p.incoming.external_id!r} changed while this request ran; retry."
-        )
+        written = first
+
+        def replan(current: Document | None) -> DocWrite | None:
+            nonlocal written
+            if current is not written.current:  # another write came first: plan again
+                if (
+                    current is None
+                    or first.current is None
+                    or current.generation != first.current.generation
+                ):
+                    raise Conflict(
+                        f"Document {first.incoming.external_id!r} changed while this request"
+                        " ran; retry."
+                    )
+                written = plan(first.incoming, current, now, enqueue)
+            return written.write()  # None: planned again, the record already says it all
+
+        await self._docs.update(account_id, first.incoming.external_id, replan, read=first.current)
+        return written
 
     async def process_staged(self, account_id: str) -> int:
         """Queue every staged document (seed 000's dashboard button); returns how many."""
@@ -123,22 +137,20 @@ class Ingest:
         staged = [eid for eid, row in listing.rows.items() if row.status == "staged"]
         jobs = []
         for found in await self._docs.get_many(account_id, staged):
-            doc = found
-            for _ in range(WRITE_TRIES):
-                if doc is None or doc.processing_status != "staged":
-                    break  # deleted, or queued or replaced by someone else meanwhile
-                queued = msgspec.structs.replace(doc, processing_status="pending")
-                try:
-                    await self._docs.write(account_id, queued, replacing=doc)
-                except WriteConflict:  # a PATCH came in between: still staged, try again
-                    doc = await self._docs.get(account_id, doc.external_id)
-                    continue
-                jobs.append(Job(account_id, doc.external_id, doc.generation))
-                break
+            if found is None:
+                continue  # deleted meanwhile
+            try:
+                queued = await self._docs.update(
+                    account_id, found.external_id, queue_staged, read=found
+                )
+            except WriteConflict:
+                continue  # still staged: the next call queues it
+            if queued is not None:
+                jobs.append(Job(account_id, queued.external_id, queued.generation))
         await self._queue.push(jobs)
         return len(jobs)
 
-    async def _check_quota(self, account_id: str, plans: list[Plan]) -> None:
+    async def _check_quota(self, account_id: str, plans: list[UpsertPlan]) -> None:
         units = sum(p.units_delta for p in plans if p.document is not None)
         size = sum(p.bytes_delta for p in plans if p.document is not None)
         if units <= 0 and size <= 0:
@@ -156,13 +168,21 @@ class Ingest:
             )
 
 
-def plan(item: Incoming, current: Document | None, now: datetime, enqueue: bool) -> Plan:
+def queue_staged(current: Document | None) -> DocWrite | None:
+    """A staged document, now pending; nothing when it is no longer staged (deleted, or
+    queued or replaced by someone else meanwhile)."""
+    if current is None or current.processing_status != "staged":
+        return None
+    return DocWrite(document=msgspec.structs.replace(current, processing_status="pending"))
+
+
+def plan(item: Incoming, current: Document | None, now: datetime, enqueue: bool) -> UpsertPlan:
     digest = content_hash(item.content_type, item.data + "\x00".join(item.keywords).encode())
     if current is not None and current.content_hash == digest:
         if item.label is None or item.label == current.label:
-            return Plan(item, current, None, 0, 0, False)
+            return UpsertPlan(item, current, None, 0, 0, False)
         relabelled = msgspec.structs.replace(current, label=item.label)
-        return Plan(item, current, relabelled, 0, 0, False)
+        return UpsertPlan(item, current, relabelled, 0, 0, False)
     estimated = knowledge_units(estimate_tokens(item.content_type, len(item.data)))
     base = current or new_document(item.external_id, now)
     document = msgspec.structs.replace(
@@ -187,4 +207,5 @@ def plan(item: Incoming, current: Document | None, now: datetime, enqueue: bool)
     )
     old_charge = current.charged_units if current is not None else 0.0
     old_size = current.content_size_bytes if current is not None else 0
-    return Plan(item, current, document, estimated - old_charge, len(item.data) - old_size, True)
+    units_delta, bytes_delta = estimated - old_charge, len(item.data) - old_size
+    return UpsertPlan(item, current, document, units_delta, bytes_delta, True)

@@ -21,7 +21,7 @@ SortBy = Literal[
 ]
 
 
-class Row(msgspec.Struct, frozen=True, array_like=True):
+class ListingRow(msgspec.Struct, frozen=True, array_like=True):
     """What listing sorts and filters on; one small entry per document."""
 
     label: str
@@ -33,7 +33,7 @@ class Row(msgspec.Struct, frozen=True, array_like=True):
     created_at: float
 
 
-SORT_KEYS: dict[SortBy, Callable[[Row], str | float]] = {
+SORT_KEYS: dict[SortBy, Callable[[ListingRow], str | float]] = {
     "created_at": lambda row: row.created_at,
     "file_name": lambda row: row.file_name,
     "label": lambda row: row.label,
@@ -46,7 +46,7 @@ SORT_KEYS: dict[SortBy, Callable[[Row], str | float]] = {
 class Listing:
     """Every document's row at one documents version, and the orders asked for so far."""
 
-    def __init__(self, version: int, rows: dict[str, Row]) -> None:
+    def __init__(self, version: int, rows: dict[str, ListingRow]) -> None:
         self.version = version
         self.rows = rows
         self._orders: dict[SortBy, tuple[str, ...]] = {}
@@ -86,5 +86,5 @@ class Listing:
         return chosen[::-1] if descending else chosen
 
 
-def _matches(row: Row, needle: str) -> bool:
+def _matches(row: ListingRow, needle: str) -> bool:
     return needle in row.label or needle in row.file_name or needle in row.original_file_name

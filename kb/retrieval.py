@@ -2,15 +2,17 @@
 
 Only documents that are active for the persona and have a live (fully indexed) generation
 are searched: staged, pending-for-the-first-time and failed documents are invisible, and
-so is every other account's collection.
+so is every other account's collection. The persona's active set is read by the turn's
+opening script with the rest of its state (:mod:`engine.turn_store`) and handed in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import anyio.to_thread
 
 from engine.replies import Snippet
-from kb.activation import Activations
 from kb.documents import DocumentStore
 from kb.embedder import Embedder
 from kb.index import VectorIndex
@@ -20,21 +22,20 @@ class KnowledgeRetriever:
     def __init__(
         self,
         *,
-        activations: Activations,
         docs: DocumentStore,
         index: VectorIndex,
         embedder: Embedder,
     ) -> None:
-        self._activations = activations
         self._docs = docs
         self._index = index
         self._embedder = embedder
 
-    async def retrieve(self, account_id: str, persona_id: str, query: str, k: int) -> list[Snippet]:
-        if not query.strip():
+    async def retrieve(
+        self, account_id: str, active: Sequence[str], query: str, k: int
+    ) -> list[Snippet]:
+        if not query.strip() or not active:
             return []
-        active = await self._activations.active(account_id, persona_id)
-        docs = await self._docs.get_many(account_id, active)
+        docs = await self._docs.get_many(account_id, list(active))
         ids = [i for d in docs if d is not None for i in d.live_chunk_ids()]
         if not ids:
             return []

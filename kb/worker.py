@@ -29,9 +29,11 @@ import numpy as np
 
 from engine.errors import RapportError, UnavailableError, ValidationFailed
 from kb.chunking import chunk_text
+from kb.curation import extracted_links
 from kb.documents import (
     Document,
     DocumentStore,
+    DocWrite,
     LinkEntry,
     WriteConflict,
     knowledge_units,
@@ -46,10 +48,7 @@ log = logging.getLogger("rapport.kb")
 T = TypeVar("T")
 
 EMBED_BATCH = 32
-MAX_LINKS = 10  # seed 001: a library holds at most 10 entries
 IDLE_POLL_SECONDS = 0.2
-SETTLE_TRIES = 5
-"""Writes a job tries against records that keep changing before it lets its lease run out."""
 GROUP_CHUNKS = 48
 """Chunks that fill a group; at ~0.7 ms a chunk plus ~20 ms a call, the call is then a
 third of an upsert's cost, not four fifths as for a document of five chunks."""
@@ -66,7 +65,7 @@ class Chunks(msgspec.Struct, frozen=True):
     metadatas: list[dict[str, Any]]
 
 
-class Outcome(msgspec.Struct, frozen=True):
+class JobResult(msgspec.Struct, frozen=True):
     """What a job's first stage decided: the fields that make the document ready (or
     failed), to set if it still holds the content the job ``read``, and for a ready one
     its chunks."""
@@ -115,7 +114,7 @@ class Processor:
         dry, holds ``GROUP_CHUNKS`` chunks or is ``GROUP_SECONDS`` old, so a lone upload
         is not kept waiting; it is written while the next group is embedded.
         """
-        group: list[Outcome] = []
+        group: list[JobResult] = []
         started = 0.0
         writing: asyncio.Task[None] | None = None
         try:
@@ -164,7 +163,7 @@ class Processor:
                     await self._queue.done(job)
         return None
 
-    async def prepare(self, job: Job) -> Outcome | None:
+    async def prepare(self, job: Job) -> JobResult | None:
         """Extract, chunk and embed; None when the job has nothing left to do."""
         doc = await self._docs.get(job.account_id, job.external_id)
         if doc is None or doc.generation != job.generation or doc.processing_status != "pending":
@@ -186,18 +185,18 @@ class Processor:
                 "live_generation": 0,
                 "live_chunks": 0,
             }
-            return Outcome(job=job, read=doc, changes=failed, links=[], chunks=None)
+            return JobResult(job=job, read=doc, changes=failed, links=[], chunks=None)
 
-    async def commit(self, group: list[Outcome]) -> None:
+    async def commit(self, group: list[JobResult]) -> None:
         """Index the group's chunks, one upsert per account (one collection each), flip
         each document, then drop in one delete the chunks nobody reads any more."""
-        accounts: dict[str, list[Outcome]] = {}
+        accounts: dict[str, list[JobResult]] = {}
         for outcome in group:
             accounts.setdefault(outcome.job.account_id, []).append(outcome)
         for account_id, outcomes in accounts.items():
             await self._commit_account(account_id, outcomes)
 
-    async def _commit_account(self, account_id: str, group: list[Outcome]) -> None:
+    async def _commit_account(self, account_id: str, group: list[JobResult]) -> None:
         chunks = [o.chunks for o in group if o.chunks is not None]
         if chunks:
             await self._index.add(
@@ -225,7 +224,7 @@ class Processor:
             # Chroma's $or takes two clauses or more.
             await self._index.delete(account_id, unread[0] if len(unread) == 1 else {"$or": unread})
 
-    async def _embed_content(self, job: Job, doc: Document, data: bytes) -> Outcome:
+    async def _embed_content(self, job: Job, doc: Document, data: bytes) -> JobResult:
         extracted = await anyio.to_thread.run_sync(
             lambda: extract(doc.content_type, data, max_pages=self._max_pages)
         )
@@ -267,32 +266,28 @@ class Processor:
             "live_generation": doc.generation,
             "live_chunks": len(chunks),
         }
-        # Seed 001: links found in the document seed an empty library (source extractor).
-        links = [LinkEntry(url=url, source="extractor") for url in extracted.links[:MAX_LINKS]]
-        return Outcome(job=job, read=doc, changes=ready, links=links, chunks=prepared)
+        links = extracted_links(extracted.links)
+        return JobResult(job=job, read=doc, changes=ready, links=links, chunks=prepared)
 
-    async def _settle(self, outcome: Outcome) -> bool:
+    async def _settle(self, outcome: JobResult) -> bool:
         """Apply the job's result to the stored record if that still holds the content the
         job processed; False when newer content came first. A PATCH that lands in between
         makes the write conflict: the result is applied again on top of it."""
         job, read = outcome.job, outcome.read
-        # Redis failing here propagates before done(): the lease runs out, the job returns.
-        for _ in range(SETTLE_TRIES):
-            current = await self._docs.get(job.account_id, job.external_id)
+
+        def settled(current: Document | None) -> DocWrite | None:
             if current is None or current.generation != read.generation:
-                await self._queue.done(job)
-                return False
+                return None  # deleted or replaced: newer content came first
             result = outcome.apply(current)
-            try:
-                await self._docs.write(
-                    job.account_id,
-                    result,
-                    replacing=current,
-                    units_delta=result.charged_units - current.charged_units,
-                    drop_content=True,
-                )
-            except WriteConflict:
-                continue
-            await self._queue.done(job)
-            return True
-        raise WriteConflict(job.external_id)  # still changing: retried when the lease ends
+            return DocWrite(
+                document=result,
+                units_delta=result.charged_units - current.charged_units,
+                drop_content=True,
+            )
+
+        # Redis failing here, or the record still changing after every try (WriteConflict),
+        # propagates before done(): the lease runs out and the job comes back.
+        current = await self._docs.get(job.account_id, job.external_id)
+        written = await self._docs.update(job.account_id, job.external_id, settled, read=current)
+        await self._queue.done(job)
+        return written is not None

@@ -57,6 +57,8 @@ class State:
         self.behaviour = Behaviour()
         self.calls: list[dict[str, Any]] = []
         self.open_streams = 0
+        self.departed = 0
+        """Requests whose client hung up before the answer began."""
 
 
 state = State()
@@ -85,6 +87,7 @@ async def client_left_during(request: Request, seconds: float | None) -> bool:
         await asyncio.wait_for(disconnect(), timeout=seconds)
     except TimeoutError:
         return False
+    state.departed += 1
     return True
 
 
@@ -259,12 +262,15 @@ async def configure(request: Request) -> JSONResponse:
 
 
 async def calls(request: Request) -> JSONResponse:
-    return JSONResponse({"calls": state.calls, "open_streams": state.open_streams})
+    return JSONResponse(
+        {"calls": state.calls, "open_streams": state.open_streams, "departed": state.departed}
+    )
 
 
 async def reset(request: Request) -> JSONResponse:
     state.behaviour = Behaviour()
     state.calls = []
+    state.departed = 0
     return JSONResponse(dataclasses.asdict(state.behaviour))
 
 
@@ -336,6 +342,10 @@ class FakeOpenAI:
     def open_streams(self) -> int:
         """Streamed responses still being written; 0 once every client is done or gone."""
         return self._control("GET", "calls")["open_streams"]
+
+    def departed(self) -> int:
+        """Requests whose client hung up while the server was still to start answering."""
+        return self._control("GET", "calls")["departed"]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -9,9 +9,14 @@ import uuid
 import httpx
 import pytest
 
+from engine.accounts import AccountStore
 from engine.errors import IdempotencyUnavailable
-from engine.idempotency import IdempotencyStore
+from engine.idempotency import Idempotency, IdempotencyKey
+from engine.memory import MemoryStore
+from engine.personas import PersonaStore
 from engine.state import connect
+from engine.tenants import create_tenant
+from engine.turn_store import Opened, TurnStore
 from tests.conftest import RedisServer, Server
 from tests.fake_openai import FakeOpenAI
 
@@ -153,11 +158,18 @@ def test_a_failed_upstream_is_not_kept_so_the_retry_can_succeed(
 
 async def test_redis_down_is_idempotency_unavailable(redis_server: RedisServer) -> None:
     redis = connect(redis_server.url, 0.5)
-    store = IdempotencyStore(redis, in_flight_ttl=60)
-    claim = await store.claim("acct", "k", "fingerprint")
+    memory = MemoryStore(redis)
+    store = TurnStore(redis, memory=memory, idempotency=Idempotency(in_flight_ttl=60), key_rpm=60)
+    account = await create_tenant(AccountStore(redis), PersonaStore(redis), "idem-down")
+    opened = await store.open(
+        account.id, "u", key_slot=None, idempotency_key=IdempotencyKey("k", "fingerprint")
+    )
+    assert isinstance(opened, Opened) and opened.claim is not None
     redis_server.stop()
     with pytest.raises(IdempotencyUnavailable):
-        await store.claim("acct", "k2", "fingerprint")
+        await store.open(
+            account.id, "u", key_slot=None, idempotency_key=IdempotencyKey("k2", "fingerprint")
+        )
     with pytest.raises(IdempotencyUnavailable):
-        await store.settle(claim, None)
+        await store.close(account.id, "u", turn=None, claim=opened.claim, outcome=None, refund=True)
     await redis.aclose()

@@ -94,10 +94,10 @@ def test_keys_have_separate_windows(server_on, fake_llm: FakeOpenAI) -> None:
 async def test_redis_down_is_rate_limiter_unavailable(redis_server: RedisServer) -> None:
     redis = connect(redis_server.url, 0.5)
     limits = RateLimits(redis, key_rpm=60, ip_rpm=360)
-    assert (await limits.hit("acct:primary", "127.0.0.1")).remaining == 59
+    assert (await limits.hit_key("acct", "primary")).remaining == 59
     redis_server.stop()
     with pytest.raises(RateLimiterUnavailable):
-        await limits.hit("acct:primary", "127.0.0.1")
+        await limits.hit_key("acct", "primary")
     await redis.aclose()
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from kb.listing import Listing, Row
+from kb.listing import Listing, ListingRow
 
 
-def row(label: str, status: str = "staged", units: float = 1.0, created: float = 0.0) -> Row:
-    return Row(
+def row(label: str, status: str = "staged", units: float = 1.0, created: float = 0.0) -> ListingRow:
+    return ListingRow(
         label=label.casefold(),
         file_name=label.casefold(),
         original_file_name="",

@@ -6,7 +6,6 @@ import base64
 import uuid
 from datetime import UTC, datetime
 
-from engine.accounts import AccountStore
 from engine.errors import UpstreamFailed
 from engine.memory import MemoryStore, Turn
 from engine.personas import PersonaStore
@@ -95,7 +94,7 @@ async def test_a_failing_summary_keeps_the_plain_one(redis_server: RedisServer) 
     assert plain.startswith(datetime.now(UTC).strftime("%Y-%m-%d") + " user: Turn 0.")
 
     pipeline = TurnPipeline(
-        accounts=AccountStore(redis), personas=PersonaStore(redis), memory=memory,
+        personas=PersonaStore(redis), memory=memory,
         retriever=NoKnowledge(), backend=EmbeddedResponder(shared_embedder().embed),
         transcriber=Transcriber(), summariser=Failing(),
     )  # fmt: skip

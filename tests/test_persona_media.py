@@ -13,7 +13,9 @@ import wave
 import httpx
 import pytest
 
-from tests.conftest import Server
+from engine.persona_media import MediaStore
+from engine.state import connect
+from tests.conftest import RedisServer, Server
 from tests.fake_openai import PORTRAIT_PNG_B64, FakeOpenAI
 from tests.test_knowledge import state_of
 
@@ -187,3 +189,31 @@ def test_a_generated_portrait_becomes_the_persona_image(
         failed = client.post(f"/api/personas/{persona_id}/generate-image")
         assert failed.status_code == 502 and failed.json()["code"] == "server.upstream_error"
         assert len(client.get(f"/api/personas/{persona_id}/media").json()) == 1
+
+
+async def test_a_page_of_personas_reads_its_media_in_one_round_trip(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis = connect(redis_server.url, 2)
+    store = MediaStore(redis)
+    await store.add("acct", "p1", "image/png", PNG, "one.png")
+    await store.add("acct", "p1", "audio/ogg", OGG, "two.ogg")
+    await store.add("acct", "p3", "video/mp4", MP4, "three.mp4")
+    pipelines = []
+    pipeline = redis.pipeline
+
+    def counted(*args, **kwargs):
+        pipelines.append(args)
+        return pipeline(*args, **kwargs)
+
+    async def one_by_one(*args, **kwargs):
+        raise AssertionError("one read per persona")
+
+    monkeypatch.setattr(redis, "pipeline", counted)
+    monkeypatch.setattr(redis, "hvals", one_by_one)
+    found = await store.list_many("acct", ["p1", "p2", "p3"])
+    assert len(pipelines) == 1
+    assert {p: [m.file_name for m in media] for p, media in found.items()} == {
+        "p1": ["one.png", "two.ogg"], "p2": [], "p3": ["three.mp4"]}  # fmt: skip
+    assert await store.list_many("acct", []) == {}
+    await redis.aclose()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 
 import httpx
+import msgspec
 import pytest
 
+from engine.personas import PersonaPatch
 from tests.conftest import Server
 from tests.fake_openai import FakeOpenAI
 from tests.test_knowledge import DOCS, doc_path
@@ -221,3 +223,34 @@ def test_another_accounts_persona_is_404_everywhere(server: Server, client: http
     assert [r.status_code for r in attempts] == [404] * len(attempts)
     assert all(code(r) == "resource.not_found" for r in attempts)
     assert client.get(path).json()["name"] == "Mine"
+
+
+def test_both_apis_share_seed_004s_persona_fields(client: httpx.Client) -> None:
+    # A temperament is taken whole: weights left out count as 0, then it is normalised.
+    persona = client.post(PERSONAS, json={"name": "T", "temperament": {"choleric": 3}}).json()
+    assert persona["temperament"] == {
+        "sanguine": 0.0, "choleric": 1.0, "phlegmatic": 0.0, "melancholic": 0.0}  # fmt: skip
+    path = f"{PERSONAS}/{persona['id']}"
+    for bad in (
+        {"temperament": {"bilious": 1}},
+        {"systemPrompt": ""},  # seed 004: role 1..1000
+        {"systemPrompt": "r" * 1001},
+        {"description": "d" * 2001},
+    ):
+        refused = client.patch(path, json=bad)
+        assert refused.status_code == 400 and code(refused) == "validation.failed", bad
+    assert client.patch(path, json={"description": "d" * 2000}).status_code == 200
+
+
+def test_the_seed_004_persona_object() -> None:
+    patch = msgspec.json.decode(
+        b'{"name": "Nora", "age": null, "temperament": {"sanguine": 1}}', type=PersonaPatch
+    )
+    assert patch.changes() == {
+        "name": "Nora",
+        "temperament": {"sanguine": 1.0, "choleric": 0.0, "phlegmatic": 0.0, "melancholic": 0.0},
+    }
+    for bad in (b'{"role": ""}', b'{"nickname": "x"}', b'{"temperament": {"bilious": 1}}',
+                b'{"archetypes": ["Sage"' + b', "Sage"' * 16 + b"]}"):  # fmt: skip
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.json.decode(bad, type=PersonaPatch)

@@ -9,7 +9,16 @@ import pytest
 
 from engine.memory import Memory
 from engine.personas import Persona, Temperament
-from engine.replies import Image, Snippet, TurnContext
+from engine.replies import (
+    Image,
+    ReplyDelta,
+    ReplyDone,
+    ReplyEvent,
+    ReplySources,
+    ReplyStarted,
+    Snippet,
+    TurnContext,
+)
 from engine.responder import EmbeddedResponder
 from kb.embedder import shared_embedder
 
@@ -88,17 +97,20 @@ async def test_it_greets_by_name_and_cannot_see_images() -> None:
     assert ", Ada" in reply.text and reply.text.startswith("I can't look at images")
 
 
-async def test_it_is_deterministic_and_streams_word_by_word() -> None:
-    pieces: list[str] = []
-
-    async def collect(piece: str) -> None:
-        pieces.append(piece)
-
+async def test_it_is_deterministic_and_streams_its_own_units() -> None:
+    events: list[ReplyEvent] = []
     turn = context("How are refunds paid back?", [REFUNDS, SHIPPING])
-    first = await RESPONDER.reply(turn, collect)
+    first = await RESPONDER.reply(turn, events.append)
     second = await RESPONDER.reply(turn)
     assert first == second
-    assert "".join(pieces) == first.text and len(pieces) == len(first.text.split(" "))
+    assert isinstance(events[0], ReplyStarted)
+    assert events[-2:] == [ReplySources(first.sources), ReplyDone(first)]
+    pieces = [e.text for e in events if isinstance(e, ReplyDelta)]
+    assert "".join(pieces) == first.text
+    # Units of the answer (opener with the first quote, then each further sentence), not
+    # a finished string cut at its spaces.
+    assert pieces[0].startswith("Sure. Happily: Refunds")
+    assert all(piece.endswith((".", "!", "?")) for piece in pieces)
 
 
 def test_word_forms_meet() -> None:

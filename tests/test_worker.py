@@ -22,7 +22,7 @@ from kb.embedder import shared_embedder
 from kb.index import VectorIndex
 from kb.ingest import Incoming, Ingest
 from kb.queue import ProcessingQueue
-from kb.worker import Outcome, Processor
+from kb.worker import JobResult, Processor
 from tests.conftest import RedisServer
 
 
@@ -64,7 +64,7 @@ async def test_a_mixed_group_settles_each_document_on_its_own(
     )
     await ingest.upsert(second.id, [text("kept", "Parcels leave the depot at noon.")], enqueue=True)
 
-    group: list[Outcome] = []
+    group: list[JobResult] = []
     while (job := await queue.claim()) is not None:
         prepared = await processor.prepare(job)
         assert prepared is not None

@@ -1,0 +1,223 @@
+"""What a turn reads and writes in Redis: one script to open it, one to close it.
+
+A turn needs, before the model: the API key's rate window, the idempotency claim, one
+request of the balance, the account's default persona, the user's memory and the
+persona's active documents; after it: the turn remembered, the key settled (and, when the
+turn failed, the request given back). Asked one by one, that was a dozen round trips and
+55 commands; here it is two scripts of about 15 commands in all (BENCHMARKS.md,
+"Conversation overhead").
+
+Each rule stays where it lives: the scripts are put together from the Lua functions of
+:mod:`engine.ratelimit` (``window_hit``), :mod:`engine.idempotency` (``claim``,
+``settle``), :mod:`engine.balance` (``spend``) and :mod:`engine.memory` (``recall``,
+``remember``); the Python that prepares their arguments and reads their answers is theirs
+too.
+
+Every key either script touches carries the account's hash tag, so both stay legal in Redis
+Cluster. The persona's key and its active set are named inside the opening script, from
+the default persona id it reads there (:meth:`engine.keyspace.AccountKeys.persona` and
+``persona_docs`` are the same string plus the id): they are in the same cluster slot as the
+keys the script declares.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+import redis.asyncio as aioredis
+
+from engine import keyspace
+from engine.balance import SPEND
+from engine.errors import (
+    IdempotencyUnavailable,
+    InternalError,
+    NoRequests,
+    StateUnavailable,
+)
+from engine.idempotency import CLAIM, SETTLE, Claim, Idempotency, IdempotencyKey
+from engine.memory import RECALL, REMEMBER, Memory, MemoryStore, Turn
+from engine.personas import Persona
+from engine.ratelimit import HIT, WINDOW_MS, Quota, Window, now_ms
+from engine.state import unavailable_as
+
+# KEYS: 1 the key's rate window, 2 the idempotency key, 3 balance, 4 account, 5 memory turns,
+# 6 memory meta. ARGV: 1 now (ms), 2 window (ms), 3 the key's limit (0: not counted here),
+# 4 the claim's in-flight record ('' without a key), 5 its lifetime (s), 6 turns recalled,
+# 7 the prefix of the account's persona keys.
+_OPEN = f"""{HIT}{CLAIM}{SPEND}{RECALL}
+local quota = false
+local limit = tonumber(ARGV[3])
+if limit > 0 then
+  quota = window_hit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), limit, 1)
+  if quota[1] == 0 then return {{'limited', quota}} end
+end
+if ARGV[4] ~= '' then
+  local existing = claim(KEYS[2], ARGV[4], tonumber(ARGV[5]))
+  if existing then return {{'claimed', quota, existing}} end
+end
+local function undo()
+  if ARGV[4] ~= '' then redis.call('DEL', KEYS[2]) end
+end
+local left = spend(KEYS[3])
+if left < 0 then undo(); return {{'no_requests', quota}} end
+local account = redis.call('GET', KEYS[4])
+local persona_id = account and cjson.decode(account)['default_persona_id']
+local persona = false
+if type(persona_id) == 'string' then persona = redis.call('GET', ARGV[7] .. persona_id) end
+if not persona then
+  redis.call('INCR', KEYS[3])
+  undo()
+  return {{'no_persona', quota}}
+end
+return {{'open', quota, persona, recall(KEYS[5], KEYS[6], tonumber(ARGV[6])),
+        redis.call('SMEMBERS', ARGV[7] .. persona_id .. ':docs')}}
+"""
+
+# KEYS: 1 memory turns, 2 memory meta, 3 the idempotency key, 4 balance. ARGV: 1-3 the
+# arguments of `remember` (1 is '' when nothing is remembered), 4-7 those of `settle`
+# (4 is '' without a key), 8 '1' to give the request back. Returns the turns `remember`
+# pushed out of the memory, for the summary.
+_CLOSE = f"""{REMEMBER}{SETTLE}
+local trimmed = {{}}
+if ARGV[1] ~= '' then
+  trimmed = remember(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3])
+end
+if ARGV[4] ~= '' then
+  settle(KEYS[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
+end
+if ARGV[8] == '1' then redis.call('INCR', KEYS[4]) end
+return trimmed
+"""
+
+_decode_persona = msgspec.json.Decoder(Persona).decode
+
+
+class Opened(msgspec.Struct, frozen=True):
+    """A turn that may run: its request is spent and its key (if any) claimed."""
+
+    persona: Persona
+    memory: Memory
+    active: list[str]
+    """external_ids active for the persona, as the retriever gets them."""
+    quota: Quota | None
+    claim: Claim | None
+
+
+class Replay(msgspec.Struct, frozen=True):
+    """The key was used before with this payload: its kept outcome (JSON)."""
+
+    outcome: str
+    quota: Quota | None
+
+
+class TurnStore:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        memory: MemoryStore,
+        idempotency: Idempotency,
+        key_rpm: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        opening = redis.register_script(_OPEN)
+        # A Redis failure while a key is being claimed is the idempotency store's (seed 004:
+        # idempotency_unavailable); any other, the state store's.
+        self._open = unavailable_as(StateUnavailable)(opening)
+        self._open_claiming = unavailable_as(IdempotencyUnavailable)(opening)
+        closing = redis.register_script(_CLOSE)
+        self._close = unavailable_as(StateUnavailable)(closing)
+        self._close_settling = unavailable_as(IdempotencyUnavailable)(closing)
+        self._memory = memory
+        self._idempotency = idempotency
+        self._key_rpm = key_rpm
+        self._clock = clock
+
+    async def open(
+        self,
+        account_id: str,
+        user_id: str,
+        *,
+        key_slot: str | None,
+        idempotency_key: IdempotencyKey | None,
+    ) -> Opened | Replay:
+        """Count the API key's request (``key_slot``: the slot of the key that sent it;
+        None when the transport counted it already), claim ``idempotency_key``, spend a
+        request and read what the turn needs.
+
+        Raises RateLimited, IdempotencyKeyReused or IdempotencyInFlight, NoRequests."""
+        keys = keyspace.AccountKeys(account_id)
+        claim = None
+        if idempotency_key is not None:
+            claim = self._idempotency.claim(account_id, idempotency_key)
+        limit = self._key_rpm if key_slot is not None else 0
+        script = self._open if claim is None else self._open_claiming
+        answer = await script(
+            keys=[
+                keys.rate_window("v1-key", key_slot or "-"),
+                claim.redis_key if claim else keys.idempotency("-"),
+                keys.balance,
+                keys.account,
+                *self._memory.keys(account_id, user_id),
+            ],
+            args=[
+                now_ms(self._clock),
+                WINDOW_MS,
+                limit,
+                claim.record if claim else "",
+                self._idempotency.in_flight_ttl,
+                self._memory.recent_turns,
+                keys.persona(""),
+            ],
+        )
+        status, window = answer[0], answer[1]
+        quota = Quota.of(self._key_rpm, Window(*window)) if window else None
+        match status:
+            case "limited":
+                assert quota is not None
+                raise quota.refuse()
+            case "claimed":
+                assert claim is not None
+                return Replay(self._idempotency.existing(claim, answer[2]), quota)
+            case "no_requests":
+                raise NoRequests()
+            case "no_persona":
+                raise InternalError(f"Account {account_id} has no default persona.")
+        return Opened(
+            persona=_decode_persona(answer[2]),
+            memory=MemoryStore.recalled(answer[3]),
+            active=sorted(answer[4]),
+            quota=quota,
+            claim=claim,
+        )
+
+    async def close(
+        self,
+        account_id: str,
+        user_id: str,
+        *,
+        turn: Turn | None,
+        claim: Claim | None,
+        outcome: bytes | None,
+        refund: bool,
+    ) -> bool:
+        """Remember ``turn``, keep ``outcome`` for the claim (None: release it), and give
+        the request back when ``refund``. Returns whether the summary grew."""
+        keys = keyspace.AccountKeys(account_id)
+        remember = self._memory.remember_args(turn) if turn is not None else ["", 0, ""]
+        script = self._close if claim is None else self._close_settling
+        trimmed = await script(
+            keys=[
+                *self._memory.keys(account_id, user_id),
+                claim.redis_key if claim else keys.idempotency("-"),
+                keys.balance,
+            ],
+            args=[
+                *remember,
+                *self._idempotency.settle_args(claim, outcome),
+                "1" if refund else "0",
+            ],
+        )
+        return await self._memory.fold(account_id, user_id, trimmed)
