@@ -38,12 +38,14 @@ class DeclaredBodyLimit:
         self.routes = routes
         self.default = default
         self.per_template = dict(per_template)
+        self.smallest = min([default, *(limit for limit, _ in self.per_template.values())])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             # uvicorn's parser has already refused a Content-Length that is not 1*DIGIT.
             declared = Headers(scope=scope).get("content-length")
-            if declared is not None:
+            # Under every route's limit, the route need not be looked up (most requests).
+            if declared is not None and int(declared) > self.smallest:
                 limit, too_large = self._limit(scope)
                 if int(declared) > limit:
                     error = too_large(f"The request body may be at most {limit} bytes here.")

@@ -101,6 +101,10 @@ class V1RateLimits:
             await refuse(scope, receive, send, error)
             return
 
+        if not extra:
+            await self.app(scope, receive, send)
+            return
+
         async def send_with_quota(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)

@@ -140,10 +140,13 @@ class Telemetry:
         seconds: float,
         error: Exception | None,
     ) -> None:
+        level = logging.ERROR if error else logging.INFO
+        if not log.isEnabledFor(level):
+            return  # a busy server at RAPPORT_LOG_LEVEL=warning builds no line it drops
         client = scope.get("client")
         kind = "request" if scope["type"] == "http" else "websocket"
         log.log(
-            logging.ERROR if error else logging.INFO,
+            level,
             f"{kind} failed" if error else kind,
             exc_info=error,
             extra={

@@ -456,7 +456,7 @@ def report(
     print(f"command: {shlex.join(sys.orig_argv)}")
     for line in machine():
         print(line)
-    packages = ("openai", "redis", "hiredis", "msgspec", "limits")
+    packages = ("openai", "redis", "hiredis", "msgspec")
     print("also: " + ", ".join(f"{name} {version(name)}" for name in packages))
     print(settings_line(args))
     print(f"wall time: {wall_s:.0f} s")
