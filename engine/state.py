@@ -45,9 +45,10 @@ def connect(url: str, timeout: float) -> aioredis.Redis:
         socket_connect_timeout=timeout,
         # One quick retry covers a connection that went stale while Redis restarted; the
         # library default (10 tries, up to 1 s apart) would stall every request for seconds.
+        # That retry is also why there is no health_check_interval, whose PING-if-idle check
+        # costs ~10 µs of client CPU on every command (measured here: 70 against 61 µs a GET).
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=1),
         decode_responses=True,
-        health_check_interval=30,
         client_name=client_name(),
     )
     # from_pool: closing the client closes its connections, so the embedded server sees
