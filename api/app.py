@@ -12,10 +12,10 @@ from importlib.metadata import version
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from api import conversation, docs, knowledge, personas, subscription, system
+from api import conversation, docs, knowledge, personas, sessions, subscription, system
 from api.auth import ApiKeyAuth
 from api.bodylimit import DeclaredBodyLimit
 from api.logs import configure
@@ -27,7 +27,7 @@ from api.services import Services
 from api.telemetry import Telemetry
 from engine.config import Settings, load_settings
 from engine.embedded_redis import EmbeddedRedis
-from engine.errors import RapportError, UnavailableError
+from engine.errors import BodyTooLarge, RapportError, UnavailableError
 from engine.firstrun import bootstrap_demo
 from engine.state import connect
 from kb.index import VectorIndex
@@ -41,6 +41,7 @@ OPERATIONS: list[Operation] = [
     *conversation.OPERATIONS,
     *knowledge.OPERATIONS,
     *personas.OPERATIONS,
+    *sessions.OPERATIONS,
 ]
 
 
@@ -80,19 +81,22 @@ def create_app(settings: Settings) -> ASGIApp:
         log.info("ready on http://%s:%d", settings.host, settings.port)
         stop = asyncio.Event()
         processing = asyncio.create_task(services.processor.run(stop))
+        controls = asyncio.create_task(services.hub.run())
         try:
             yield {"services": services}
         finally:
             stop.set()
-            await processing
+            controls.cancel()
+            await asyncio.gather(processing, controls, return_exceptions=True)
             await services.close()
             if embedded is not None:
                 embedded.close()
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route(op.path, op.endpoint, methods=[op.method], max_body_size=op.body_limit)
         for op in OPERATIONS
     ]
+    routes.append(WebSocketRoute(sessions.SOCKET_PATH, sessions.socket))
     app = Starlette(
         routes=routes,
         middleware=[
@@ -113,6 +117,7 @@ def create_app(settings: Settings) -> ASGIApp:
     limits = {
         op.path: (op.body_limit, op.too_large) for op in OPERATIONS if op.body_limit is not None
     }
+    limits[sessions.SOCKET_PATH] = (sessions.FRAME_LIMIT, BodyTooLarge)
     bounded = DeclaredBodyLimit(app, app.routes, settings.max_body_bytes, limits)
     return Telemetry(bounded, app.routes, metrics)
 

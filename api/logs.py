@@ -32,6 +32,16 @@ class JsonFormatter(logging.Formatter):
         return _encode(line).decode()
 
 
+class SocketLines(logging.Filter):
+    """Drops uvicorn's own lines about each WebSocket ('"WebSocket /path?query" [accepted]',
+    'connection open', 'connection closed'): the query carries the session's token, which
+    must not reach a log, and Telemetry already writes one line per socket without it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg if isinstance(record.msg, str) else ""
+        return not ('"WebSocket ' in message or message in ("connection open", "connection closed"))
+
+
 def configure(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
@@ -42,4 +52,5 @@ def configure(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.error").addFilter(SocketLines())
     logging.getLogger("uvicorn.access").disabled = True

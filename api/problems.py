@@ -14,6 +14,7 @@ failed connection) and a reason of the family's code and our message.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import msgspec
@@ -120,11 +121,20 @@ async def refuse(scope: Scope, receive: Receive, send: Send, error: RapportError
     await render(scope, error)(scope, receive, send)
 
 
+# msgspec names a missing or unknown field of the top-level object in the text only.
+_TOP_LEVEL_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `([^`]+)`")
+
+
 def invalid_input(exc: msgspec.MsgspecError, prefix: str = "") -> ValidationFailed:
     """msgspec's ``Expected ... - at `$.field``` as a validation failure naming the field."""
-    text, _, where = str(exc).rpartition(" - at `$")
-    field = prefix + (where.rstrip("`").lstrip(".") or "body")
-    return ValidationFailed(f"{field}: {text or exc}", errors={field: [text or str(exc)]})
+    text, located, where = str(exc).rpartition(" - at `$")
+    if not located:
+        text, where = str(exc), ""
+    field = where.rstrip("`").lstrip(".")
+    if not field and (named := _TOP_LEVEL_FIELD.fullmatch(text)):
+        field = named[1]
+    field = prefix + (field or "body")
+    return ValidationFailed(f"{field}: {text}", errors={field: [text]})
 
 
 def from_http_exception(exc: HTTPException) -> RapportError:

@@ -34,6 +34,8 @@ from kb.ingest import Ingest
 from kb.queue import ProcessingQueue
 from kb.retrieval import KnowledgeRetriever
 from kb.worker import Processor
+from sessions.socket import Hub, SessionSocket
+from sessions.store import SessionStore
 
 # An in-flight idempotency claim outlives the longest turn by this much before it lapses.
 CLAIM_MARGIN_SECONDS = 30
@@ -64,6 +66,9 @@ class Services:
     media: MediaStore = field(init=False)
     transcriber: Transcriber = field(init=False)
     images: OpenAIImages | None = field(init=False)
+    sessions: SessionStore = field(init=False)
+    hub: Hub = field(init=False)
+    socket: SessionSocket = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -141,6 +146,15 @@ class Services:
             key_rpm=settings.key_rpm,
         )
         self.runner = TurnRunner(store=store, pipeline=pipeline, pool=self.pool)
+        self.sessions = SessionStore(
+            self.redis,
+            connect_seconds=settings.session_connect_seconds,
+            resume_seconds=settings.session_resume_seconds,
+            max_seconds=settings.session_max_seconds,
+            events_kept=settings.session_events,
+        )
+        self.hub = Hub(self.sessions)
+        self.socket = SessionSocket(store=self.sessions, runner=self.runner, hub=self.hub)
 
     async def close(self) -> None:
         if isinstance(self.backend, OpenAICompatible):

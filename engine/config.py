@@ -88,6 +88,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """How long a processing job may run before another worker may take it over."""
     redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     """Seconds a Redis connect, command or pool wait may take before the request gets a 503."""
+    session_max_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 3600
+    """Longest a live session lasts, counted from its first connect, when its persona sets no
+    duration limit: no session lives for ever."""
+    session_connect_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 60
+    """Seconds a minted session's token has for its first connect; unused, the session ends."""
+    session_resume_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 30
+    """Seconds a session outlives its socket; a reconnect within them resumes it."""
+    session_events: Annotated[int, msgspec.Meta(ge=16, le=100_000)] = 512
+    """Server events kept per session for a reconnect to replay (about this many: trimming
+    is approximate); a reconnect that missed older ones starts afresh."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     """Largest request body on routes that set no limit of their own."""
     log_level: LogLevel = "info"

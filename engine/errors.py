@@ -12,7 +12,8 @@ Exception tree, grouped by cause::
     ├── AuthError                    the caller is not who they must be
     │   ├── MissingApiKey
     │   ├── InvalidApiKey
-    │   └── DisabledApiKey
+    │   ├── DisabledApiKey
+    │   └── SessionTokenInvalid      a live session's token: bad, expired or another's
     ├── RequestError                 the request itself is wrong
     │   ├── ValidationFailed
     │   ├── NotFound
@@ -30,7 +31,13 @@ Exception tree, grouped by cause::
     │   ├── NoRequests               request balance at zero
     │   ├── KnowledgeQuotaExceeded   knowledge or storage units
     │   ├── RateLimited              per API key
-    │   └── RateLimitedIp            per client IP
+    │   ├── RateLimitedIp            per client IP
+    │   ├── SessionTimeLimit         outside the persona's opening hours
+    │   ├── SessionInteractionLimit  a live session's billing units spent
+    │   └── SessionDurationLimit     a live session's wall-clock time spent
+    ├── SessionError                 a live session cannot go on
+    │   ├── SessionGone              unknown, or ended
+    │   └── SessionReplaced          a newer connection took it
     ├── UnavailableError             a component we depend on is down; retry later
     │   ├── StateUnavailable         Redis
     │   ├── RateLimiterUnavailable   Redis, as seen by the rate limiter
@@ -148,6 +155,32 @@ class Failure(Row, enum.Enum):
     INDEX_UNAVAILABLE = Row(
         503, "server.unavailable", "service_unavailable", "Vector index unavailable", 1011
     )
+    # Seed 000's session limits: the interaction and duration limits are "returned only as
+    # WebSocket close 4005 / 4006, never as HTTP"; their statuses are the seed's, for the table.
+    SESSION_TIME_LIMIT = Row(
+        409, "limits.session_time_limit", "session_time_limit", "Session time-of-day limit", 1008
+    )
+    SESSION_INTERACTION_LIMIT = Row(
+        429,
+        "limits.session_interaction_limit",
+        "session_interaction_limit",
+        "Session interaction limit",
+        4005,
+    )
+    SESSION_DURATION_LIMIT = Row(
+        409,
+        "limits.session_duration_limit",
+        "session_duration_limit",
+        "Session duration limit",
+        4006,
+    )
+    # The seeds name no codes for these; they follow seed 000's naming, and their close codes
+    # are docs/architecture.md's, "Live sessions" (4001 after accepting, so a browser sees it).
+    SESSION_TOKEN_INVALID = Row(
+        401, "auth.session_token_invalid", "invalid_session_token", "Session token invalid", 4001
+    )
+    SESSION_GONE = Row(404, "session.not_found", "session_not_found", "Session not found", 4004)
+    SESSION_REPLACED = Row(409, "session.replaced", "session_replaced", "Session replaced", 4009)
     INTERNAL = Row(500, "server.error", "internal_error", "Server error", 1011)
 
 
@@ -201,6 +234,11 @@ class InvalidApiKey(AuthError):
 class DisabledApiKey(AuthError):
     failure = Failure.DISABLED_API_KEY
     default_message = "The API key slot is disabled; use the other slot or regenerate this one."
+
+
+class SessionTokenInvalid(AuthError):
+    failure = Failure.SESSION_TOKEN_INVALID
+    default_message = "The session token is not valid for this session."
 
 
 class RequestError(RapportError):
@@ -304,6 +342,35 @@ class RateLimited(LimitError):
 class RateLimitedIp(LimitError):
     failure = Failure.RATE_LIMITED_IP
     default_message = "Too many requests from this IP; retry after the Retry-After delay."
+
+
+class SessionTimeLimit(LimitError):
+    failure = Failure.SESSION_TIME_LIMIT
+    default_message = "Sessions cannot start now: retry within the persona's opening hours."
+
+
+class SessionInteractionLimit(LimitError):
+    failure = Failure.SESSION_INTERACTION_LIMIT
+    default_message = "The session's interaction budget is spent."
+
+
+class SessionDurationLimit(LimitError):
+    failure = Failure.SESSION_DURATION_LIMIT
+    default_message = "The session's time is up."
+
+
+class SessionError(RapportError):
+    pass
+
+
+class SessionGone(SessionError):
+    failure = Failure.SESSION_GONE
+    default_message = "No such session, or it has ended."
+
+
+class SessionReplaced(SessionError):
+    failure = Failure.SESSION_REPLACED
+    default_message = "A newer connection took this session over."
 
 
 class UnavailableError(RapportError):

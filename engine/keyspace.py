@@ -22,6 +22,10 @@ KB_QUEUE = f"{PREFIX}:kb:queue"
 KB_LEASES = f"{PREFIX}:kb:leases"
 """Sorted set: jobs being processed, scored by the time their lease runs out."""
 
+SESSION_CONTROL = f"{PREFIX}:sessions:control"
+"""Pub/sub channel: live-session control messages (a session replaced or ended), so the
+node that holds a session's socket hears of it whichever node acted."""
+
 
 def rate_window(policy: str, partition: str) -> str:
     """List: the times of one client IP's hits in a rate-limit window, newest first."""
@@ -125,6 +129,24 @@ class AccountKeys:
     def rate_window(self, policy: str, partition: str) -> str:
         """List: the times of the hits of one key or account in a rate-limit window."""
         return f"{self.base}:rate:{policy}:{_segment(partition)}"
+
+    def session(self, session_id: str) -> str:
+        """Hash: one live session. ``record`` (msgspec JSON of what never changes, the
+        token's digest among it), ``used`` (billing units spent), ``seq`` (its last event's
+        number), ``connected`` (epoch ms of the first connect; absent until then), ``owner``
+        (the connection holding its socket), ``gone`` (epoch ms the owner's socket went
+        away; absent while connected), ``ended`` (the close code, once ended)."""
+        return f"{self.base}:session:{_segment(session_id)}"
+
+    @property
+    def sessions(self) -> str:
+        """Sorted set: ids of the account's sessions not yet ended, by creation time (ms)."""
+        return f"{self.base}:sessions"
+
+    def session_events(self, session_id: str) -> str:
+        """Stream: a session's server events for resume; entry id ``<seq>-1``, one field
+        ``e`` holding the event's JSON."""
+        return f"{self.session(session_id)}:events"
 
 
 def _segment(value: str) -> str:

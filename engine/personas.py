@@ -132,6 +132,14 @@ class Availability(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {self.time_zone!r}") from None
 
+    def open_at(self, when: datetime) -> bool:
+        """Whether a session may start at ``when`` (an aware datetime): it falls in a window
+        of its weekday, in the persona's time zone, start included and end excluded."""
+        local = when.astimezone(ZoneInfo(self.time_zone))
+        day = get_args(Day)[local.weekday()]  # Day lists Monday first, as weekday() counts
+        clock = f"{local.hour:02d}:{local.minute:02d}"
+        return any(w.day == day and w.start <= clock < w.end for w in self.windows)
+
 
 SessionLimit = Annotated[int, msgspec.Meta(ge=1)]
 """Seed 000's SessionInteractionLimit and SessionDurationLimitSeconds; None = unlimited."""

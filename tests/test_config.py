@@ -51,6 +51,11 @@ def test_empty_variable_means_unset() -> None:
         ({"RAPPORT_MAX_BODY_BYTES": "10"}, "RAPPORT_MAX_BODY_BYTES (--max-body-bytes)"),
         ({"RAPPORT_STT_MODEL": "/nonexistent"}, "RAPPORT_STT_MODEL (--stt-model)"),
         ({"RAPPORT_LLM_VISION": "perhaps"}, "RAPPORT_LLM_VISION (--llm-vision)"),
+        ({"RAPPORT_SESSION_EVENTS": "8"}, "RAPPORT_SESSION_EVENTS (--session-events)"),
+        (
+            {"RAPPORT_SESSION_RESUME_SECONDS": "0"},
+            "RAPPORT_SESSION_RESUME_SECONDS (--session-resume-seconds)",
+        ),
         ({"RAPPORT_DATA_DIR": ""}, None),  # empty is unset, not an error
     ],
 )

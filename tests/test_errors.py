@@ -29,6 +29,22 @@ def test_seed_codes() -> None:
     assert all(f.status == 401 and f.close_code == 4001 for f in Failure if "API_KEY" in f.name)
 
 
+def test_session_rows() -> None:
+    # Seed 000 names the limits; the interaction and duration limits are close codes only.
+    assert Failure.SESSION_TIME_LIMIT[:2] == (409, "limits.session_time_limit")
+    assert Failure.SESSION_INTERACTION_LIMIT.code == "limits.session_interaction_limit"
+    assert Failure.SESSION_DURATION_LIMIT.code == "limits.session_duration_limit"
+    # docs/architecture.md, "Live sessions": the close codes a session's socket ends with.
+    closes = {
+        Failure.SESSION_INTERACTION_LIMIT: 4005,
+        Failure.SESSION_DURATION_LIMIT: 4006,
+        Failure.SESSION_TOKEN_INVALID: 4001,
+        Failure.SESSION_GONE: 4004,
+        Failure.SESSION_REPLACED: 4009,
+    }
+    assert {failure: failure.close_code for failure in closes} == closes
+
+
 def test_unavailable_errors_say_when_to_retry() -> None:
     assert errors.StateUnavailable().headers == {"Retry-After": "1"}
     assert errors.StateUnavailable().failure.status == 503

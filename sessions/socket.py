@@ -1,0 +1,360 @@
+"""The live session's socket: the I/O around :class:`sessions.protocol.SessionProtocol`.
+
+One connection is one loop over one inbox. Everything that happens (a client frame, a
+turn's event, the end of a turn, the duration running out, a control message from another
+process) is put in the inbox, handed to the protocol with the time, and the actions it
+answers are carried out in order. Events are written to the session's stream in Redis
+before they are sent, so a client that reconnects with ``last_seq`` gets exactly the ones
+it missed.
+
+The socket is accepted before anything is checked: a browser reads the close code of an
+accepted socket (4001, 4004) but learns nothing from a refused handshake.
+
+Turns run through the same runner as ``POST /api/v1/conversation`` (:mod:`engine.turn_runner`),
+with the user's id, memory, knowledge and request balance; a message's ``id`` is its
+idempotency key (scoped to the session). They are not counted against the API key's rate
+window: the session was minted with the key, and its budget bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from engine.errors import (
+    IdempotencyInFlight,
+    RapportError,
+    SessionInteractionLimit,
+    ValidationFailed,
+)
+from engine.idempotency import IdempotencyKey
+from engine.media import decode_base64
+from engine.replies import ReplyDelta
+from engine.turn_runner import TurnFailure, TurnResult, TurnRunner
+from engine.turns import Transcribed, TurnEvent, TurnInput, Voice
+from sessions.frames import PersonaRef, UserMessage, encode
+from sessions.protocol import (
+    Action,
+    CancelTurn,
+    Close,
+    EndSession,
+    Send,
+    SessionProtocol,
+    StartTurn,
+)
+from sessions.store import Control, Session, SessionStore
+
+
+class Frame(msgspec.Struct, frozen=True):
+    text: str | None
+    data: bytes | None
+
+
+class Gone(msgspec.Struct, frozen=True):
+    """The client closed the socket or vanished (a ping went unanswered)."""
+
+
+class Event(msgspec.Struct, frozen=True):
+    turn: int
+    event: TurnEvent
+
+
+class Ended(msgspec.Struct, frozen=True):
+    """A turn's task is over: with its answer, its failure, or cancelled."""
+
+    turn: int
+    message: UserMessage
+    result: TurnResult | None = None
+    error: RapportError | None = None
+    duplicate: bool = False
+
+
+class Expired(msgspec.Struct, frozen=True):
+    pass
+
+
+Input = Frame | Gone | Event | Ended | Expired | Control
+
+
+class Hub:
+    """The sockets this process holds, and the control messages meant for them: a newer
+    connection to one of its sessions (on any node), or a session ended by its backend."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self._store = store
+        self._held: dict[str, tuple[str, Callable[[Control], None]]] = {}
+        """owner (connection id) -> (session id, how to tell the connection)."""
+
+    def hold(self, owner: str, session_id: str, tell: Callable[[Control], None]) -> None:
+        self._held[owner] = (session_id, tell)
+
+    def release(self, owner: str) -> None:
+        self._held.pop(owner, None)
+
+    async def run(self) -> None:
+        async for control in self._store.listen():
+            for owner, (session_id, tell) in list(self._held.items()):
+                match control.kind:
+                    case "replaced" if owner == control.owner:
+                        tell(control)
+                    case "ended" if session_id == control.session_id:
+                        tell(control)
+
+
+class SessionSocket:
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        runner: TurnRunner,
+        hub: Hub,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._hub = hub
+        self._clock = clock
+
+    async def serve(self, socket: WebSocket) -> None:
+        await socket.accept()
+        owner = secrets.token_hex(8)
+        try:
+            session = await self._store.admit(
+                socket.query_params.get("token", ""), socket.path_params["session_id"]
+            )
+            session, _ = await self._store.attach(session, owner)
+        except RapportError as error:
+            await _close(socket, error.failure.close_code, error.message)
+            return
+        connection = Connection(socket, session, owner, self)
+        self._hub.hold(owner, session.id, connection.inbox.put_nowait)
+        try:
+            await connection.run(socket.query_params.get("last_seq"))
+        finally:
+            self._hub.release(owner)
+
+
+class Connection:
+    """One socket of one session, from its ready event to its close."""
+
+    def __init__(self, socket: WebSocket, session: Session, owner: str, served: SessionSocket):
+        self.socket = socket
+        self.session = session
+        self.owner = owner
+        self.store = served._store
+        self.runner = served._runner
+        self.clock = served._clock
+        self.inbox: asyncio.Queue[Input] = asyncio.Queue()
+        ends_at = session.ends_at()
+        assert ends_at is not None, "attach sets the first connect"
+        self.protocol = SessionProtocol(
+            session_id=session.id,
+            mode=session.mode,
+            persona=PersonaRef(session.persona_id, session.persona_name),
+            seq=session.seq,
+            interactions_left=session.interactions_left(),
+            ends_at=ends_at.timestamp(),
+            now=self.clock(),
+        )
+        self.turns: dict[int, asyncio.Task[None]] = {}
+        self.closed = False
+        self.ended = False
+        self.replaced = False
+
+    async def run(self, last_seq: str | None) -> None:
+        reader = asyncio.create_task(self._read())
+        timer = asyncio.create_task(self._expire())
+        try:
+            await self._resume(last_seq)
+            while not self.closed:
+                await self._perform(self._handle(await self.inbox.get()))
+        finally:
+            reader.cancel()
+            timer.cancel()
+            # A socket gone mid-reply leaves nothing running: each turn is cancelled and
+            # waited for (the runner remembers what was said of it).
+            for task in self.turns.values():
+                task.cancel()
+            await asyncio.gather(reader, timer, *self.turns.values(), return_exceptions=True)
+            if not (self.ended or self.replaced):
+                with contextlib.suppress(RapportError):
+                    await self.store.detach(self.session, self.owner)
+
+    async def _resume(self, last_seq: str | None) -> None:
+        actions: list[Action] = []
+        replayed: list[bytes] | None = None
+        if last_seq is not None:
+            if last_seq.isdigit() and int(last_seq) <= self.session.seq:
+                replayed = await self.store.replay(self.session, int(last_seq))
+            else:
+                error = ValidationFailed(
+                    f"last_seq must be an integer from 0 to {self.session.seq}.",
+                    errors={"last_seq": ["not a seq this session sent"]},
+                )
+                actions += self.protocol.refuse(error)
+        for event in replayed or []:
+            await self.socket.send_text(event.decode())
+        actions += self.protocol.ready(self.clock(), resumed=replayed is not None)
+        await self._perform(actions)
+
+    def _handle(self, item: Input) -> list[Action]:
+        now = self.clock()
+        protocol = self.protocol
+        match item:
+            case Frame(text, data):
+                return protocol.receive(text, data, now)
+            case Gone():
+                self.closed = True
+                return []
+            case Event(turn, Transcribed(text)):
+                return protocol.transcribed(turn, text)
+            case Event(turn, ReplyDelta(text)):
+                return protocol.delta(turn, text)
+            case Event():
+                return []
+            case Ended() as ended:
+                return self._finished(ended, now)
+            case Expired():
+                return protocol.expired()
+            case Control(kind="replaced"):
+                self.replaced = True
+                return protocol.replaced()
+            case Control(code=code):
+                self.ended = True
+                return protocol.ended_elsewhere(code)
+
+    def _finished(self, ended: Ended, now: float) -> list[Action]:
+        protocol, turn, ref = self.protocol, ended.turn, ended.message.id
+        if ended.duplicate:
+            return protocol.dropped(turn)
+        if ended.result is not None:
+            result = ended.result
+            return protocol.finished(
+                turn, now, status=result.status, text=result.reply, sources=result.sources,
+                latency_ms=result.latency.total_ms,
+            )  # fmt: skip
+        if ended.error is not None:
+            return protocol.finished(turn, now, status="failed", text="", error=ended.error,
+                                     ref=ref)  # fmt: skip
+        return protocol.finished(turn, now, status="cancelled")
+
+    async def _perform(self, actions: list[Action]) -> None:
+        pending: list[Send] = []
+        for action in [*actions, None]:
+            if isinstance(action, Send):
+                pending.append(action)
+                continue
+            if pending:
+                await self._send(pending)
+                pending = []
+            match action:
+                case StartTurn(turn, message, cost):
+                    await self._start(turn, message, cost)
+                case CancelTurn(turn):
+                    task = self.turns.get(turn)
+                    if task is not None:
+                        task.cancel()
+                case EndSession(code):
+                    self.ended = True
+                    await self.store.end(self.session.account_id, self.session.id, code)
+                case Close(code, reason):
+                    self.closed = True
+                    await _close(self.socket, code, reason)
+
+    async def _send(self, sends: list[Send]) -> None:
+        frames = [(send.event.seq, encode(send.event)) for send in sends]
+        # Stored before sent: an event the client may have seen can always be replayed.
+        await self.store.append(self.session, frames)
+        try:
+            for _, frame in frames:
+                await self.socket.send_text(frame.decode())
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            await self.inbox.put(Gone())
+
+    async def _start(self, turn: int, message: UserMessage, cost: int) -> None:
+        try:
+            left = await self.store.charge(self.session, cost)
+        except SessionInteractionLimit:
+            await self._perform(self.protocol.spent(turn))
+            return
+        self.protocol.charged(left)
+        self.turns[turn] = asyncio.create_task(self._turn(turn, message, cost))
+
+    async def _turn(self, turn: int, message: UserMessage, cost: int) -> None:
+        inbox = self.inbox
+        session = self.session
+        try:
+            voice = None
+            if message.audio is not None:
+                data = decode_base64("audio.data_b64", message.audio.data_b64)
+                voice = Voice(data, message.audio.mime)
+            answer = await self.runner.run(
+                TurnInput(
+                    account_id=session.account_id,
+                    user_id=session.user_id,
+                    message=message.text or "",
+                    request_id=f"{session.id}.{turn}",
+                    voice=voice,
+                ),
+                emit=lambda event: inbox.put_nowait(Event(turn, event)),
+                key=None if message.id is None else self._key(message),
+            )
+        except asyncio.CancelledError:
+            inbox.put_nowait(Ended(turn, message))
+            raise
+        except IdempotencyInFlight:
+            answer = None
+        except RapportError as error:
+            await self._refund(cost)
+            inbox.put_nowait(Ended(turn, message, error=error))
+            return
+        finally:
+            self.turns.pop(turn, None)
+        if answer is None or answer.replayed:
+            # A resent message (same id): it already ran, or runs now; nothing runs twice
+            # and nothing is charged twice.
+            await self._refund(cost)
+            inbox.put_nowait(Ended(turn, message, duplicate=True))
+            return
+        match answer.record:
+            case TurnResult() as result:
+                inbox.put_nowait(Ended(turn, message, result=result))
+            case TurnFailure() as failure:
+                inbox.put_nowait(Ended(turn, message, error=failure.error()))
+
+    def _key(self, message: UserMessage) -> IdempotencyKey:
+        digest = hashlib.sha256(encode(message)).hexdigest()
+        return IdempotencyKey(f"session:{self.session.id}:{message.id}", digest)
+
+    async def _refund(self, cost: int) -> None:
+        with contextlib.suppress(RapportError):
+            self.protocol.charged(await self.store.charge(self.session, -cost))
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                message = await self.socket.receive()
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                break
+            if message["type"] == "websocket.disconnect":
+                break
+            await self.inbox.put(Frame(message.get("text"), message.get("bytes")))
+        await self.inbox.put(Gone())
+
+    async def _expire(self) -> None:
+        await asyncio.sleep(max(0.0, self.protocol.ends_at - self.clock()))
+        await self.inbox.put(Expired())
+
+
+async def _close(socket: WebSocket, code: int, reason: str) -> None:
+    # RFC 6455 §5.5: a close frame's reason is at most 123 bytes of UTF-8.
+    reason = reason.encode()[:123].decode(errors="ignore")
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await socket.close(code, reason)
