@@ -27,7 +27,7 @@ from api.services import Services
 from api.telemetry import Telemetry
 from engine.config import Settings, load_settings
 from engine.embedded_redis import EmbeddedRedis
-from engine.errors import BodyTooLarge, RapportError, UnavailableError
+from engine.errors import RapportError, UnavailableError
 from engine.firstrun import bootstrap_demo
 from engine.state import connect
 from kb.index import VectorIndex
@@ -93,10 +93,11 @@ def create_app(settings: Settings) -> ASGIApp:
                 embedded.close()
 
     routes: list[BaseRoute] = [
-        Route(op.path, op.endpoint, methods=[op.method], max_body_size=op.body_limit)
+        WebSocketRoute(op.path, op.endpoint)
+        if op.websocket
+        else Route(op.path, op.endpoint, methods=[op.method], max_body_size=op.body_limit)
         for op in OPERATIONS
     ]
-    routes.append(WebSocketRoute(sessions.SOCKET_PATH, sessions.socket))
     app = Starlette(
         routes=routes,
         middleware=[
@@ -117,7 +118,6 @@ def create_app(settings: Settings) -> ASGIApp:
     limits = {
         op.path: (op.body_limit, op.too_large) for op in OPERATIONS if op.body_limit is not None
     }
-    limits[sessions.SOCKET_PATH] = (sessions.FRAME_LIMIT, BodyTooLarge)
     bounded = DeclaredBodyLimit(app, app.routes, settings.max_body_bytes, limits)
     return Telemetry(bounded, app.routes, metrics)
 

@@ -16,7 +16,7 @@ import shutil
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
@@ -167,11 +167,24 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=10,
+            **ws_options(settings),
         )
     finally:
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def ws_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's WebSocket settings, from RAPPORT_WS_* (chosen in BENCHMARKS.md, "Live
+    sessions")."""
+    return {
+        "ws": settings.ws_impl,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "ws_ping_interval": settings.ws_ping_interval,
+        "ws_ping_timeout": settings.ws_ping_timeout,
+        "ws_max_size": settings.ws_max_size,
+    }
 
 
 @contextlib.contextmanager

@@ -70,6 +70,19 @@ def openapi_path(path: str) -> str:
 
 def _operation(op: Operation, body_schema: dict[type, Any]) -> dict[str, Any]:
     success: dict[str, Any] = {"description": op.summary}
+    if op.websocket:
+        # OpenAPI has no words for a socket: the upgrade is a GET answered 101, and what
+        # can go wrong after it is a close code, told in the summary.
+        return {
+            "operationId": f"socket_{op.endpoint.__name__}",
+            "summary": op.summary,
+            "tags": [op.tag],
+            "responses": {"101": success},
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in PATH_PARAM.findall(op.path)
+            ],
+        }
     if op.response is not None:
         success["content"] = {op.media_type: {"schema": body_schema[op.response]}}
     else:

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 from api.auth import PROTECTED_PREFIX
 from engine.errors import BodyTooLarge, Failure, RapportError
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Awaitable[Response]] | Callable[[WebSocket], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,11 @@ class Operation:
     """Largest request body; None takes RAPPORT_MAX_BODY_BYTES."""
     too_large: type[RapportError] = BodyTooLarge
     """What a body over the limit is answered with (uploads say upload.file_too_large)."""
+    websocket: bool = False
+    """A WebSocket (an upgraded GET, status 101): ``body_limit`` bounds each frame, and its
+    failures are close codes, told in ``summary``."""
 
     @property
     def authenticated(self) -> bool:
-        return self.path.startswith(PROTECTED_PREFIX)
+        # A socket presents its own token in the URL: a browser cannot send the key.
+        return self.path.startswith(PROTECTED_PREFIX) and not self.websocket

@@ -7,7 +7,7 @@ No exception text or trace is ever rendered: only the message our own code wrote
 
 Middleware that refuses before the app has answered goes through :func:`refuse`, the one exit
 for both scope types: a request gets the document above; a socket is accepted, then closed
-with the row's WebSocket close code (docs/architecture.md, "Live sessions (planned)": after
+with the row's WebSocket close code (docs/architecture.md, "Live sessions": after
 accepting, so a browser can read the code, where a refused handshake shows it nothing but a
 failed connection) and a reason of the family's code and our message.
 """

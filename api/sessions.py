@@ -23,8 +23,8 @@ from api.personas import context
 from api.problems import invalid_input
 from api.responses import JSON
 from api.services import Services
+from engine.config import SESSION_FRAME_LIMIT
 from engine.errors import Failure, NotFound, SessionGone
-from engine.media import MAX_VOICE_B64
 from engine.personas import Mode
 from sessions.frames import Budget
 from sessions.store import Session
@@ -97,9 +97,8 @@ def view(session: Session, now: datetime) -> SessionView:
 
 
 SOCKET_PATH = "/api/sessions/{session_id}/socket"
-# The largest frame a client may send: a full-mode voice note at seed 004's limit (checked on
-# its base64 text) and room for the rest of the frame. Bigger ones close 1009.
-FRAME_LIMIT = MAX_VOICE_B64 + 64 * 1024
+# Bigger frames close 1009 (by the socket layer at RAPPORT_WS_MAX_SIZE, else here).
+FRAME_LIMIT = SESSION_FRAME_LIMIT
 
 
 async def socket(websocket: WebSocket) -> None:
@@ -201,4 +200,11 @@ OPERATIONS = [
     Operation("DELETE", ONE, end_session,
               "End a session (204); its socket closes 1000. Ended already: 404.", "sessions",
               status=204),
+    Operation("GET", SOCKET_PATH, socket,
+              "The live session (WebSocket): open ws_url as given; add last_seq=N to resume. "
+              "JSON frames tagged by type (README, 'The socket'). Closes: 1000 ended, 1008 "
+              "malformed or flooding frames, 1009 frame too big, 4001 bad, expired or "
+              "foreign token, 4004 unknown or ended session, 4005 interaction budget spent, "
+              "4006 duration spent, 4009 replaced by a newer connection.",
+              "sessions", status=101, body_limit=FRAME_LIMIT, websocket=True),
 ]  # fmt: skip

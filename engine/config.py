@@ -8,12 +8,15 @@ reaches the code.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
+
+from engine.media import MAX_VOICE_B64
 
 ENV_PREFIX = "RAPPORT_"
 
@@ -23,6 +26,15 @@ RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://.+")]
 ChromaUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/:]+(:\d+)?/?$")]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+(/\S*)?$")]
 LogLevel = Literal["debug", "info", "warning", "error"]
+# uvicorn's own implementations. Its legacy ``websockets`` one is left out: deprecated since
+# uvicorn 0.50, and the largest per idle socket (BENCHMARKS.md, "Live sessions").
+WsImpl = Literal["websockets-sansio", "wsproto"]
+SESSION_FRAME_LIMIT = MAX_VOICE_B64 + 64 * 1024
+"""The largest frame a live session takes: a full-mode voice note at seed 004's limit
+(counted on its base64) and room for the rest of the frame. The socket's own limit
+(``ws_max_size``) may not be smaller, or it would refuse frames the session accepts."""
+# A peer is pinged at least once an hour and given at most an hour to answer.
+PingSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -98,6 +110,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_events: Annotated[int, msgspec.Meta(ge=16, le=100_000)] = 512
     """Server events kept per session for a reconnect to replay (about this many: trimming
     is approximate); a reconnect that missed older ones starts afresh."""
+    ws_impl: WsImpl = "websockets-sansio"
+    """uvicorn's WebSocket implementation (wsproto needs the wsproto package)."""
+    ws_per_message_deflate: bool = False
+    """Compress frames for clients that offer permessage-deflate: a compressor per socket
+    (websockets-sansio: 4-9 KiB more each; wsproto, whose windows are not bounded: ~100 KiB)."""
+    ws_ping_interval: PingSeconds = 20.0
+    """Seconds between the server's pings on an open socket."""
+    ws_ping_timeout: PingSeconds = 20.0
+    """Seconds a ping may go unanswered before the socket is dropped (a silent peer's
+    session then waits RAPPORT_SESSION_RESUME_SECONDS for a reconnect)."""
+    ws_max_size: Annotated[int, msgspec.Meta(ge=SESSION_FRAME_LIMIT)] = SESSION_FRAME_LIMIT
+    """Largest incoming WebSocket message, in bytes; uvicorn closes 1009 on a bigger one."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     """Largest request body on routes that set no limit of their own."""
     log_level: LogLevel = "info"
@@ -116,6 +140,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                     "not a CTranslate2 Whisper folder with model.bin and tokenizer.json"
                     " - at `$.stt_model`"
                 )
+        if self.ws_impl == "wsproto" and importlib.util.find_spec("wsproto") is None:
+            # uvicorn would stop on an ImportError at start; this names the setting instead.
+            raise msgspec.ValidationError("the wsproto package is not installed - at `$.ws_impl`")
         if self.workers > 1 and self.chroma_url is None:
             # chromadb's PersistentClient must not be opened by two processes
             # (docs/architecture.md, "Components and constraints").

@@ -124,9 +124,17 @@ class SessionProtocol:
 
     def ready(self, now: float, *, resumed: bool) -> list[Action]:
         budget = Budget(self.interactions_left, self.seconds_left(now))
-        return [self._send(SessionReady(session_id=self.session_id, mode=self.mode,
-                                        persona=self.persona, budget=budget,
-                                        resumed=resumed))]  # fmt: skip
+        return [
+            self._send(
+                SessionReady(
+                    session_id=self.session_id,
+                    mode=self.mode,
+                    persona=self.persona,
+                    budget=budget,
+                    resumed=resumed,
+                )
+            )
+        ]
 
     def receive(self, text: str | None, data: bytes | None, now: float) -> list[Action]:
         """One frame from the client: ``text`` for a text frame, ``data`` for a binary one."""
@@ -164,11 +172,13 @@ class SessionProtocol:
             if len(self._seen) > SEEN_IDS:
                 del self._seen[next(iter(self._seen))]
         if message.audio is not None and self.mode != "full":
-            return [self._error(ValidationFailed("Voice notes need a full-mode session."),
-                                message.id)]  # fmt: skip
+            return [
+                self._error(ValidationFailed("Voice notes need a full-mode session."), message.id)
+            ]
         if message.text is None and message.audio is None:
-            return [self._error(ValidationFailed("A user.message needs text or audio."),
-                                message.id)]  # fmt: skip
+            return [
+                self._error(ValidationFailed("A user.message needs text or audio."), message.id)
+            ]
         cost = COST[self.mode]
         if self.interactions_left is not None and self.interactions_left < cost:
             return self._close(4005, Failure.SESSION_INTERACTION_LIMIT.code, ends=True)
@@ -242,15 +252,27 @@ class SessionProtocol:
         actions: list[Action] = []
         if error is not None:
             actions.append(self._error(error, ref))
-        actions.append(self._send(ReplyDone(
-            turn=turn, text=said if text is None else text, sources=sources or [],
-            status=status, latency_ms=latency_ms,
-        )))  # fmt: skip
+        actions.append(
+            self._send(
+                ReplyDone(
+                    turn=turn,
+                    text=said if text is None else text,
+                    sources=sources or [],
+                    status=status,
+                    latency_ms=latency_ms,
+                )
+            )
+        )
         if self.state is State.CLOSING and self.turn is None and self._pending_close:
             code, reason, ends = self._pending_close
             return actions + self._closing(code, reason, ends)
-        actions.append(self._send(BudgetLeft(interactions_left=self.interactions_left,
-                                             seconds_left=self.seconds_left(now))))  # fmt: skip
+        actions.append(
+            self._send(
+                BudgetLeft(
+                    interactions_left=self.interactions_left, seconds_left=self.seconds_left(now)
+                )
+            )
+        )
         if status == "completed" and self.interactions_left == 0:
             # Seed 000: the reply that spends the last unit completes, then 4005.
             actions += self._close(4005, Failure.SESSION_INTERACTION_LIMIT.code, ends=True)
@@ -305,8 +327,9 @@ class SessionProtocol:
         return [self._error(error, None)]
 
     def _error(self, error: RapportError, ref: str | None) -> Send:
-        return self._send(Error(code=error.failure.code, message=error.message, fatal=False,
-                                ref=ref))  # fmt: skip
+        return self._send(
+            Error(code=error.failure.code, message=error.message, fatal=False, ref=ref)
+        )
 
     def _send(self, event: Outgoing) -> Send:
         self.seq += 1

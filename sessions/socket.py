@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from engine.errors import (
     IdempotencyInFlight,
     RapportError,
+    SessionGone,
     SessionInteractionLimit,
     ValidationFailed,
 )
@@ -170,11 +171,25 @@ class Connection:
 
     async def run(self, last_seq: str | None) -> None:
         reader = asyncio.create_task(self._read())
-        timer = asyncio.create_task(self._expire())
+        # A timer handle, not a task: an idle session's memory is mostly what it keeps.
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(
+            max(0.0, self.protocol.ends_at - self.clock()), self.inbox.put_nowait, Expired()
+        )
         try:
             await self._resume(last_seq)
             while not self.closed:
-                await self._perform(self._handle(await self.inbox.get()))
+                actions = self._handle(await self.inbox.get())
+                # Whatever else is waiting is handled before acting, so the events of a
+                # burst (a model's deltas) are stored in one round trip and sent together.
+                while not self.inbox.empty() and not self.closed:
+                    actions += self._handle(self.inbox.get_nowait())
+                await self._perform(actions)
+        except RapportError as error:
+            # The store failed us (Redis unreachable): the table's close code (1011), said
+            # plainly, rather than a crash.
+            self.closed = True
+            await _close(self.socket, error.failure.close_code, error.message)
         finally:
             reader.cancel()
             timer.cancel()
@@ -182,10 +197,22 @@ class Connection:
             # waited for (the runner remembers what was said of it).
             for task in self.turns.values():
                 task.cancel()
-            await asyncio.gather(reader, timer, *self.turns.values(), return_exceptions=True)
+            await asyncio.gather(reader, *self.turns.values(), return_exceptions=True)
             if not (self.ended or self.replaced):
                 with contextlib.suppress(RapportError):
+                    await self._keep_the_ends()
                     await self.store.detach(self.session, self.owner)
+
+    async def _keep_the_ends(self) -> None:
+        """Store the reply.done of each turn the socket's going cancelled, unsent: a client
+        that resumes sees every turn it saw begin come to an end."""
+        sends: list[Send] = []
+        while not self.inbox.empty():
+            item = self.inbox.get_nowait()
+            if isinstance(item, Ended):
+                sends += [a for a in self._handle(item) if isinstance(a, Send)]
+        if sends:
+            await self.store.append(self.session, [(s.event.seq, encode(s.event)) for s in sends])
 
     async def _resume(self, last_seq: str | None) -> None:
         actions: list[Action] = []
@@ -237,12 +264,17 @@ class Connection:
         if ended.result is not None:
             result = ended.result
             return protocol.finished(
-                turn, now, status=result.status, text=result.reply, sources=result.sources,
+                turn,
+                now,
+                status=result.status,
+                text=result.reply,
+                sources=result.sources,
                 latency_ms=result.latency.total_ms,
-            )  # fmt: skip
+            )
         if ended.error is not None:
-            return protocol.finished(turn, now, status="failed", text="", error=ended.error,
-                                     ref=ref)  # fmt: skip
+            return protocol.finished(
+                turn, now, status="failed", text="", error=ended.error, ref=ref
+            )
         return protocol.finished(turn, now, status="cancelled")
 
     async def _perform(self, actions: list[Action]) -> None:
@@ -284,8 +316,25 @@ class Connection:
         except SessionInteractionLimit:
             await self._perform(self.protocol.spent(turn))
             return
+        except SessionGone:
+            # Ended meanwhile (its backend's DELETE); the control message may still be on
+            # its way.
+            self.ended = True
+            self.protocol.dropped(turn)
+            await self._perform(self.protocol.ended_elsewhere(1000))
+            return
         self.protocol.charged(left)
-        self.turns[turn] = asyncio.create_task(self._turn(turn, message, cost))
+        task = asyncio.create_task(self._turn(turn, message, cost))
+        self.turns[turn] = task
+        task.add_done_callback(lambda done: self._turn_over(turn, message, done))
+
+    def _turn_over(self, turn: int, message: UserMessage, task: asyncio.Task[None]) -> None:
+        self.turns.pop(turn, None)
+        if task.cancelled():
+            # Also for a task cancelled before it ever ran (a cancel right behind its
+            # message), whose body never got to say so. Its units stay spent, like those of
+            # any cancelled turn.
+            self.inbox.put_nowait(Ended(turn, message))
 
     async def _turn(self, turn: int, message: UserMessage, cost: int) -> None:
         inbox = self.inbox
@@ -306,17 +355,12 @@ class Connection:
                 emit=lambda event: inbox.put_nowait(Event(turn, event)),
                 key=None if message.id is None else self._key(message),
             )
-        except asyncio.CancelledError:
-            inbox.put_nowait(Ended(turn, message))
-            raise
         except IdempotencyInFlight:
             answer = None
         except RapportError as error:
             await self._refund(cost)
             inbox.put_nowait(Ended(turn, message, error=error))
             return
-        finally:
-            self.turns.pop(turn, None)
         if answer is None or answer.replayed:
             # A resent message (same id): it already ran, or runs now; nothing runs twice
             # and nothing is charged twice.
@@ -347,10 +391,6 @@ class Connection:
                 break
             await self.inbox.put(Frame(message.get("text"), message.get("bytes")))
         await self.inbox.put(Gone())
-
-    async def _expire(self) -> None:
-        await asyncio.sleep(max(0.0, self.protocol.ends_at - self.clock()))
-        await self.inbox.put(Expired())
 
 
 async def _close(socket: WebSocket, code: int, reason: str) -> None:

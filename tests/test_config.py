@@ -6,7 +6,11 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import uvicorn
 
+from api.cli import ws_options
+from api.sessions import FRAME_LIMIT
+from engine import config
 from engine.config import ConfigError, Settings, env_name, flag_name, load_settings
 
 
@@ -56,6 +60,18 @@ def test_empty_variable_means_unset() -> None:
             {"RAPPORT_SESSION_RESUME_SECONDS": "0"},
             "RAPPORT_SESSION_RESUME_SECONDS (--session-resume-seconds)",
         ),
+        ({"RAPPORT_WS_IMPL": "websockets"}, "RAPPORT_WS_IMPL (--ws-impl)"),  # deprecated
+        ({"RAPPORT_WS_IMPL": "h11"}, "RAPPORT_WS_IMPL (--ws-impl)"),
+        (
+            {"RAPPORT_WS_PER_MESSAGE_DEFLATE": "sometimes"},
+            "RAPPORT_WS_PER_MESSAGE_DEFLATE (--ws-per-message-deflate)",
+        ),
+        ({"RAPPORT_WS_PING_INTERVAL": "0"}, "RAPPORT_WS_PING_INTERVAL (--ws-ping-interval)"),
+        ({"RAPPORT_WS_PING_INTERVAL": "never"}, "RAPPORT_WS_PING_INTERVAL (--ws-ping-interval)"),
+        ({"RAPPORT_WS_PING_TIMEOUT": "-5"}, "RAPPORT_WS_PING_TIMEOUT (--ws-ping-timeout)"),
+        ({"RAPPORT_WS_PING_TIMEOUT": "86400"}, "RAPPORT_WS_PING_TIMEOUT (--ws-ping-timeout)"),
+        ({"RAPPORT_WS_MAX_SIZE": "1048576"}, "RAPPORT_WS_MAX_SIZE (--ws-max-size)"),
+        ({"RAPPORT_WS_MAX_SIZE": str(FRAME_LIMIT - 1)}, "RAPPORT_WS_MAX_SIZE (--ws-max-size)"),
         ({"RAPPORT_DATA_DIR": ""}, None),  # empty is unset, not an error
     ],
 )
@@ -75,6 +91,44 @@ def test_several_workers_need_a_chroma_server() -> None:
         {"RAPPORT_WORKERS": "2", "RAPPORT_CHROMA_URL": "http://127.0.0.1:8001"}
     )
     assert settings.workers == 2
+
+
+def test_socket_frames_the_session_takes_fit_under_the_default_socket_limit() -> None:
+    # A full-mode voice note must reach the session, which closes 1009 above FRAME_LIMIT.
+    assert config.SESSION_FRAME_LIMIT == FRAME_LIMIT
+    assert Settings().ws_max_size == FRAME_LIMIT
+    assert load_settings({"RAPPORT_WS_MAX_SIZE": str(FRAME_LIMIT)}).ws_max_size == FRAME_LIMIT
+
+
+def test_websocket_settings_become_uvicorns() -> None:
+    settings = load_settings(
+        {
+            "RAPPORT_WS_IMPL": "wsproto",
+            "RAPPORT_WS_PER_MESSAGE_DEFLATE": "true",
+            "RAPPORT_WS_PING_INTERVAL": "5",
+            "RAPPORT_WS_PING_TIMEOUT": "2.5",
+            "RAPPORT_WS_MAX_SIZE": str(FRAME_LIMIT + 1),
+        }
+    )
+    given = uvicorn.Config("api.app:create_app_from_env", factory=True, **ws_options(settings))
+    assert (given.ws, given.ws_per_message_deflate) == ("wsproto", True)
+    assert (given.ws_ping_interval, given.ws_ping_timeout) == (5.0, 2.5)
+    assert given.ws_max_size == FRAME_LIMIT + 1
+    defaults = uvicorn.Config("api.app:create_app_from_env", **ws_options(Settings()))
+    assert (defaults.ws, defaults.ws_per_message_deflate) == ("websockets-sansio", False)
+    assert (defaults.ws_ping_interval, defaults.ws_ping_timeout) == (20.0, 20.0)
+
+
+def test_wsproto_must_be_installed_to_be_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = config.importlib.util.find_spec
+    monkeypatch.setattr(
+        config.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "wsproto" else found(name, *args),
+    )
+    with pytest.raises(ConfigError, match=r"^RAPPORT_WS_IMPL \(--ws-impl\): the wsproto"):
+        load_settings({"RAPPORT_WS_IMPL": "wsproto"})
+    assert load_settings({}).ws_impl == "websockets-sansio"
 
 
 def test_the_readme_documents_every_setting() -> None:
