@@ -66,8 +66,14 @@ def node(
 def other_node(
     tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI, shared_redis: RedisServer
 ) -> Iterator[Server]:
-    """A second process on the same Redis; its tokens must be used within 1 s."""
-    env = llm_env(fake_llm, RAPPORT_REDIS_URL=shared_redis.url, RAPPORT_SESSION_CONNECT_SECONDS="1")
+    """A second process on the same Redis; its tokens must be used within 1 s, it pings a
+    socket every half second and gives it half a second to answer, and a socket gone for
+    a second ends its session."""
+    env = llm_env(
+        fake_llm, RAPPORT_REDIS_URL=shared_redis.url, RAPPORT_SESSION_CONNECT_SECONDS="1",
+        RAPPORT_WS_PING_INTERVAL="0.5", RAPPORT_WS_PING_TIMEOUT="0.5",
+        RAPPORT_SESSION_RESUME_SECONDS="1",
+    )  # fmt: skip
     running = Server(tmp_path_factory.mktemp("sessions-b") / "data", **env).start()
     yield running
     running.stop()
@@ -709,3 +715,34 @@ async def test_a_session_shares_the_users_memory_with_the_http_api(
         ("What is my name?", DEFAULT_REPLY),
         ("My name is Ada.", DEFAULT_REPLY),
     ]
+
+
+async def test_a_silent_peer_is_dropped_and_its_session_ends_after_the_resume_window(
+    http: httpx.AsyncClient, other_node: Server
+) -> None:
+    """A client that stops answering (a laptop lid closed): the server's pings go unanswered,
+    it drops the socket, and the session waits out the resume window, then ends."""
+    minted = await mint(http)
+    url = urlsplit(on(other_node, minted["ws_url"]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", other_node.port)
+    # RFC 6455 §4.1 by hand: a client that completes the handshake, then never reads again,
+    # so it never answers a ping (a library client would, from its own reader).
+    writer.write(
+        f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: 127.0.0.1:{other_node.port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+    # Read through the node that holds the socket: the resume window is its setting.
+    path = f"{other_node.base_url}/api/sessions/{minted['session_id']}"
+    assert (await http.get(path)).json()["status"] == "live"
+
+    async def ended() -> bool:
+        return (await http.get(path)).json()["status"] == "ended"
+
+    deadline = time.monotonic() + 6
+    while not await ended():
+        assert time.monotonic() < deadline, "the silent socket's session never ended"
+        await asyncio.sleep(0.1)
+    assert (await http.get(path)).json()["ended_code"] == 1000
+    writer.close()
