@@ -35,7 +35,7 @@ from kb.queue import ProcessingQueue
 from kb.retrieval import KnowledgeRetriever
 from kb.worker import Processor
 from sessions.socket import Hub, SessionSocket
-from sessions.store import SessionStore
+from sessions.store import CHARGE, SessionStore
 
 # An in-flight idempotency claim outlives the longest turn by this much before it lapses.
 CLAIM_MARGIN_SECONDS = 30
@@ -144,6 +144,7 @@ class Services:
             memory=self.memory,
             idempotency=Idempotency(in_flight_ttl=int(settings.llm_timeout) + CLAIM_MARGIN_SECONDS),
             key_rpm=settings.key_rpm,
+            budget=CHARGE,
         )
         self.runner = TurnRunner(store=store, pipeline=pipeline, pool=self.pool)
         self.sessions = SessionStore(

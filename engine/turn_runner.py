@@ -39,7 +39,7 @@ from engine.idempotency import IdempotencyKey
 from engine.memory import Turn, TurnStatus
 from engine.ratelimit import Quota
 from engine.replies import Reply, ReplyDelta, ReplyDone, ignore
-from engine.turn_store import Opened, Replay, TurnStore
+from engine.turn_store import Budget, Opened, Replay, TurnStore
 from engine.turns import EmitTurn, Transcribed, TurnEvent, TurnInput, TurnPipeline
 from engine.workers import WorkerPool
 
@@ -90,6 +90,8 @@ class Answer(msgspec.Struct, frozen=True):
     """Whether the record was kept from an earlier request with the same key."""
     quota: Quota | None = None
     """The API key's rate window, when the runner counted the request against it."""
+    budget_left: int | None = None
+    """What the transport's budget has left after this turn (None: unlimited or none)."""
 
 
 _encode = msgspec.json.Encoder().encode
@@ -166,15 +168,18 @@ class TurnRunner:
         emit: EmitTurn = ignore,
         key: IdempotencyKey | None = None,
         key_slot: str | None = None,
+        budget: Budget | None = None,
         started: float | None = None,
     ) -> Answer:
         """Run one turn. ``key_slot``: count the request against the rate window of the API
         key in that slot (the HTTP API counts per request; a live session does not);
+        ``budget``: the transport's own budget (a live session's interactions), charged as
+        the turn opens and given back with the request when the turn fails;
         ``started``: when the transport received it (``perf_counter``), from which
         ``total_ms`` counts. Raises the turn's failure as a RapportError."""
         started = self._clock() if started is None else started
         opened = await self._store.open(
-            turn.account_id, turn.user_id, key_slot=key_slot, idempotency_key=key
+            turn.account_id, turn.user_id, key_slot=key_slot, idempotency_key=key, budget=budget
         )
         if isinstance(opened, Replay):
             return Answer(_decode(opened.outcome), replayed=True, quota=opened.quota)
@@ -206,7 +211,7 @@ class TurnRunner:
         )
         remember = remembered(turn, outcome.message, outcome.reply, "completed")
         await self._close(turn, opened, remember, _encode(result), refund=False)
-        return Answer(result, quota=opened.quota)
+        return Answer(result, quota=opened.quota, budget_left=opened.budget_left)
 
     async def _close(
         self,
@@ -227,6 +232,7 @@ class TurnRunner:
                 claim=opened.claim,
                 outcome=outcome,
                 refund=refund,
+                budget=opened.budget,
             )
         )
         self._finishing.add(task)

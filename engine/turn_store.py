@@ -34,6 +34,8 @@ from engine.errors import (
     IdempotencyUnavailable,
     InternalError,
     NoRequests,
+    SessionGone,
+    SessionInteractionLimit,
     StateUnavailable,
 )
 from engine.idempotency import CLAIM, SETTLE, Claim, Idempotency, IdempotencyKey
@@ -43,44 +45,56 @@ from engine.ratelimit import HIT, WINDOW_MS, Quota, Window, now_ms
 from engine.state import unavailable_as
 
 # KEYS: 1 the key's rate window, 2 the idempotency key, 3 balance, 4 account, 5 memory turns,
-# 6 memory meta. ARGV: 1 now (ms), 2 window (ms), 3 the key's limit (0: not counted here),
-# 4 the claim's in-flight record ('' without a key), 5 its lifetime (s), 6 turns recalled,
-# 7 the prefix of the account's persona keys.
-_OPEN = f"""{HIT}{CLAIM}{SPEND}{RECALL}
+# 6 memory meta, 7 the caller's own budget. ARGV: 1 now (ms), 2 window (ms), 3 the key's limit
+# (0: not counted here), 4 the claim's in-flight record ('' without a key), 5 its lifetime
+# (s), 6 turns recalled, 7 the prefix of the account's persona keys, 8 the budget's limit
+# (-1: unlimited), 9 its units ('' : no budget).
+_OPEN = """
 local quota = false
 local limit = tonumber(ARGV[3])
 if limit > 0 then
   quota = window_hit(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), limit, 1)
-  if quota[1] == 0 then return {{'limited', quota}} end
+  if quota[1] == 0 then return {'limited', quota} end
 end
 if ARGV[4] ~= '' then
   local existing = claim(KEYS[2], ARGV[4], tonumber(ARGV[5]))
-  if existing then return {{'claimed', quota, existing}} end
+  if existing then return {'claimed', quota, existing} end
 end
 local function undo()
   if ARGV[4] ~= '' then redis.call('DEL', KEYS[2]) end
 end
 local left = spend(KEYS[3])
-if left < 0 then undo(); return {{'no_requests', quota}} end
+if left < 0 then undo(); return {'no_requests', quota} end
+local budget = false
+if ARGV[9] ~= '' then
+  budget = charge_budget(KEYS[7], tonumber(ARGV[8]), tonumber(ARGV[9]))
+  if not budget or budget[1] == 0 then
+    redis.call('INCR', KEYS[3])
+    undo()
+    return {budget and 'budget_spent' or 'budget_gone', quota, budget and budget[2] or false}
+  end
+end
 local account = redis.call('GET', KEYS[4])
 local persona_id = account and cjson.decode(account)['default_persona_id']
 local persona = false
 if type(persona_id) == 'string' then persona = redis.call('GET', ARGV[7] .. persona_id) end
 if not persona then
   redis.call('INCR', KEYS[3])
+  if budget then charge_budget(KEYS[7], -1, -tonumber(ARGV[9])) end
   undo()
-  return {{'no_persona', quota}}
+  return {'no_persona', quota}
 end
-return {{'open', quota, persona, recall(KEYS[5], KEYS[6], tonumber(ARGV[6])),
-        redis.call('SMEMBERS', ARGV[7] .. persona_id .. ':docs')}}
+return {'open', quota, persona, recall(KEYS[5], KEYS[6], tonumber(ARGV[6])),
+        redis.call('SMEMBERS', ARGV[7] .. persona_id .. ':docs'), budget and budget[2] or false}
 """
 
-# KEYS: 1 memory turns, 2 memory meta, 3 the idempotency key, 4 balance. ARGV: 1-3 the
-# arguments of `remember` (1 is '' when nothing is remembered), 4-7 those of `settle`
-# (4 is '' without a key), 8 '1' to give the request back. Returns the turns `remember`
-# pushed out of the memory, for the summary.
-_CLOSE = f"""{REMEMBER}{SETTLE}
-local trimmed = {{}}
+# KEYS: 1 memory turns, 2 memory meta, 3 the idempotency key, 4 balance, 5 the caller's own
+# budget. ARGV: 1-3 the arguments of `remember` (1 is '' when nothing is remembered), 4-7
+# those of `settle` (4 is '' without a key), 8 '1' to give the request back, 9 the budget's
+# units to give back ('' : none). Returns the turns `remember` pushed out of the memory, for
+# the summary.
+_CLOSE = """
+local trimmed = {}
 if ARGV[1] ~= '' then
   trimmed = remember(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3])
 end
@@ -88,14 +102,25 @@ if ARGV[4] ~= '' then
   settle(KEYS[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
 end
 if ARGV[8] == '1' then redis.call('INCR', KEYS[4]) end
+if ARGV[9] ~= '' then charge_budget(KEYS[5], -1, -tonumber(ARGV[9])) end
 return trimmed
 """
-
 _decode_persona = msgspec.json.Decoder(Persona).decode
 
 
+class Budget(msgspec.Struct, frozen=True):
+    """A transport's own budget that a turn spends as it opens (a live session's
+    interactions): the account's hash that holds it, its limit, what the turn costs."""
+
+    key: str
+    limit: int | None
+    """None: unlimited."""
+    units: int
+
+
 class Opened(msgspec.Struct, frozen=True):
-    """A turn that may run: its request is spent and its key (if any) claimed."""
+    """A turn that may run: its request is spent, its key (if any) claimed, its budget (if
+    any) charged."""
 
     persona: Persona
     memory: Memory
@@ -103,6 +128,9 @@ class Opened(msgspec.Struct, frozen=True):
     """external_ids active for the persona, as the retriever gets them."""
     quota: Quota | None
     claim: Claim | None
+    budget: Budget | None = None
+    budget_left: int | None = None
+    """What the budget has left after this turn's units; None when unlimited or none."""
 
 
 class Replay(msgspec.Struct, frozen=True):
@@ -120,14 +148,17 @@ class TurnStore:
         memory: MemoryStore,
         idempotency: Idempotency,
         key_rpm: int,
+        budget: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        opening = redis.register_script(_OPEN)
+        """``budget``: the Lua function ``charge_budget(key, limit, units)`` of the budget a
+        transport may bring (:data:`sessions.store.CHARGE`, handed in by the wiring)."""
+        opening = redis.register_script(HIT + CLAIM + SPEND + RECALL + budget + _OPEN)
         # A Redis failure while a key is being claimed is the idempotency store's (seed 004:
         # idempotency_unavailable); any other, the state store's.
         self._open = unavailable_as(StateUnavailable)(opening)
         self._open_claiming = unavailable_as(IdempotencyUnavailable)(opening)
-        closing = redis.register_script(_CLOSE)
+        closing = redis.register_script(REMEMBER + SETTLE + budget + _CLOSE)
         self._close = unavailable_as(StateUnavailable)(closing)
         self._close_settling = unavailable_as(IdempotencyUnavailable)(closing)
         self._memory = memory
@@ -142,12 +173,16 @@ class TurnStore:
         *,
         key_slot: str | None,
         idempotency_key: IdempotencyKey | None,
+        budget: Budget | None = None,
     ) -> Opened | Replay:
         """Count the API key's request (``key_slot``: the slot of the key that sent it;
         None when the transport counted it already), claim ``idempotency_key``, spend a
-        request and read what the turn needs.
+        request and ``budget``'s units, and read what the turn needs. A repeat of a claimed
+        key spends nothing.
 
-        Raises RateLimited, IdempotencyKeyReused or IdempotencyInFlight, NoRequests."""
+        Raises RateLimited, IdempotencyKeyReused or IdempotencyInFlight, NoRequests,
+        SessionInteractionLimit (the budget lacks the units), SessionGone (its session
+        ended)."""
         keys = keyspace.AccountKeys(account_id)
         claim = None
         if idempotency_key is not None:
@@ -161,6 +196,7 @@ class TurnStore:
                 keys.balance,
                 keys.account,
                 *self._memory.keys(account_id, user_id),
+                budget.key if budget else keys.balance,
             ],
             args=[
                 now_ms(self._clock),
@@ -170,6 +206,7 @@ class TurnStore:
                 self._idempotency.in_flight_ttl,
                 self._memory.recent_turns,
                 keys.persona(""),
+                *_budget_args(budget),
             ],
         )
         status, window = answer[0], answer[1]
@@ -183,6 +220,13 @@ class TurnStore:
                 return Replay(self._idempotency.existing(claim, answer[2]), quota)
             case "no_requests":
                 raise NoRequests()
+            case "budget_spent":
+                assert budget is not None
+                raise SessionInteractionLimit(
+                    f"The session has {answer[2]} billing units left; a turn costs {budget.units}."
+                )
+            case "budget_gone":
+                raise SessionGone()
             case "no_persona":
                 raise InternalError(f"Account {account_id} has no default persona.")
         return Opened(
@@ -191,6 +235,8 @@ class TurnStore:
             active=sorted(answer[4]),
             quota=quota,
             claim=claim,
+            budget=budget,
+            budget_left=None if budget is None or budget.limit is None else int(answer[5]),
         )
 
     async def close(
@@ -202,9 +248,11 @@ class TurnStore:
         claim: Claim | None,
         outcome: bytes | None,
         refund: bool,
+        budget: Budget | None = None,
     ) -> bool:
         """Remember ``turn``, keep ``outcome`` for the claim (None: release it), and give
-        the request back when ``refund``. Returns whether the summary grew."""
+        the request back when ``refund``, with ``budget``'s units. Returns whether the
+        summary grew."""
         keys = keyspace.AccountKeys(account_id)
         remember = self._memory.remember_args(turn) if turn is not None else ["", 0, ""]
         script = self._close if claim is None else self._close_settling
@@ -213,11 +261,19 @@ class TurnStore:
                 *self._memory.keys(account_id, user_id),
                 claim.redis_key if claim else keys.idempotency("-"),
                 keys.balance,
+                budget.key if budget else keys.balance,
             ],
             args=[
                 *remember,
                 *self._idempotency.settle_args(claim, outcome),
                 "1" if refund else "0",
+                budget.units if refund and budget else "",
             ],
         )
         return await self._memory.fold(account_id, user_id, trimmed)
+
+
+def _budget_args(budget: Budget | None) -> list[int | str]:
+    if budget is None:
+        return [-1, ""]
+    return [-1 if budget.limit is None else budget.limit, budget.units]

@@ -180,8 +180,12 @@ class SessionProtocol:
                 self._error(ValidationFailed("A user.message needs text or audio."), message.id)
             ]
         cost = COST[self.mode]
-        if self.interactions_left is not None and self.interactions_left < cost:
-            return self._close(4005, Failure.SESSION_INTERACTION_LIMIT.code, ends=True)
+        if self.interactions_left is not None:
+            if self.interactions_left < cost:
+                return self._close(4005, Failure.SESSION_INTERACTION_LIMIT.code, ends=True)
+            # Spent as the turn opens (in the store, with the request balance); counted here
+            # now, so the next message is checked against what will be left.
+            self.interactions_left -= cost
         actions: list[Action] = []
         if self.turn is not None:
             actions.append(CancelTurn(self.turn))  # barge-in: the new message wins
@@ -198,8 +202,14 @@ class SessionProtocol:
     # --- what the turn does ----------------------------------------------------------------
 
     def charged(self, interactions_left: int | None) -> None:
-        """The store took a turn's units; what it says is left is the truth."""
+        """What the store says is left after a turn: the truth, whatever was counted here."""
         self.interactions_left = interactions_left
+
+    def _given_back(self) -> None:
+        """A turn that spent nothing after all (a failure gives its units back, a resent
+        message never took any)."""
+        if self.interactions_left is not None:
+            self.interactions_left += COST[self.mode]
 
     def spent(self, turn: int) -> list[Action]:
         """The store refused ``turn``'s units: the budget is gone (another connection, or a
@@ -212,6 +222,8 @@ class SessionProtocol:
     def dropped(self, turn: int) -> list[Action]:
         """``turn`` was a resent message that had already run (or still runs): nothing is
         said about it."""
+        if turn in self._said:
+            self._given_back()
         self._said.pop(turn, None)
         if self.turn == turn:
             self.turn = None
@@ -247,6 +259,8 @@ class SessionProtocol:
         said = "".join(self._said.pop(turn, [])).strip()
         if self.turn == turn:
             self.turn = None
+        if status == "failed":
+            self._given_back()
         if self.state is State.CLOSED:
             return []
         actions: list[Action] = []

@@ -73,8 +73,13 @@ class Ended(msgspec.Struct, frozen=True):
     turn: int
     message: UserMessage
     result: TurnResult | None = None
+    budget_left: int | None = None
     error: RapportError | None = None
     duplicate: bool = False
+    spent: bool = False
+    """The session's budget lacked the turn's units: nothing ran."""
+    gone: bool = False
+    """The session ended meanwhile (its backend's DELETE): nothing ran."""
 
 
 class Expired(msgspec.Struct, frozen=True):
@@ -261,8 +266,16 @@ class Connection:
         protocol, turn, ref = self.protocol, ended.turn, ended.message.id
         if ended.duplicate:
             return protocol.dropped(turn)
+        if ended.spent:
+            return protocol.spent(turn)
+        if ended.gone:
+            self.ended = True
+            protocol.dropped(turn)
+            return protocol.ended_elsewhere(1000)
         if ended.result is not None:
             result = ended.result
+            if self.session.interaction_limit is not None:
+                protocol.charged(ended.budget_left)
             return protocol.finished(
                 turn,
                 now,
@@ -311,19 +324,6 @@ class Connection:
             await self.inbox.put(Gone())
 
     async def _start(self, turn: int, message: UserMessage, cost: int) -> None:
-        try:
-            left = await self.store.charge(self.session, cost)
-        except SessionInteractionLimit:
-            await self._perform(self.protocol.spent(turn))
-            return
-        except SessionGone:
-            # Ended meanwhile (its backend's DELETE); the control message may still be on
-            # its way.
-            self.ended = True
-            self.protocol.dropped(turn)
-            await self._perform(self.protocol.ended_elsewhere(1000))
-            return
-        self.protocol.charged(left)
         task = asyncio.create_task(self._turn(turn, message, cost))
         self.turns[turn] = task
         task.add_done_callback(lambda done: self._turn_over(turn, message, done))
@@ -344,6 +344,8 @@ class Connection:
             if message.audio is not None:
                 data = decode_base64("audio.data_b64", message.audio.data_b64)
                 voice = Voice(data, message.audio.mime)
+            # The session's units are spent in the turn's opening round trip, with the
+            # request balance; a failed turn gives both back, a cancelled one neither.
             answer = await self.runner.run(
                 TurnInput(
                     account_id=session.account_id,
@@ -354,32 +356,36 @@ class Connection:
                 ),
                 emit=lambda event: inbox.put_nowait(Event(turn, event)),
                 key=None if message.id is None else self._key(message),
+                budget=session.budget(cost),
             )
+        except SessionInteractionLimit:
+            inbox.put_nowait(Ended(turn, message, spent=True))
+            return
+        except SessionGone:
+            inbox.put_nowait(Ended(turn, message, gone=True))
+            return
         except IdempotencyInFlight:
-            answer = None
+            # A resent message (same id) whose first copy still runs: nothing runs twice.
+            inbox.put_nowait(Ended(turn, message, duplicate=True))
+            return
         except RapportError as error:
-            await self._refund(cost)
             inbox.put_nowait(Ended(turn, message, error=error))
             return
-        if answer is None or answer.replayed:
-            # A resent message (same id): it already ran, or runs now; nothing runs twice
-            # and nothing is charged twice.
-            await self._refund(cost)
+        if answer.replayed:
+            # A resent message that already ran: nothing runs, nothing is spent twice.
             inbox.put_nowait(Ended(turn, message, duplicate=True))
             return
         match answer.record:
             case TurnResult() as result:
-                inbox.put_nowait(Ended(turn, message, result=result))
+                inbox.put_nowait(
+                    Ended(turn, message, result=result, budget_left=answer.budget_left)
+                )
             case TurnFailure() as failure:
                 inbox.put_nowait(Ended(turn, message, error=failure.error()))
 
     def _key(self, message: UserMessage) -> IdempotencyKey:
         digest = hashlib.sha256(encode(message)).hexdigest()
         return IdempotencyKey(f"session:{self.session.id}:{message.id}", digest)
-
-    async def _refund(self, cost: int) -> None:
-        with contextlib.suppress(RapportError):
-            self.protocol.charged(await self.store.charge(self.session, -cost))
 
     async def _read(self) -> None:
         while True:

@@ -42,7 +42,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from engine import keyspace
 from engine.errors import (
     SessionGone,
-    SessionInteractionLimit,
     SessionTimeLimit,
     SessionTokenInvalid,
     ValidationFailed,
@@ -50,6 +49,7 @@ from engine.errors import (
 from engine.ids import uuid7
 from engine.personas import Mode, Persona
 from engine.state import redis_boundary
+from engine.turn_store import Budget
 
 log = logging.getLogger("rapport.sessions")
 
@@ -87,6 +87,11 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     """The first connect."""
     ended: int | None = None
     """The close code, once ended."""
+
+    def budget(self, units: int) -> Budget:
+        """The interaction budget a turn of ``units`` spends as it opens (:data:`CHARGE`)."""
+        key = keyspace.AccountKeys(self.account_id).session(self.id)
+        return Budget(key=key, limit=self.interaction_limit, units=units)
 
     def interactions_left(self) -> int | None:
         if self.interaction_limit is None:
@@ -238,27 +243,36 @@ if redis.call('HGET', KEYS[1], 'owner') == ARGV[2]
   redis.call('HSET', KEYS[1], 'gone', ARGV[1])
 end
 """
-# KEYS: 1 session. ARGV: 1 limit (-1: unlimited), 2 units. Returns {charged (1 or 0), units
-# left}, or false when the session is unknown or ended.
-_CHARGE = """
-local f = redis.call('HMGET', KEYS[1], 'record', 'ended', 'used')
-if not f[1] or f[2] then return false end
-local limit, units, used = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(f[3] or '0')
-if limit >= 0 and used + units > limit then return {0, limit - used} end
-used = redis.call('HINCRBY', KEYS[1], 'used', units)
-return {1, limit - used}
+# The session's interaction budget, spent in the script that opens a turn
+# (engine/turn_store.py, which the wiring hands this function to) and given back in the one
+# that closes a failed turn. `limit` -1 is unlimited; negative `units` give back and are never
+# refused. Returns {1, left} when taken, {0, left} when the budget lacks the units, false when
+# the session is unknown or ended.
+CHARGE = """
+local function charge_budget(key, limit, units)
+  local f = redis.call('HMGET', key, 'record', 'ended', 'used')
+  if not f[1] or f[2] then return false end
+  local used = tonumber(f[3] or '0')
+  if limit >= 0 and units > 0 and used + units > limit then return {0, limit - used} end
+  used = redis.call('HINCRBY', key, 'used', units)
+  return {1, limit - used}
+end
 """
 # KEYS: 1 session, 2 events. ARGV: 1 events kept, then seq and JSON of each event. An ended
 # session takes none: its stream is gone and must not come back without an expiry.
 _APPEND = """
-if redis.call('HEXISTS', KEYS[1], 'record') == 0 or redis.call('HEXISTS', KEYS[1], 'ended') == 1
-then return 0 end
+local f = redis.call('HMGET', KEYS[1], 'record', 'ended', 'seq')
+if not f[1] or f[2] then return 0 end
 for i = 2, #ARGV, 2 do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], ARGV[i] .. '-1', 'e', ARGV[i + 1])
 end
 redis.call('HSET', KEYS[1], 'seq', ARGV[#ARGV - 1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+-- The stream lives as long as the hash, whose lifetime is set once, at minting (an end
+-- deletes the stream): its first events give it that lifetime, later ones need not.
+if f[3] == '0' then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
 return 1
 """
 
@@ -285,7 +299,6 @@ class SessionStore:
         self._end = redis.register_script(_END)
         self._attach = redis.register_script(_ATTACH)
         self._detach = redis.register_script(_DETACH)
-        self._charge = redis.register_script(_CHARGE)
         self._append = redis.register_script(_APPEND)
 
     def _now_ms(self) -> int:
@@ -433,26 +446,6 @@ class SessionStore:
             keys=[keyspace.AccountKeys(session.account_id).session(session.id)],
             args=[self._now_ms(), owner],
         )
-
-    @redis_boundary
-    async def charge(self, session: Session, units: int) -> int | None:
-        """Spend ``units`` (:data:`sessions.protocol.COST` of the mode) as a turn starts;
-        returns the units left after (None: unlimited). Raises SessionInteractionLimit when
-        they are not there (nothing spent), SessionGone when the session ended. Negative
-        ``units`` give back a charge for a turn that did not run, and are never refused."""
-        limit = -1 if session.interaction_limit is None else session.interaction_limit
-        answer = await self._charge(
-            keys=[keyspace.AccountKeys(session.account_id).session(session.id)],
-            args=[limit, units],
-        )
-        if not answer:
-            raise SessionGone()
-        charged, left = answer
-        if not charged:
-            raise SessionInteractionLimit(
-                f"The session has {left} billing units left; a turn costs {units}."
-            )
-        return None if session.interaction_limit is None else int(left)
 
     @redis_boundary
     async def append(self, session: Session, events: list[tuple[int, bytes]]) -> None:

@@ -17,6 +17,7 @@ from engine.personas import PersonaStore
 from engine.state import connect
 from engine.tenants import create_tenant
 from engine.turn_store import Opened, TurnStore
+from sessions.store import CHARGE
 from tests.conftest import RedisServer, Server
 from tests.fake_openai import FakeOpenAI
 
@@ -159,7 +160,10 @@ def test_a_failed_upstream_is_not_kept_so_the_retry_can_succeed(
 async def test_redis_down_is_idempotency_unavailable(redis_server: RedisServer) -> None:
     redis = connect(redis_server.url, 0.5)
     memory = MemoryStore(redis)
-    store = TurnStore(redis, memory=memory, idempotency=Idempotency(in_flight_ttl=60), key_rpm=60)
+    store = TurnStore(
+        redis, memory=memory, idempotency=Idempotency(in_flight_ttl=60), key_rpm=60,
+        budget=CHARGE,
+    )  # fmt: skip
     account = await create_tenant(AccountStore(redis), PersonaStore(redis), "idem-down")
     opened = await store.open(
         account.id, "u", key_slot=None, idempotency_key=IdempotencyKey("k", "fingerprint")

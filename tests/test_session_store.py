@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -14,6 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine import keyspace
+from engine.accounts import AccountStore
+from engine.balance import Balance
 from engine.errors import (
     SessionGone,
     SessionInteractionLimit,
@@ -21,10 +24,14 @@ from engine.errors import (
     SessionTokenInvalid,
     ValidationFailed,
 )
-from engine.personas import Availability, Persona, PublishSettings, Window
+from engine.idempotency import Idempotency
+from engine.memory import MemoryStore
+from engine.personas import Availability, Persona, PersonaStore, PublishSettings, Window
 from engine.state import connect
+from engine.tenants import create_tenant
+from engine.turn_store import Opened, TurnStore
 from sessions.protocol import COST
-from sessions.store import Control, SessionStore
+from sessions.store import CHARGE, Control, SessionStore
 from tests.conftest import RedisServer
 
 # Monday 2 June 2025, 10:00 UTC.
@@ -306,33 +313,73 @@ async def test_attaching_starts_the_duration_and_replaces_the_previous_owner(
         await store.attach(session, "conn-3")
 
 
-async def test_charges_are_exact_under_concurrency(store) -> None:
-    session, _ = await store.mint(ACCOUNT, "u", persona(session_interaction_limit=10), "chat")
-    results = await asyncio.gather(
-        *(store.charge(session, COST["chat"]) for _ in range(50)), return_exceptions=True
+async def opener(redis: aioredis.Redis) -> tuple[TurnStore, str, Persona]:
+    """A turn store wired as the server wires it (the session budget's Lua handed in), and
+    a real account with its default persona and balance, which opening a turn needs."""
+    accounts, personas = AccountStore(redis), PersonaStore(redis)
+    account = await create_tenant(accounts, personas, f"budget-{uuid.uuid4().hex[:8]}")
+    assert account.default_persona_id is not None
+    default = await personas.get(account.id, account.default_persona_id)
+    turns = TurnStore(
+        redis,
+        memory=MemoryStore(redis),
+        idempotency=Idempotency(in_flight_ttl=60),
+        key_rpm=60,
+        budget=CHARGE,
     )
-    charged = [r for r in results if not isinstance(r, BaseException)]
-    assert sorted(charged) == list(range(10))
-    assert all(isinstance(r, SessionInteractionLimit) for r in results if r not in charged)
-    assert (await store.get(ACCOUNT, session.id)).used == 10
+    return turns, account.id, default
 
 
-async def test_a_full_mode_turn_needs_two_units(store) -> None:
-    session, _ = await store.mint(ACCOUNT, "u", persona(session_interaction_limit=3), "full")
-    assert await store.charge(session, COST["full"]) == 1
+async def test_a_sessions_budget_is_spent_exactly_under_concurrency(redis, store) -> None:
+    turns, account_id, default = await opener(redis)
+    limited = msgspec.structs.replace(
+        default, publish_settings=PublishSettings(session_interaction_limit=10)
+    )
+    session, _ = await store.mint(account_id, "u", limited, "chat")
+    results = await asyncio.gather(
+        *(
+            turns.open(account_id, "u", key_slot=None, idempotency_key=None,
+                       budget=session.budget(COST["chat"]))
+            for _ in range(50)
+        ),
+        return_exceptions=True,
+    )  # fmt: skip
+    opened = [r for r in results if isinstance(r, Opened)]
+    assert sorted(o.budget_left for o in opened) == list(range(10))
+    assert all(isinstance(r, SessionInteractionLimit) for r in results if r not in opened)
+    assert (await store.get(account_id, session.id)).used == 10
+    # Refused turns gave their request back: ten were spent of the account's balance.
+    assert await Balance(redis).get(account_id) == 10_000 - 10
+
+
+async def test_a_full_mode_turn_needs_two_units_and_a_failed_one_gives_them_back(
+    redis, store
+) -> None:
+    turns, account_id, default = await opener(redis)
+    three = msgspec.structs.replace(
+        default, publish_settings=PublishSettings(session_interaction_limit=3)
+    )
+    session, _ = await store.mint(account_id, "u", three, "full")
+    full = session.budget(COST["full"])
+    first = await turns.open(account_id, "u", key_slot=None, idempotency_key=None, budget=full)
+    assert isinstance(first, Opened) and first.budget_left == 1
     with pytest.raises(SessionInteractionLimit):
-        await store.charge(session, COST["full"])
-    assert (await store.get(ACCOUNT, session.id)).interactions_left() == 1, "nothing spent"
-    assert await store.charge(session, COST["chat"]) == 0
-    assert await store.charge(session, -COST["full"]) == 2, "a turn that did not run, given back"
+        await turns.open(account_id, "u", key_slot=None, idempotency_key=None, budget=full)
+    assert (await store.get(account_id, session.id)).interactions_left() == 1, "nothing spent"
+    await turns.close(account_id, "u", turn=None, claim=None, outcome=None, refund=True,
+                      budget=first.budget)  # fmt: skip
+    assert (await store.get(account_id, session.id)).interactions_left() == 3, "given back"
 
-    unlimited, _ = await store.mint(ACCOUNT, "u", persona(), "full")
+    unlimited, _ = await store.mint(account_id, "u", default, "full")
     for _ in range(3):
-        assert await store.charge(unlimited, COST["full"]) is None
-    assert (await store.get(ACCOUNT, unlimited.id)).used == 6
-    assert await store.end(ACCOUNT, unlimited.id, 1000)
+        opened = await turns.open(account_id, "u", key_slot=None, idempotency_key=None,
+                                  budget=unlimited.budget(COST["full"]))  # fmt: skip
+        assert isinstance(opened, Opened) and opened.budget_left is None
+    assert (await store.get(account_id, unlimited.id)).used == 6
+    assert await store.end(account_id, unlimited.id, 1000)
     with pytest.raises(SessionGone):
-        await store.charge(unlimited, COST["full"])
+        await turns.open(account_id, "u", key_slot=None, idempotency_key=None,
+                         budget=unlimited.budget(COST["full"]))  # fmt: skip
 
 
 def event(seq: int) -> tuple[int, bytes]:

@@ -32,6 +32,7 @@ from engine.turn_runner import Answer, TurnFailure, TurnResult, TurnRunner
 from engine.turn_store import TurnStore
 from engine.turns import TurnEvent, TurnInput, TurnPipeline, Voice
 from engine.workers import WorkerPool
+from sessions.store import CHARGE
 from tests.conftest import RedisServer, wait_until
 from tests.fake_openai import DEFAULT_REPLY, FakeOpenAI
 
@@ -55,7 +56,8 @@ class Rig:
         self.pool = WorkerPool(workers=2, queue_size=4, deadline=deadline)
         self.runner = TurnRunner(
             store=TurnStore(
-                redis, memory=self.memory, idempotency=Idempotency(in_flight_ttl=60), key_rpm=60
+                redis, memory=self.memory, idempotency=Idempotency(in_flight_ttl=60),
+                key_rpm=60, budget=CHARGE,
             ),
             pipeline=TurnPipeline(
                 personas=PersonaStore(redis), memory=self.memory, retriever=NoKnowledge(),
