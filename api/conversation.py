@@ -33,6 +33,7 @@ from engine.media import (
     check_image,
     decode_base64,
 )
+from engine.memory import TurnStatus
 from engine.personas import PersonaPatch
 from engine.replies import Image
 from engine.turn_runner import TurnFailure, TurnResult
@@ -76,6 +77,9 @@ class TurnView(msgspec.Struct):
     reply: str
     request_id: str
     sources: list[str]
+    status: TurnStatus
+    """``cancelled`` when the reply was stopped (a live session's cancel, barge-in or a socket
+    gone): ``reply`` is then what had been said of it."""
 
 
 class HistoryPage(msgspec.Struct):
@@ -217,7 +221,14 @@ async def history(request: Request) -> Response:
         principal.account_id, user_id, limit=page.limit, offset=page.offset
     )
     items = [
-        TurnView(at=t.at, message=t.user, reply=t.reply, request_id=t.request_id, sources=t.sources)
+        TurnView(
+            at=t.at,
+            message=t.user,
+            reply=t.reply,
+            request_id=t.request_id,
+            sources=t.sources,
+            status=t.status,
+        )
         for t in turns
     ]
     return JSON(

@@ -517,7 +517,9 @@ async def test_a_disconnect_mid_reply_leaves_nothing_running_and_the_turn_rememb
         return bool(history)
 
     await eventually(remembered, "the cancelled turn in the history")
-    assert [(t["message"], t["reply"]) for t in history] == [("Are you there?", "This is the")]
+    assert [(t["message"], t["reply"], t["status"]) for t in history] == [
+        ("Are you there?", "This is the", "cancelled")
+    ]
     assert history[0]["request_id"].startswith(minted["session_id"])
     # The turn the client saw begin comes to an end for a client that resumes: its
     # reply.done (cancelled, with what was said) was stored though it could not be sent.
