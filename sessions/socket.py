@@ -95,23 +95,33 @@ class Hub:
 
     def __init__(self, store: SessionStore) -> None:
         self._store = store
-        self._held: dict[str, tuple[str, Callable[[Control], None]]] = {}
-        """owner (connection id) -> (session id, how to tell the connection)."""
+        self._tell: dict[str, Callable[[Control], None]] = {}
+        """owner (connection id) -> how to tell that connection."""
+        self._owners: dict[str, set[str]] = {}
+        """session id -> the owners held here (one, but for a moment during a replace)."""
 
     def hold(self, owner: str, session_id: str, tell: Callable[[Control], None]) -> None:
-        self._held[owner] = (session_id, tell)
+        self._tell[owner] = tell
+        self._owners.setdefault(session_id, set()).add(owner)
 
-    def release(self, owner: str) -> None:
-        self._held.pop(owner, None)
+    def release(self, owner: str, session_id: str) -> None:
+        self._tell.pop(owner, None)
+        owners = self._owners.get(session_id, set())
+        owners.discard(owner)
+        if not owners:
+            self._owners.pop(session_id, None)
 
     async def run(self) -> None:
         async for control in self._store.listen():
-            for owner, (session_id, tell) in list(self._held.items()):
-                match control.kind:
-                    case "replaced" if owner == control.owner:
-                        tell(control)
-                    case "ended" if session_id == control.session_id:
-                        tell(control)
+            # Found by key, not by a walk over every socket: ten thousand may be held here.
+            if control.kind == "replaced":
+                owners = {control.owner}
+            else:
+                owners = set(self._owners.get(control.session_id, ()))
+            for owner in owners:
+                tell = self._tell.get(owner)
+                if tell is not None:
+                    tell(control)
 
 
 class SessionSocket:
@@ -144,7 +154,7 @@ class SessionSocket:
         try:
             await connection.run(socket.query_params.get("last_seq"))
         finally:
-            self._hub.release(owner)
+            self._hub.release(owner, session.id)
 
 
 class Connection:
