@@ -89,6 +89,44 @@ class Expired(msgspec.Struct, frozen=True):
 Input = Frame | Gone | Event | Ended | Expired | Control
 
 
+class Inbox:
+    """What happened to a connection, waiting to be handled, taken all at once.
+
+    Not an ``asyncio.Queue``: that holds four deques, about 3 KiB before anything is put in
+    it, and an idle session's memory is mostly what it keeps (BENCHMARKS.md, "Live
+    sessions"). A list and, while the connection waits, one future."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Input] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: Input) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> list[Input]:
+        """Everything put so far, waiting for the first item if there is none."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.drain()
+
+    def put_back(self, items: list[Input]) -> None:
+        """Items taken but not handled, ahead of any put since."""
+        self._items[:0] = items
+
+    def drain(self) -> list[Input]:
+        """Everything put so far, without waiting."""
+        items, self._items = self._items, []
+        return items
+
+
 class Hub:
     """The sockets this process holds, and the control messages meant for them: a newer
     connection to one of its sessions (on any node), or a session ended by its backend."""
@@ -150,7 +188,7 @@ class SessionSocket:
             await _close(socket, error.failure.close_code, error.message)
             return
         connection = Connection(socket, session, owner, self)
-        self._hub.hold(owner, session.id, connection.inbox.put_nowait)
+        self._hub.hold(owner, session.id, connection.inbox.put)
         try:
             await connection.run(socket.query_params.get("last_seq"))
         finally:
@@ -167,7 +205,7 @@ class Connection:
         self.store = served._store
         self.runner = served._runner
         self.clock = served._clock
-        self.inbox: asyncio.Queue[Input] = asyncio.Queue()
+        self.inbox = Inbox()
         ends_at = session.ends_at()
         assert ends_at is not None, "attach sets the first connect"
         self.protocol = SessionProtocol(
@@ -189,16 +227,21 @@ class Connection:
         # A timer handle, not a task: an idle session's memory is mostly what it keeps.
         loop = asyncio.get_running_loop()
         timer = loop.call_later(
-            max(0.0, self.protocol.ends_at - self.clock()), self.inbox.put_nowait, Expired()
+            max(0.0, self.protocol.ends_at - self.clock()), self.inbox.put, Expired()
         )
         try:
             await self._resume(last_seq)
             while not self.closed:
-                actions = self._handle(await self.inbox.get())
-                # Whatever else is waiting is handled before acting, so the events of a
-                # burst (a model's deltas) are stored in one round trip and sent together.
-                while not self.inbox.empty() and not self.closed:
-                    actions += self._handle(self.inbox.get_nowait())
+                # Whatever is waiting is handled before acting, so the events of a burst (a
+                # model's deltas) are stored in one round trip and sent together.
+                actions: list[Action] = []
+                items = await self.inbox.take()
+                for n, item in enumerate(items):
+                    if self.closed:
+                        # Left for the way out (a turn's end to store for a resume).
+                        self.inbox.put_back(items[n:])
+                        break
+                    actions += self._handle(item)
                 await self._perform(actions)
         except RapportError as error:
             # The store failed us (Redis unreachable): the table's close code (1011), said
@@ -222,8 +265,7 @@ class Connection:
         """Store the reply.done of each turn the socket's going cancelled, unsent: a client
         that resumes sees every turn it saw begin come to an end."""
         sends: list[Send] = []
-        while not self.inbox.empty():
-            item = self.inbox.get_nowait()
+        for item in self.inbox.drain():
             if isinstance(item, Ended):
                 sends += [a for a in self._handle(item) if isinstance(a, Send)]
         if sends:
@@ -331,7 +373,7 @@ class Connection:
             for _, frame in frames:
                 await self.socket.send_text(frame.decode())
         except (WebSocketDisconnect, RuntimeError, OSError):
-            await self.inbox.put(Gone())
+            self.inbox.put(Gone())
 
     async def _start(self, turn: int, message: UserMessage, cost: int) -> None:
         task = asyncio.create_task(self._turn(turn, message, cost))
@@ -344,7 +386,7 @@ class Connection:
             # Also for a task cancelled before it ever ran (a cancel right behind its
             # message), whose body never got to say so. Its units stay spent, like those of
             # any cancelled turn.
-            self.inbox.put_nowait(Ended(turn, message))
+            self.inbox.put(Ended(turn, message))
 
     async def _turn(self, turn: int, message: UserMessage, cost: int) -> None:
         inbox = self.inbox
@@ -364,34 +406,32 @@ class Connection:
                     request_id=f"{session.id}.{turn}",
                     voice=voice,
                 ),
-                emit=lambda event: inbox.put_nowait(Event(turn, event)),
+                emit=lambda event: inbox.put(Event(turn, event)),
                 key=None if message.id is None else self._key(message),
                 budget=session.budget(cost),
             )
         except SessionInteractionLimit:
-            inbox.put_nowait(Ended(turn, message, spent=True))
+            inbox.put(Ended(turn, message, spent=True))
             return
         except SessionGone:
-            inbox.put_nowait(Ended(turn, message, gone=True))
+            inbox.put(Ended(turn, message, gone=True))
             return
         except IdempotencyInFlight:
             # A resent message (same id) whose first copy still runs: nothing runs twice.
-            inbox.put_nowait(Ended(turn, message, duplicate=True))
+            inbox.put(Ended(turn, message, duplicate=True))
             return
         except RapportError as error:
-            inbox.put_nowait(Ended(turn, message, error=error))
+            inbox.put(Ended(turn, message, error=error))
             return
         if answer.replayed:
             # A resent message that already ran: nothing runs, nothing is spent twice.
-            inbox.put_nowait(Ended(turn, message, duplicate=True))
+            inbox.put(Ended(turn, message, duplicate=True))
             return
         match answer.record:
             case TurnResult() as result:
-                inbox.put_nowait(
-                    Ended(turn, message, result=result, budget_left=answer.budget_left)
-                )
+                inbox.put(Ended(turn, message, result=result, budget_left=answer.budget_left))
             case TurnFailure() as failure:
-                inbox.put_nowait(Ended(turn, message, error=failure.error()))
+                inbox.put(Ended(turn, message, error=failure.error()))
 
     def _key(self, message: UserMessage) -> IdempotencyKey:
         digest = hashlib.sha256(encode(message)).hexdigest()
@@ -405,8 +445,8 @@ class Connection:
                 break
             if message["type"] == "websocket.disconnect":
                 break
-            await self.inbox.put(Frame(message.get("text"), message.get("bytes")))
-        await self.inbox.put(Gone())
+            self.inbox.put(Frame(message.get("text"), message.get("bytes")))
+        self.inbox.put(Gone())
 
 
 async def _close(socket: WebSocket, code: int, reason: str) -> None:
