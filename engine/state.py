@@ -10,6 +10,7 @@ recovers by itself when Redis comes back.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from collections.abc import Awaitable, Callable
@@ -62,15 +63,26 @@ def unavailable_as(
     """Map Redis being unreachable (refused, timed out, loading) to ``error``.
 
     Other Redis errors (a wrong type, a script error) are bugs and stay internal errors.
+
+    Also honours a cancellation redis-py lost: one that lands while a command waits for its
+    reply can be swallowed by the library (measured with redis-py 8.1: the command completes
+    and the task goes on as if never cancelled, its ``cancelling()`` still 1). A cancelled
+    turn would then run on to its end. The command's result is returned (what it did in Redis
+    is done, and the caller may need it to clean up) and the cancellation is asked again, so
+    it lands at the caller's next await.
     """
 
     def decorate(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         @functools.wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             try:
-                return await func(*args, **kwargs)
+                result = await func(*args, **kwargs)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 raise error() from exc
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.cancel()
+            return result
 
         return wrapper
 

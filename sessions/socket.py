@@ -135,31 +135,29 @@ class Hub:
         self._store = store
         self._tell: dict[str, Callable[[Control], None]] = {}
         """owner (connection id) -> how to tell that connection."""
-        self._owners: dict[str, set[str]] = {}
-        """session id -> the owners held here (one, but for a moment during a replace)."""
+        self._owner: dict[str, str] = {}
+        """session id -> the owner held here (the newer one, during a replace)."""
 
     def hold(self, owner: str, session_id: str, tell: Callable[[Control], None]) -> None:
         self._tell[owner] = tell
-        self._owners.setdefault(session_id, set()).add(owner)
+        self._owner[session_id] = owner
 
     def release(self, owner: str, session_id: str) -> None:
         self._tell.pop(owner, None)
-        owners = self._owners.get(session_id, set())
-        owners.discard(owner)
-        if not owners:
-            self._owners.pop(session_id, None)
+        if self._owner.get(session_id) == owner:
+            del self._owner[session_id]
 
     async def run(self) -> None:
         async for control in self._store.listen():
             # Found by key, not by a walk over every socket: ten thousand may be held here.
-            if control.kind == "replaced":
-                owners = {control.owner}
-            else:
-                owners = set(self._owners.get(control.session_id, ()))
-            for owner in owners:
-                tell = self._tell.get(owner)
-                if tell is not None:
-                    tell(control)
+            owner = (
+                control.owner
+                if control.kind == "replaced"
+                else self._owner.get(control.session_id, "")
+            )
+            tell = self._tell.get(owner)
+            if tell is not None:
+                tell(control)
 
 
 class SessionSocket:

@@ -138,6 +138,24 @@ async def test_cancel_before_the_first_token(rig: Rig, fake: FakeOpenAI) -> None
     assert await rig.left() == BALANCE - 1, "charged once, not refunded"
 
 
+async def test_a_cancel_while_the_turn_opens_is_not_lost(rig: Rig, fake: FakeOpenAI) -> None:
+    """Cancelled while its opening script waits for Redis (a reply.cancel right behind its
+    message): redis-py can swallow that cancellation; the turn must stop all the same, not
+    run on to the model's answer."""
+    fake.configure(delay_s=30)
+    key = IdempotencyKey("k-open", "fingerprint")
+    for _ in range(5):  # the cancel lands at a different point of the open each time
+        task = asyncio.create_task(rig.runner.run(rig.turn(), key=key))
+        await asyncio.sleep(0)  # the task has started: it waits in the opening script
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 5)
+    # Each time the key was released and nothing was kept: a run now goes through.
+    fake.configure(delay_s=0)
+    answer = await rig.runner.run(rig.turn(), key=key)
+    assert isinstance(answer.record, TurnResult) and not answer.replayed
+
+
 async def test_cancel_mid_stream_closes_the_upstream(rig: Rig, fake: FakeOpenAI) -> None:
     fake.configure(stall_after_chunks=3)
     events: list[TurnEvent] = []
