@@ -52,10 +52,9 @@ from typing import Any
 import httpx
 import redis
 
-from bench.harness import run_bench, start_fake_openai
+from bench.harness import refill, run_bench, start_fake_openai
 from bench.http_overhead import (
     LOOPBACK,
-    ROOT,
     Budget,
     Server,
     Tally,
@@ -372,16 +371,7 @@ def setup(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> Ben
         + 1
         + args.rounds * len(args.concurrency) * (args.warmup + args.requests)
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
-    env["RAPPORT_DATA_DIR"] = str(data_dir)
-    subprocess.run(
-        [*rapport_command()[:-1], "balance", "add", "--account", "demo", str(turns)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        timeout=60,
-    )
+    refill(data_dir, turns)
 
     # Give every user a full window of history, then read back what Rapport now sends.
     prime = make_load(rapport_port, RAPPORT_PATH, api_key, args.users, "prime")

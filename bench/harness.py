@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from bench.http_overhead import (
     LOOPBACK,
+    ROOT,
     Server,
     free_port,
     rapport_command,
@@ -85,3 +87,17 @@ def start_fake_openai(workdir: Path, servers: list[Server]) -> tuple[Server, str
     url = f"http://{LOOPBACK}:{port}"
     wait_ready(fake, f"{url}/_control/calls")
     return fake, url
+
+
+def refill(data_dir: Path, turns: int) -> None:
+    """Every turn spends one of the account's requests: add enough for the whole run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
+    env["RAPPORT_DATA_DIR"] = str(data_dir)
+    subprocess.run(
+        [*rapport_command()[:-1], "balance", "add", "--account", "demo", str(turns)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+    )

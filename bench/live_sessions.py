@@ -70,7 +70,7 @@ import redis
 from hdrh.histogram import HdrHistogram
 
 from bench.conversation_overhead import MESSAGE, drive, make_load
-from bench.harness import run_bench, spawn_ready_rapport, start_fake_openai
+from bench.harness import refill, run_bench, spawn_ready_rapport, start_fake_openai
 from bench.http_overhead import (
     LOOPBACK,
     ROOT,
@@ -80,7 +80,6 @@ from bench.http_overhead import (
     free_port,
     machine,
     package_versions,
-    rapport_command,
     spawn,
     stop,
     wait_ready,
@@ -213,20 +212,6 @@ def start_rapport(
         data_dir, workdir / f"{name}.log", servers, env, command
     )
     return server, int(base.rsplit(":", 1)[1]), key
-
-
-def refill(data_dir: Path, turns: int) -> None:
-    """Every turn spends one of the account's requests: add enough for the whole run."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
-    env["RAPPORT_DATA_DIR"] = str(data_dir)
-    subprocess.run(
-        [*rapport_command()[:-1], "balance", "add", "--account", "demo", str(turns)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-        timeout=60,
-    )
 
 
 def serve_legacy() -> None:
