@@ -47,7 +47,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import redis
@@ -68,6 +68,8 @@ from bench.http_overhead import (
     spawn,
     wait_ready,
 )
+
+T = TypeVar("T")
 
 RAPPORT_PATH = "/api/v1/conversation"
 PEER_PATH = "/turn"
@@ -225,7 +227,7 @@ async def drive(
     return time.perf_counter() - started
 
 
-def run_async(coro: Coroutine[Any, Any, float]) -> float:
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop where it is installed: the client shares the cores, so keep it cheap."""
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     with contextlib.suppress(ImportError):

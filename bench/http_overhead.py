@@ -104,9 +104,9 @@ def serve_peer(port: int, body_file: Path) -> None:
     serve_like_rapport(app, port)
 
 
-def serve_like_rapport(app: Any, port: int) -> None:
+def serve_like_rapport(app: Any, port: int, **options: Any) -> None:
     """Serve a peer app with the uvicorn settings `rapport serve` uses (api/cli.py), less
-    the factory."""
+    the factory; ``options`` adds uvicorn settings (a WebSocket peer's)."""
     import uvicorn
 
     uvicorn.run(
@@ -117,6 +117,7 @@ def serve_like_rapport(app: Any, port: int) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        **options,
     )
 
 

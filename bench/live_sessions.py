@@ -69,7 +69,7 @@ import httpx
 import redis
 from hdrh.histogram import HdrHistogram
 
-from bench.conversation_overhead import MESSAGE, drive, make_load
+from bench.conversation_overhead import MESSAGE, drive, make_load, run_async
 from bench.harness import refill, run_bench, spawn_ready_rapport, start_fake_openai
 from bench.http_overhead import (
     LOOPBACK,
@@ -80,6 +80,7 @@ from bench.http_overhead import (
     free_port,
     machine,
     package_versions,
+    serve_like_rapport,
     spawn,
     stop,
     wait_ready,
@@ -262,7 +263,6 @@ def serve_starlette(port: int, config: WsConfig | None) -> None:
     """The second peer: a bare Starlette WebSocket route under uvicorn with Rapport's
     WebSocket settings (``config``'s, or rapport serve's defaults); it accepts, sends one
     ready frame and reads until the client leaves. No middleware, no Redis."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
@@ -282,27 +282,9 @@ def serve_starlette(port: int, config: WsConfig | None) -> None:
         return Response(b"ok")
 
     app = Starlette(routes=[WebSocketRoute("/socket", socket), Route("/healthz", healthz)])
-    uvicorn.run(
-        app,
-        host=LOOPBACK,
-        port=port,
-        workers=1,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        **{**ws_options(Settings()), **(config.uvicorn() if config else {})},
+    serve_like_rapport(
+        app, port, **{**ws_options(Settings()), **(config.uvicorn() if config else {})}
     )
-
-
-def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
-    """On uvloop where it is installed, as uvicorn runs: the client shares the cores."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
 
 
 # --- minting -------------------------------------------------------------------------------
