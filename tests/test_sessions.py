@@ -654,6 +654,26 @@ async def test_bad_expired_and_foreign_tokens_close_4001_after_accepting(
         assert (await live.next())["type"] == "session.ready"
 
 
+async def test_bad_socket_urls_get_a_close_code_never_1011(http: httpx.AsyncClient) -> None:
+    minted = await mint(http)
+    path = minted["ws_url"].split("?")[0]
+    assert await closes_with(path) == ([], 4001), "no token at all"
+    assert await closes_with(path + "?token=") == ([], 4001)
+    # (Under 8 KiB: a longer handshake line never gets an answer from the socket layer.)
+    assert await closes_with(path + "?token=" + "x" * 5_000) == ([], 4001)
+    huge_id = path.rsplit("/", 2)[0] + "/" + "a" * 2000 + "/socket"
+    token = "?token=" + quote(minted["token"], safe="")
+    assert await closes_with(huge_id + token) == ([], 4001), "the token names another session"
+    for bad in ("abc", "-1", "1.5", "99999999999999999999"):
+        async with opened(minted["ws_url"] + f"&last_seq={bad}") as live:
+            error, ready = await live.next(), await live.next()
+        # Refused in plain words, then a fresh start: nothing replayed, nothing lost.
+        assert (error["type"], error["code"], error["fatal"]) == (
+            "error", "validation.failed", False,
+        ), bad  # fmt: skip
+        assert ready["type"] == "session.ready" and ready["resumed"] is False
+
+
 async def test_an_unknown_or_ended_session_closes_4004(http: httpx.AsyncClient) -> None:
     minted = await mint(http)
     # A well-formed token for a session that does not exist (or expired long ago).
