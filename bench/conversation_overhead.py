@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import msgspec
 import redis
 
 from bench.harness import refill, run_bench, start_fake_openai
@@ -80,7 +81,8 @@ TURN_QUEUE = 1000
 MESSAGE = "Hello! What are your opening hours on Saturdays, and do I need to book ahead?"
 LEVEL_TIMEOUT_S = 300.0
 READ_LIMIT = 1 << 20
-PEER_CALLS = {"peer-create": "create", "peer-raw": "raw"}  # target -> how it calls the LLM
+# target -> how it calls the LLM
+PEER_CALLS = {"peer-create": "create", "peer-raw": "raw", "peer-lean": "lean"}
 TARGETS = ("rapport", *PEER_CALLS)
 TARGET_CONC = 16  # the concurrency issue 3 sets its targets at
 
@@ -135,8 +137,10 @@ def make_load(port: int, path: str, api_key: str, users: int, prefix: str) -> Lo
 def serve_peer(port: int, upstream: str, prompt_file: Path, call: str) -> None:
     """Starlette + the openai client, one route, no middleware, no Redis.
 
-    ``call`` is ``create`` (``chat.completions.create``) or ``raw`` (the client's ``post``,
-    exactly as engine/llm.py sends it: same path, body fields, cast and stream classes).
+    ``call`` is ``create`` (``chat.completions.create``), ``raw`` (the client's ``post``
+    with the library's typed ``ChatCompletionChunk``s, the peer issue 10 measures against)
+    or ``lean`` (exactly as engine/llm.py calls and decodes: ``AsyncStream[object]`` and
+    msgspec's ``StreamChunk``), so that Rapport over ``peer-lean`` is the engine's own cost.
     """
     import openai
     from openai import AsyncStream
@@ -146,12 +150,33 @@ def serve_peer(port: int, upstream: str, prompt_file: Path, call: str) -> None:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
+    from engine.llm import StreamChunk
+
     prompt = json.loads(prompt_file.read_text())
     client = openai.AsyncOpenAI(base_url=upstream, api_key=LLM_KEY, timeout=30, max_retries=0)
 
     async def turn(request: Request) -> Response:
         body = await request.json()
         messages = [*prompt["history"], {"role": "user", "content": body["message"]}]
+        parts: list[str] = []
+        if call == "lean":
+            data_stream = await client.post(
+                "/chat/completions",
+                cast_to=ChatCompletion,
+                body={
+                    "model": prompt["model"],
+                    "messages": messages,
+                    "max_tokens": prompt["max_tokens"],
+                    "stream": True,
+                },
+                stream=True,
+                stream_cls=AsyncStream[object],
+            )
+            async for data in data_stream:
+                text = msgspec.convert(data, StreamChunk).text
+                if text:
+                    parts.append(text)
+            return JSONResponse({"reply": "".join(parts).strip()})
         stream: AsyncStream[ChatCompletionChunk]
         if call == "create":
             stream = await client.chat.completions.create(
@@ -173,7 +198,6 @@ def serve_peer(port: int, upstream: str, prompt_file: Path, call: str) -> None:
                 stream=True,
                 stream_cls=AsyncStream[ChatCompletionChunk],
             )
-        parts: list[str] = []
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 parts.append(chunk.choices[0].delta.content)
@@ -556,16 +580,28 @@ def verdict(tallies: dict[tuple[str, int], TurnTally]) -> None:
     print()
     print(f"Targets at {TARGET_CONC} clients (issue 3):")
     meanings = {
-        "peer-raw": "the engine's own overhead: the peer calls the LLM as Rapport does",
+        "peer-lean": "the engine's own overhead: the peer calls and decodes as Rapport does",
+        "peer-raw": "the peer of issue 10: Rapport's call, the library's typed chunks",
         "peer-create": "the overhead as issue 3 defines it: the peer calls create()",
     }
-    for peer in ("peer-raw", "peer-create"):  # the engine's own cost first
+    for peer in ("peer-lean", "peer-raw", "peer-create"):  # the engine's own cost first
+        if (peer, TARGET_CONC) not in tallies:
+            continue
         o = Overhead.of(tallies, peer, TARGET_CONC)
-        print(f"against {peer} ({meanings.get(peer, peer)}):")
+        print(f"against {peer} ({meanings[peer]}):")
         checks = (
             (f"overhead p50 {o.p50:.2f} ms (target <= 3 ms)", o.p50 <= 3),
             (f"overhead p99 {o.p99:.2f} ms (target <= 15 ms)", o.p99 <= 15),
             (f"throughput {o.ratio:.2f} of the peer's (target >= 0.50)", o.ratio >= 0.5),
+        )
+        for text, met in checks:
+            print(f"- {text}: {'met' if met else 'MISSED'}")
+    if ("peer-raw", TARGET_CONC) in tallies:
+        o = Overhead.of(tallies, "peer-raw", TARGET_CONC)
+        print(f"Targets at {TARGET_CONC} clients (issue 10), against peer-raw:")
+        checks = (
+            (f"CPU per turn {o.cpu_ratio:.2f}x the peer's (target <= 1.3)", o.cpu_ratio <= 1.3),
+            (f"throughput {o.ratio:.2f} of the peer's (target >= 0.8)", o.ratio >= 0.8),
         )
         for text, met in checks:
             print(f"- {text}: {'met' if met else 'MISSED'}")

@@ -7,8 +7,10 @@ retries are off: a retry is the caller's decision (and the idempotency key's pur
 The request goes through the client's documented raw ``post`` rather than
 ``chat.completions.create``: ``create`` walks every message through its TypedDict
 transform, about 0.2 ms of CPU per message, which with a dozen remembered turns was most
-of a turn's CPU (BENCHMARKS.md). Our messages are plain JSON already; the response side
-(typed, streamed chunks and the library's error mapping) is the same.
+of a turn's CPU (BENCHMARKS.md). Our messages are plain JSON already. On the way back the
+client frames the server-sent events and maps errors as usual, but each chunk is converted
+into the few fields we read (``StreamChunk``, msgspec) instead of the library's pydantic
+``ChatCompletionChunk``, whose loose construction cost ~25 µs of CPU a chunk (issue 10).
 OpenAI errors become ours here, at the boundary: a timeout is ``upstream_timeout``, any
 other failure of the upstream ``upstream_error``.
 """
@@ -19,9 +21,10 @@ import base64
 import contextlib
 from collections.abc import Iterator
 
+import msgspec
 import openai
 from openai import AsyncStream
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from engine.errors import UpstreamFailed, UpstreamTimeout
 from engine.prompt import build_messages, summary_messages
@@ -39,6 +42,26 @@ from engine.replies import (
 SUMMARY_TOKENS = 200
 
 
+class ChunkDelta(msgspec.Struct):
+    content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    delta: ChunkDelta = msgspec.field(default_factory=ChunkDelta)
+
+
+class StreamChunk(msgspec.Struct):
+    """What we read of a streamed ``chat.completion.chunk`` (OpenAI's Chat Completions
+    streaming reference); unknown fields are ignored, a wrong type is the upstream's fault.
+    A chunk without choices (a final usage chunk) carries no text."""
+
+    choices: list[ChunkChoice] = []
+
+    @property
+    def text(self) -> str | None:
+        return self.choices[0].delta.content if self.choices else None
+
+
 @contextlib.contextmanager
 def upstream_errors() -> Iterator[None]:
     """The one boundary where the openai client's errors become ours: a timeout is
@@ -48,7 +71,7 @@ def upstream_errors() -> Iterator[None]:
         yield
     except openai.APITimeoutError as exc:
         raise UpstreamTimeout() from exc
-    except openai.OpenAIError as exc:
+    except (openai.OpenAIError, msgspec.ValidationError) as exc:
         raise UpstreamFailed() from exc
 
 
@@ -83,17 +106,16 @@ class OpenAICompatible:
                     "stream": True,
                 },
                 stream=True,
-                stream_cls=AsyncStream[ChatCompletionChunk],
+                # ``object``: the client hands each event's JSON over as decoded, unbuilt.
+                stream_cls=AsyncStream[object],
             )
             # The context manager closes the HTTP response on every exit: a cancelled turn
             # (asyncio cancel, a client's reply.cancel) ends the upstream request at once
             # instead of leaving the model generating for nobody.
             async with stream:
                 emit(ReplyStarted())
-                async for chunk in stream:
-                    if not chunk.choices:
-                        continue
-                    delta = chunk.choices[0].delta.content
+                async for data in stream:
+                    delta = msgspec.convert(data, StreamChunk).text
                     if delta:
                         parts.append(delta)
                         emit(ReplyDelta(delta))

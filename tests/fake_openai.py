@@ -50,6 +50,8 @@ class Behaviour:
     # None: every call answers `status`; N: only the next N calls do.
     fail_times: int | None = None
     stall_after_chunks: int | None = None
+    # After N words, a chunk whose content is a number: a server that breaks the schema.
+    malformed_after_chunks: int | None = None
 
 
 class State:
@@ -184,7 +186,7 @@ async def stream(
 ) -> AsyncIterator[str]:
     cid, created = completion_id(), int(time.time())
 
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         data: dict[str, Any] = {
             "id": cid,
@@ -204,6 +206,8 @@ async def stream(
             if i == behaviour.stall_after_chunks:
                 # Starlette cancels this generator when the client disconnects.
                 await asyncio.Event().wait()
+            if i == behaviour.malformed_after_chunks:
+                yield chunk({"content": 42})
             if behaviour.chunk_delay_s:
                 await asyncio.sleep(behaviour.chunk_delay_s)
             # Like real tokens, every word but the first carries its leading space.

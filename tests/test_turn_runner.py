@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from engine import keyspace
 from engine.accounts import AccountStore
 from engine.balance import Balance
-from engine.errors import NoRequests, UpstreamTimeout, VoiceTranscriptionFailed
+from engine.errors import NoRequests, UpstreamFailed, UpstreamTimeout, VoiceTranscriptionFailed
 from engine.idempotency import Idempotency, IdempotencyKey
 from engine.llm import OpenAICompatible
 from engine.memory import MemoryStore
@@ -257,6 +257,17 @@ async def test_a_final_failure_is_kept_and_refunded(rig: Rig, fake: FakeOpenAI) 
     assert again.record.failure == "VOICE_TRANSCRIPTION_FAILED"
     assert again.record.request_id == turn.request_id
     assert await rig.left() == BALANCE and fake.calls() == []
+
+
+async def test_a_chunk_that_breaks_the_schema_fails_upstream(rig: Rig, fake: FakeOpenAI) -> None:
+    fake.configure(malformed_after_chunks=2)
+    events: list[TurnEvent] = []
+    with pytest.raises(UpstreamFailed):
+        await rig.runner.run(rig.turn(), emit=events.append)
+    first, second = DEFAULT_REPLY.split()[:2]
+    assert [e.text for e in events if isinstance(e, ReplyDelta)] == [first, " " + second]
+    assert await rig.left() == BALANCE, "an upstream failure is refunded"
+    assert await rig.turns() == []
 
 
 async def test_no_balance_runs_nothing(rig: Rig, fake: FakeOpenAI) -> None:
