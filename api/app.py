@@ -31,6 +31,7 @@ from engine.errors import RapportError, UnavailableError
 from engine.firstrun import bootstrap_demo
 from engine.state import connect
 from kb.index import VectorIndex
+from sessions.leases import keep_leases
 
 log = logging.getLogger("rapport")
 
@@ -81,13 +82,28 @@ def create_app(settings: Settings) -> ASGIApp:
         log.info("ready on http://%s:%d", settings.host, settings.port)
         stop = asyncio.Event()
         processing = asyncio.create_task(services.processor.run(stop))
-        controls = asyncio.create_task(services.hub.run())
+        listeners = [
+            asyncio.create_task(services.hub.run()),
+            asyncio.create_task(services.queue_hub.run()),
+            asyncio.create_task(
+                keep_leases(
+                    services.sessions,
+                    services.capacity,
+                    services.hub.held,
+                    lambda: services.queue_hub.refresh(touch=True),
+                    # Often enough for both: a lease renewed before it runs out, a
+                    # connected queued client heard from before it counts as idle.
+                    min(settings.session_lease_seconds, settings.queue_idle_seconds) / 3,
+                )
+            ),
+        ]
         try:
             yield {"services": services}
         finally:
             stop.set()
-            controls.cancel()
-            await asyncio.gather(processing, controls, return_exceptions=True)
+            for task in listeners:
+                task.cancel()
+            await asyncio.gather(processing, *listeners, return_exceptions=True)
             await services.close()
             if embedded is not None:
                 embedded.close()

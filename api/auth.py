@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from api.services import Services
 
 PROTECTED_PREFIX = "/api/"
+TICKET_PREFIX = "/api/waiting-room/"
+"""A queued client's own routes: its ticket, in the URL, is its credential (a browser waits
+in line, and must never hold the key)."""
+
+
+def needs_key(path: str) -> bool:
+    return path.startswith(PROTECTED_PREFIX) and not path.startswith(TICKET_PREFIX)
 
 
 def presented_key(headers: Headers) -> str | None:
@@ -69,7 +76,7 @@ class ApiKeyAuth:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        if scope["type"] != "http" or not needs_key(scope["path"]):
             await self.app(scope, receive, send)
             return
         state = scope["state"]

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +23,7 @@ import msgspec
 import redis.asyncio as aioredis
 import uvicorn
 
-from engine.accounts import AccountStore
+from engine.accounts import Account, AccountStore
 from engine.apikeys import SLOTS, KeyStore, Slot
 from engine.balance import Balance
 from engine.config import ConfigError, Settings, env_name, flag_name, load_settings
@@ -35,10 +36,23 @@ from kb.documents import DocumentStore
 from kb.ingest import Ingest
 from kb.queue import ProcessingQueue
 from kb.text_documents import TextDocument
+from sessions.store import session_store
 
 T = TypeVar("T")
 
 STATE_FLAGS = ("data_dir", "redis_url", "redis_timeout")
+SESSION_FLAGS = (
+    *STATE_FLAGS,
+    "max_sessions",
+    "waiting_room_size",
+    "session_connect_seconds",
+    "session_resume_seconds",
+    "session_max_seconds",
+    "session_events",
+    "session_lease_seconds",
+    "queue_idle_seconds",
+)
+"""What reading live sessions needs: their windows lapse by these settings."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,14 +81,39 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve, [f.name for f in msgspec.structs.fields(Settings)])
     serve.set_defaults(run=_serve)
 
-    accounts = commands.add_parser("accounts", help="create and list accounts")
+    accounts = commands.add_parser("accounts", help="create, list and configure accounts")
     account_commands = accounts.add_subparsers(title="account commands", required=True)
     create = account_commands.add_parser("create", help="create an account")
     create.add_argument("name", help="unique name: 1-64 letters, digits, '.', '_' or '-'")
     create.set_defaults(run=_accounts_create)
     listing = account_commands.add_parser("list", help="list accounts and their key slots")
     listing.set_defaults(run=_accounts_list)
-    for sub in (create, listing):
+    plan = account_commands.add_parser(
+        "plan", help="show an account's plan, or change the limits given as flags"
+    )
+    plan.add_argument("--account", required=True, help="account id or name")
+    plan.add_argument("--max-concurrent-sessions", type=int, metavar="N")
+    plan.add_argument("--knowledge-units", type=int, metavar="N")
+    plan.add_argument("--storage-units", type=float, metavar="N", help="in MB")
+    plan.set_defaults(run=_accounts_plan)
+    origins = account_commands.add_parser(
+        "origins", help="the browser origins that may call with the account's keys"
+    )
+    origin_commands = origins.add_subparsers(title="origin commands", required=True)
+    origin_actions = {
+        "add": "allow an origin (scheme://host[:port]); from then on only listed ones",
+        "remove": "stop allowing an origin; with none left, every origin is allowed",
+        "list": "list the allowed origins",
+    }
+    origin_subs = []
+    for action, text in origin_actions.items():
+        sub = origin_commands.add_parser(action, help=text)
+        sub.add_argument("--account", required=True, help="account id or name")
+        if action != "list":
+            sub.add_argument("origin", help="e.g. https://shop.example")
+        sub.set_defaults(run=_accounts_origins, action=action)
+        origin_subs.append(sub)
+    for sub in (create, listing, plan, *origin_subs):
         _add_setting_flags(sub, STATE_FLAGS)
 
     keys = commands.add_parser("keys", help="manage an account's two API key slots")
@@ -96,6 +135,15 @@ def _parser() -> argparse.ArgumentParser:
     kb_import.add_argument("--account", required=True, help="account id or name")
     _add_setting_flags(kb_import, STATE_FLAGS)
     kb_import.set_defaults(run=_kb_import)
+
+    sessions = commands.add_parser("sessions", help="live sessions and the waiting room")
+    session_commands = sessions.add_subparsers(title="session commands", required=True)
+    session_list = session_commands.add_parser(
+        "list", help="the deployment's capacity, then each live or queued session"
+    )
+    session_list.add_argument("--account", help="only this account's (id or name)")
+    _add_setting_flags(session_list, SESSION_FLAGS)
+    session_list.set_defaults(run=_sessions_list)
 
     balance = commands.add_parser("balance", help="show or refill an account's request balance")
     balance_commands = balance.add_subparsers(title="balance commands", required=True)
@@ -199,8 +247,12 @@ def _redis_url(settings: Settings) -> Iterator[str]:
         embedded.close()
 
 
-def _with_state(args: argparse.Namespace, work: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-    settings = _settings(args, STATE_FLAGS)
+def _with_state(
+    args: argparse.Namespace,
+    work: Callable[[aioredis.Redis], Awaitable[T]],
+    names: tuple[str, ...] = STATE_FLAGS,
+) -> T:
+    settings = _settings(args, names)
 
     async def run(url: str) -> T:
         redis = connect(url, settings.redis_timeout)
@@ -219,6 +271,36 @@ def _accounts_create(args: argparse.Namespace) -> int:
     )
     print(f"created account {account.name} with id {account.id}")
     print(f"next: rapport keys create --account {account.id}")
+    return 0
+
+
+def _sessions_list(args: argparse.Namespace) -> int:
+    settings = _settings(args, SESSION_FLAGS)
+
+    async def listing(redis: aioredis.Redis) -> list[str]:
+        store, accounts = session_store(redis, settings), AccountStore(redis)
+        held, queued = await store.capacity.counts()
+        lines = [
+            f"slots held {held} of {settings.max_sessions}, "
+            f"waiting {queued} of {settings.waiting_room_size}"
+        ]
+        chosen = [await accounts.resolve(args.account)] if args.account else await accounts.list()
+        now = datetime.now(UTC)
+        for account in chosen:
+            for session in await store.live(account.id):
+                status = "queued" if session.queued else "ready"
+                if session.connected_at is not None:
+                    status = f"live since {session.connected_at:%Y-%m-%d %H:%M:%S}Z"
+                left = session.interactions_left()
+                lines.append(
+                    f"{session.id}  {account.name:<16} user {session.user_id:<20} "
+                    f"{session.mode:<4} {status}  "
+                    f"units left {'-' if left is None else left}, "
+                    f"{session.seconds_left(now)} s left"
+                )
+        return lines
+
+    print("\n".join(_with_state(args, listing, SESSION_FLAGS)))
     return 0
 
 
@@ -243,6 +325,41 @@ def _accounts_list(args: argparse.Namespace) -> int:
 
     lines = _with_state(args, listing)
     print("\n".join(lines) if lines else "no accounts")
+    return 0
+
+
+def _accounts_plan(args: argparse.Namespace) -> int:
+    async def act(redis: aioredis.Redis) -> Account:
+        accounts = AccountStore(redis)
+        account = await accounts.resolve(args.account)
+        return await accounts.set_plan(
+            account.id,
+            max_concurrent_sessions=args.max_concurrent_sessions,
+            knowledge_units=args.knowledge_units,
+            storage_units=args.storage_units,
+        )
+
+    plan = _with_state(args, act).plan
+    for field in msgspec.structs.fields(plan):
+        value = getattr(plan, field.name)
+        if field.name == "allowed_origins":
+            value = ", ".join(value) or "none (every origin allowed)"
+        print(f"{field.name}: {value}")
+    return 0
+
+
+def _accounts_origins(args: argparse.Namespace) -> int:
+    async def act(redis: aioredis.Redis) -> Account:
+        accounts = AccountStore(redis)
+        account = await accounts.resolve(args.account)
+        if args.action == "add":
+            return await accounts.add_origin(account.id, args.origin)
+        if args.action == "remove":
+            return await accounts.remove_origin(account.id, args.origin)
+        return account
+
+    origins = _with_state(args, act).plan.allowed_origins
+    print("\n".join(origins) if origins else "no allowed origins (every origin allowed)")
     return 0
 
 

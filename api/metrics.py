@@ -19,6 +19,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     ProcessCollector,
     generate_latest,
@@ -69,6 +70,54 @@ class HttpMetrics:
             buckets=SOCKET_BUCKETS,
             registry=None if multiproc_dir else self.registry,
         )
+
+        # The waiting room's moves, counted by the process whose script made them; the two
+        # gauges are deployment-wide (every node reports the same), read from Redis at scrape.
+        own = None if multiproc_dir else self.registry
+        self.admissions = Counter(
+            "rapport_waiting_room_admissions", "Queued sessions offered a slot.", registry=own
+        )
+        self.noshows = Counter(
+            "rapport_waiting_room_noshows",
+            "Offered slots not taken within the connect window (passed to the next).",
+            registry=own,
+        )
+        self.evictions = Counter(
+            "rapport_waiting_room_evictions",
+            "Queued clients that lost their place: neither connected nor polling.",
+            registry=own,
+        )
+        self.lapsed = Counter(
+            "rapport_session_leases_lapsed",
+            "Session slots freed because their lease ran out (a process stopped renewing).",
+            registry=own,
+        )
+        self.live_sessions = Gauge(
+            "rapport_live_sessions",
+            "Session slots held in the deployment (ready, live, or offered to a queued client).",
+            registry=own,
+            multiprocess_mode="mostrecent",
+        )
+        self.queued_clients = Gauge(
+            "rapport_queued_clients",
+            "Clients waiting in the deployment's waiting room.",
+            registry=own,
+            multiprocess_mode="mostrecent",
+        )
+
+    def observe_sweep(self, admitted: int, noshows: int, evicted: int, lapsed: int) -> None:
+        for counter, n in (
+            (self.admissions, admitted),
+            (self.noshows, noshows),
+            (self.evictions, evicted),
+            (self.lapsed, lapsed),
+        ):
+            if n:
+                counter.inc(n)
+
+    def observe_capacity(self, held: int, queued: int) -> None:
+        self.live_sessions.set(held)
+        self.queued_clients.set(queued)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

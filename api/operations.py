@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from api.auth import PROTECTED_PREFIX
+from api.auth import needs_key
 from engine.errors import BodyTooLarge, Failure, RapportError
 
 Endpoint = Callable[[Request], Awaitable[Response]] | Callable[[WebSocket], Awaitable[None]]
@@ -40,5 +40,6 @@ class Operation:
 
     @property
     def authenticated(self) -> bool:
-        # A socket presents its own token in the URL: a browser cannot send the key.
-        return self.path.startswith(PROTECTED_PREFIX) and not self.websocket
+        # A socket presents its own token in the URL: a browser cannot send the key; nor
+        # does a queued client, which holds a ticket.
+        return needs_key(self.path) and not self.websocket

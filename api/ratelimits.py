@@ -14,7 +14,7 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import PROTECTED_PREFIX, client_ip
+from api.auth import PROTECTED_PREFIX, client_ip, needs_key
 from api.problems import V1_PREFIX, refuse
 from engine.apikeys import Principal
 from engine.errors import RapportError
@@ -60,7 +60,9 @@ class ApiRateLimits:
         global_ip, uploads, mutations, persona_uploads = services.api_policies
         try:
             await services.rate_limits.enforce(global_ip, client_ip(scope))
-            if scope["type"] == "http":
+            # A queued client's routes have no principal: their own policy is per end user
+            # (api/sessions.py).
+            if scope["type"] == "http" and needs_key(path):
                 principal: Principal = scope["state"]["principal"]
                 method = scope["method"]
                 if is_upload(method, path):

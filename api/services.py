@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -34,11 +35,22 @@ from kb.ingest import Ingest
 from kb.queue import ProcessingQueue
 from kb.retrieval import KnowledgeRetriever
 from kb.worker import Processor
+from sessions.capacity import Capacity, Sweep
 from sessions.socket import Hub, SessionSocket
-from sessions.store import CHARGE, SessionStore
+from sessions.store import CHARGE, SessionStore, session_store
+from sessions.waiting_room import QueueHub, QueueSocket, WaitingRoom
 
 # An in-flight idempotency claim outlives the longest turn by this much before it lapses.
 CLAIM_MARGIN_SECONDS = 30
+
+
+class SessionPolicies(NamedTuple):
+    """Seed 000's policies on live sessions: upgrades of the session and queue sockets per
+    IP, joins and leaves of the waiting room per end user."""
+
+    socket: Policy
+    queue_socket: Policy
+    queue: Policy
 
 
 @dataclass
@@ -63,12 +75,17 @@ class Services:
     embedder: Embedder = field(init=False)
     processor: Processor = field(init=False)
     api_policies: tuple[Policy, Policy, Policy, Policy] = field(init=False)
+    session_policies: SessionPolicies = field(init=False)
     media: MediaStore = field(init=False)
     transcriber: Transcriber = field(init=False)
     images: OpenAIImages | None = field(init=False)
+    capacity: Capacity = field(init=False)
     sessions: SessionStore = field(init=False)
     hub: Hub = field(init=False)
     socket: SessionSocket = field(init=False)
+    waiting_room: WaitingRoom = field(init=False)
+    queue_hub: QueueHub = field(init=False)
+    queue_socket: QueueSocket = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -83,6 +100,11 @@ class Services:
             Policy("KnowledgeUploadsRate", settings.uploads_rpm, "user"),
             Policy("MutationDefault", settings.mutations_rpm, "user"),
             Policy("PersonaUploads", settings.persona_uploads_rpm, "user"),
+        )
+        self.session_policies = SessionPolicies(
+            socket=Policy("SessionWebSocket", settings.session_ws_rpm, "ip"),
+            queue_socket=Policy("WaitingRoomQueueWs", settings.queue_ws_rpm, "ip"),
+            queue=Policy("WaitingRoomQueue", settings.queue_rpm, "user"),
         )
         self.media = MediaStore(self.redis)
         self.images = None
@@ -147,15 +169,16 @@ class Services:
             budget=CHARGE,
         )
         self.runner = TurnRunner(store=store, pipeline=pipeline, pool=self.pool)
-        self.sessions = SessionStore(
-            self.redis,
-            connect_seconds=settings.session_connect_seconds,
-            resume_seconds=settings.session_resume_seconds,
-            max_seconds=settings.session_max_seconds,
-            events_kept=settings.session_events,
-        )
+        self.sessions = session_store(self.redis, settings, observe=self._observe_sweep)
+        self.capacity = self.sessions.capacity
         self.hub = Hub(self.sessions)
         self.socket = SessionSocket(store=self.sessions, runner=self.runner, hub=self.hub)
+        self.waiting_room = WaitingRoom(self.sessions)
+        self.queue_hub = QueueHub(self.redis, self.sessions)
+        self.queue_socket = QueueSocket(self.waiting_room, self.queue_hub)
+
+    def _observe_sweep(self, sweep: Sweep) -> None:
+        self.metrics.observe_sweep(len(sweep.admitted), sweep.noshows, sweep.evicted, sweep.lapsed)
 
     async def close(self) -> None:
         if isinstance(self.backend, OpenAICompatible):

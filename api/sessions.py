@@ -1,10 +1,15 @@
-"""``/api/sessions``: mint, list, show and end live sessions (DESIGN.md, "Live sessions").
+"""``/api/sessions``: mint, list, show and end live sessions; ``/api/waiting-room``: where a
+queued client stands (DESIGN.md, "Live sessions").
 
 Seed 000 owns sessions, so these routes are in the ``/api/`` family: problem details and its
 codes. The business's backend mints a session with its API key and hands the ``ws_url`` (which
-carries the session's token) to the browser, which cannot send the key on a socket. The
-socket itself (``/api/sessions/{session_id}/socket``) is :mod:`sessions.socket`'s. Another
-account's session, or one that ended, is 404 like an unknown one.
+carries the session's token) to the browser, which cannot send the key on a socket; when the
+deployment is full it gets a ticket instead, and the browser waits with it (queue socket or
+``poll_url``). The sockets themselves are :mod:`sessions.socket`'s and
+:mod:`sessions.waiting_room`'s; their handshake guards (seed 000's per-IP upgrade policies,
+the account's allowed origins) are checked here, before any session state is read, and a
+refusal is the upgrade's HTTP answer (403, 429 with ``Retry-After``). Another account's
+session, or one that ended, is 404 like an unknown one.
 """
 
 from __future__ import annotations
@@ -14,20 +19,25 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 import msgspec
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
+from api.auth import client_ip
 from api.operations import Operation
 from api.personas import context
-from api.problems import invalid_input
+from api.problems import invalid_input, render
 from api.responses import JSON
 from api.services import Services
 from engine.config import SESSION_FRAME_LIMIT
-from engine.errors import Failure, NotFound, SessionGone
+from engine.errors import Failure, NotFound, OriginNotAllowed, RapportError, SessionGone
 from engine.personas import Mode
-from sessions.frames import Budget
-from sessions.store import Session
+from engine.ratelimit import Policy
+from sessions.capacity import Queued, Ready
+from sessions.frames import Budget, QueueUpdate
+from sessions.store import Session, token_account
+from sessions.waiting_room import SocketUrl
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 """Seed 004's user_id: 1..128, the same end user as the conversation API's."""
@@ -55,6 +65,19 @@ class Minted(msgspec.Struct):
     budget: Budget
 
 
+class InLine(msgspec.Struct):
+    """202: the deployment is full; the client waits with its ticket (which becomes the
+    session's token when a slot is offered)."""
+
+    status: Literal["queued"]
+    ticket: str
+    position: int
+    queue_ws_url: str
+    """The queue socket: ``queue.position`` on every change, then ``queue.admitted``."""
+    poll_url: str
+    """GET: the same events, as JSON; DELETE: leave the line."""
+
+
 class SessionView(msgspec.Struct, kw_only=True):
     session_id: str
     user_id: str
@@ -68,8 +91,8 @@ class SessionView(msgspec.Struct, kw_only=True):
 
 
 class SessionDetail(SessionView, kw_only=True):
-    status: Literal["ready", "live", "ended"]
-    """ready: never connected; live: connected at least once; ended."""
+    status: Literal["queued", "ready", "live", "ended"]
+    """queued: waiting for a slot; ready: never connected; live: connected once; ended."""
     ended_code: int | None
     """The close code the session ended with."""
 
@@ -97,25 +120,79 @@ def view(session: Session, now: datetime) -> SessionView:
 
 
 SOCKET_PATH = "/api/sessions/{session_id}/socket"
+QUEUE_PATH = "/api/waiting-room/{session_id}"
+QUEUE_SOCKET_PATH = "/api/waiting-room/{session_id}/socket"
 # Bigger frames close 1009 (by the socket layer at RAPPORT_WS_MAX_SIZE, else here).
 FRAME_LIMIT = SESSION_FRAME_LIMIT
+# The queue socket only talks; what a client sends it is read and dropped.
+QUEUE_FRAME_LIMIT = 4096
+
+
+async def guarded(websocket: WebSocket, policy: Policy, credential: str) -> bool:
+    """The handshake guards of a socket: ``policy`` per client IP (seed 000
+    SessionWebSocket, WaitingRoomQueueWs), then the account's allowed origins when the
+    browser sent an Origin. Nothing of the session is read first. A refusal answers the
+    upgrade itself (403 auth.origin_not_allowed, 429 limits.rate_exceeded with Retry-After
+    and scope); False then."""
+    services: Services = websocket.state.services
+    try:
+        await services.rate_limits.enforce(policy, client_ip(websocket.scope))
+        origin = websocket.headers.get("origin")
+        account_id = token_account(credential)
+        if origin is not None and account_id is not None:
+            try:
+                plan = (await services.accounts.get(account_id)).plan
+            except NotFound:
+                return True  # the socket refuses the token itself (4001)
+            if not plan.allows_origin(origin):
+                raise OriginNotAllowed(f"Origin {origin!r} may not open this account's sockets.")
+    except RapportError as error:
+        await websocket.send_denial_response(render(websocket.scope, error))
+        return False
+    return True
 
 
 async def socket(websocket: WebSocket) -> None:
     """The live session's socket (sessions/socket.py): ``ws_url`` as minted."""
     services: Services = websocket.state.services
-    await services.socket.serve(websocket)
+    if await guarded(
+        websocket, services.session_policies.socket, websocket.query_params.get("token", "")
+    ):
+        await services.socket.serve(websocket)
 
 
-def socket_url(request: Request, session_id: str, token: str) -> str:
-    """Absolute, on the host the caller reached: wss:// when it came over https."""
+async def queue_socket(websocket: WebSocket) -> None:
+    """A queued client's socket (sessions/waiting_room.py): ``queue_ws_url`` as given."""
+    services: Services = websocket.state.services
+    ticket = websocket.query_params.get("ticket", "")
+    if await guarded(websocket, services.session_policies.queue_socket, ticket):
+        await services.queue_socket.serve(websocket, socket_urls(websocket.url))
+
+
+def socket_urls(reached: URL) -> SocketUrl:
+    """How to write a session's ``ws_url`` for a client that reached ``reached``: absolute,
+    on the same host, wss:// when it came over https or wss."""
+    scheme = "wss" if reached.scheme in ("https", "wss") else "ws"
+
+    def url(session_id: str, token: str) -> str:
+        return str(
+            reached.replace(
+                scheme=scheme,
+                path=SOCKET_PATH.format(session_id=session_id),
+                query=f"token={quote(token, safe='')}",
+            )
+        )
+
+    return url
+
+
+def queue_urls(request: Request, session_id: str, ticket: str) -> tuple[str, str]:
+    """The queue socket's URL and the poll URL of a ticket, on the host the caller reached."""
+    query = f"ticket={quote(ticket, safe='')}"
+    path = QUEUE_PATH.format(session_id=session_id)
     scheme = "wss" if request.url.scheme == "https" else "ws"
-    url = request.url.replace(
-        scheme=scheme,
-        path=SOCKET_PATH.format(session_id=session_id),
-        query=f"token={quote(token, safe='')}",
-    )
-    return str(url)
+    socket_url = request.url.replace(scheme=scheme, path=f"{path}/socket", query=query)
+    return str(socket_url), str(request.url.replace(path=path, query=query))
 
 
 async def mint(request: Request) -> Response:
@@ -124,24 +201,56 @@ async def mint(request: Request) -> Response:
         given = msgspec.json.decode(await request.body(), type=SessionIn)
     except msgspec.MsgspecError as exc:
         raise invalid_input(exc) from None
-    persona_id = given.persona_id
+    account = await services.accounts.get(account_id)
+    persona_id = given.persona_id or account.default_persona_id
     if persona_id is None:
-        persona_id = (await services.accounts.get(account_id)).default_persona_id
-        if persona_id is None:
-            raise NotFound("The account has no default persona.")
+        raise NotFound("The account has no default persona.")
     persona = await services.personas.get(account_id, persona_id)
-    session, token = await services.sessions.mint(account_id, given.user_id, persona, given.mode)
-    now = datetime.now(UTC)
-    minted = Minted(
-        status="ready",
-        session_id=session.id,
-        token=token,
-        ws_url=socket_url(request, session.id, token),
-        expires_at=session.expires_at(now),
-        mode=session.mode,
-        budget=budget(session, now),
+    # Seed 000 WaitingRoomQueue: a mint may join the line, so every mint counts (counted
+    # before, not after, so the window stays exact).
+    await services.rate_limits.enforce(services.session_policies.queue, account_id, given.user_id)
+    session, token, place = await services.sessions.mint(
+        account_id,
+        given.user_id,
+        persona,
+        given.mode,
+        account_cap=account.plan.max_concurrent_sessions,
     )
-    return JSON(minted, status_code=201)
+    match place:
+        case Queued(position=position):
+            queue_ws_url, poll_url = queue_urls(request, session.id, token)
+            return JSON(InLine("queued", token, position, queue_ws_url, poll_url), status_code=202)
+        case Ready():
+            now = datetime.now(UTC)
+            minted = Minted(
+                status="ready",
+                session_id=session.id,
+                token=token,
+                ws_url=socket_urls(request.url)(session.id, token),
+                expires_at=session.expires_at(now),
+                mode=session.mode,
+                budget=budget(session, now),
+            )
+            return JSON(minted, status_code=201)
+
+
+async def poll(request: Request) -> Response:
+    services: Services = request.state.services
+    ticket = request.query_params.get("ticket", "")
+    session = await services.waiting_room.ticket(ticket, request.path_params["session_id"])
+    update = await services.waiting_room.standing(session, ticket, socket_urls(request.url))
+    return JSON(update)
+
+
+async def leave(request: Request) -> Response:
+    services: Services = request.state.services
+    ticket = request.query_params.get("ticket", "")
+    session = await services.waiting_room.ticket(ticket, request.path_params["session_id"])
+    await services.rate_limits.enforce(
+        services.session_policies.queue, session.account_id, session.user_id
+    )
+    await services.waiting_room.leave(session)
+    return Response(status_code=204)
 
 
 async def list_sessions(request: Request) -> Response:
@@ -164,9 +273,11 @@ async def get_session(request: Request) -> Response:
     session = await found(services, account_id, request.path_params["session_id"])
     now = datetime.now(UTC)
     shown = view(session, now)
-    status: Literal["ready", "live", "ended"] = "ready"
+    status: Literal["queued", "ready", "live", "ended"] = "ready"
     if session.ended is not None:
         status = "ended"
+    elif session.queued:
+        status = "queued"
     elif session.connected_at is not None:
         status = "live"
     detail = SessionDetail(**msgspec.structs.asdict(shown), status=status, ended_code=session.ended)
@@ -188,9 +299,14 @@ OPERATIONS = [
     Operation("POST", "/api/sessions", mint,
               "Mint a live session (201) for an end user with a persona (the default when "
               "left out) in a mode it allows: its token, the socket's ws_url, its budget. "
-              "Outside the persona's opening hours: 409 limits.session_time_limit.",
+              "Outside the persona's opening hours: 409 limits.session_time_limit. At the "
+              "account's max_concurrent_sessions: 429 limits.concurrent_session. The "
+              "deployment full: 202 with a ticket, a place in line, queue_ws_url and "
+              "poll_url; the waiting room full too: 503 limits.waiting_room_full.",
               "sessions", Minted, status=201, request=SessionIn,
-              failures=(Failure.VALIDATION_FAILED, Failure.SESSION_TIME_LIMIT)),
+              failures=(Failure.VALIDATION_FAILED, Failure.SESSION_TIME_LIMIT,
+                        Failure.CONCURRENT_SESSION, Failure.WAITING_ROOM_FULL,
+                        Failure.RATE_LIMITED)),
     Operation("GET", "/api/sessions", list_sessions,
               "The account's sessions that have not ended, oldest first.", "sessions",
               SessionPage),
@@ -205,6 +321,23 @@ OPERATIONS = [
               "JSON frames tagged by type (README, 'The socket'). Closes: 1000 ended, 1008 "
               "malformed or flooding frames, 1009 frame too big, 4001 bad, expired or "
               "foreign token, 4004 unknown or ended session, 4005 interaction budget spent, "
-              "4006 duration spent, 4009 replaced by a newer connection.",
+              "4006 duration spent, 4009 replaced by a newer connection. Refused upgrades: "
+              "403 auth.origin_not_allowed, 429 limits.rate_exceeded (SessionWebSocket).",
               "sessions", status=101, body_limit=FRAME_LIMIT, websocket=True),
+    Operation("GET", QUEUE_PATH, poll,
+              "Where a queued session stands (poll_url as given, ticket included): "
+              "queue.position {position, estimated_wait_s}, or queue.admitted {session_id, "
+              "token, ws_url, expires_at} once a slot is offered. Polling keeps the place; "
+              "a place lost (idle, offer not taken, left): 404.",
+              "sessions", QueueUpdate, failures=(Failure.SESSION_TOKEN_INVALID,)),
+    Operation("DELETE", QUEUE_PATH, leave,
+              "Leave the waiting room (204), or give back a slot offered and not yet taken.",
+              "sessions", status=204,
+              failures=(Failure.SESSION_TOKEN_INVALID, Failure.RATE_LIMITED)),
+    Operation("GET", QUEUE_SOCKET_PATH, queue_socket,
+              "A queued session's socket (queue_ws_url as given): queue.position on every "
+              "change, then queue.admitted and a close 1000. Closes: 4001 bad ticket, 4004 "
+              "place lost. Refused upgrades: 403 auth.origin_not_allowed, 429 "
+              "limits.rate_exceeded (WaitingRoomQueueWs).",
+              "sessions", status=101, body_limit=QUEUE_FRAME_LIMIT, websocket=True),
 ]  # fmt: skip

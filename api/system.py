@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import msgspec
@@ -48,6 +49,9 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     services: Services = request.state.services
+    # Without Redis the gauges keep their last reading; the rest of the page still helps.
+    with contextlib.suppress(UnavailableError):
+        services.metrics.observe_capacity(*await services.capacity.counts())
     return Response(services.metrics.exposition(), media_type=CONTENT_TYPE)
 
 

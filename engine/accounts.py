@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import WatchError
 
 from engine import keyspace
 from engine.errors import Conflict, NotFound, ValidationFailed
@@ -17,6 +21,52 @@ from engine.state import redis_boundary
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 BYTES_PER_STORAGE_UNIT = 1_048_576
 """Seed 000 counts storage units in MB; Rapport's MB is the binary one."""
+DEFAULT_PORTS = {"http": 80, "https": 443}
+"""The schemes an allowed origin may have, and the port RFC 6454 leaves out for each."""
+_ORIGIN = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://"
+    r"(?P<host>\[[0-9a-f:.]+\]|(?:[a-z0-9_-]+\.)*[a-z0-9_-]+)"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+UPDATE_TRIES = 50
+"""Tries of one read-change-write of an account record. A lost try means another write
+won; operators and persona changes are the only writers, so 50 is far beyond any real race."""
+
+
+def normalise_origin(value: str) -> str:
+    """``value`` as RFC 6454 serialises an origin: ``scheme://host[:port]``, scheme and host
+    lower-cased, the scheme's default port dropped. Browsers send exactly that form in
+    ``Origin``, so an allowed origin stored this way compares equal to theirs with ``==``.
+    Anything else (``*``, ``null``, another scheme, a path, user info) raises
+    ValidationFailed: an allow list entry that can never match would only mislead."""
+    # ASCII first: str.lower() turns some non-ASCII letters (the Kelvin sign) into ASCII ones.
+    match = _ORIGIN.fullmatch(value.lower()) if value.isascii() else None
+    port = int(match["port"]) if match and match["port"] else None
+    if (
+        match is None
+        or match["scheme"] not in DEFAULT_PORTS
+        or (port is not None and not 0 < port < 65536)
+    ):
+        raise _not_an_origin(value)
+    host = match["host"]
+    if host.startswith("["):
+        try:
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        except ValueError:
+            raise _not_an_origin(value) from None
+    if port is None or port == DEFAULT_PORTS[match["scheme"]]:
+        return f"{match['scheme']}://{host}"
+    return f"{match['scheme']}://{host}:{port}"
+
+
+def _not_an_origin(value: str) -> ValidationFailed:
+    reason = (
+        "must be scheme://host[:port] with scheme http or https and no user info, path, "
+        "query or fragment"
+    )
+    return ValidationFailed(
+        f"{value!r} is not an origin: it {reason}.", errors={"origin": [reason]}
+    )
 
 
 class Plan(msgspec.Struct, frozen=True, kw_only=True):
@@ -28,6 +78,21 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     initial_requests: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     """The request balance a new account starts with (each reply spends one)."""
     allowed_origins: list[str] = msgspec.field(default_factory=list)
+    """Normalised origins (:func:`normalise_origin`) browsers may call from; empty: any."""
+
+    def allows_origin(self, origin: str | None) -> bool:
+        """Whether a request with this ``Origin`` header may use the account.
+
+        No Origin header means no browser sent it (a backend, a script), and the list is
+        there to stop other sites' pages from using a key, so such a request passes. A
+        present Origin must be one in the list; one that does not parse (``null`` from a
+        sandboxed page or a file) matches nothing and is refused."""
+        if not self.allowed_origins or origin is None:
+            return True
+        try:
+            return normalise_origin(origin) in self.allowed_origins
+        except ValidationFailed:
+            return False
 
 
 class Account(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,9 +167,102 @@ class AccountStore:
 
     @redis_boundary
     async def set_default_persona(self, account_id: str, persona_id: str) -> Account:
-        account = msgspec.structs.replace(await self.get(account_id), default_persona_id=persona_id)
-        await self._redis.set(keyspace.AccountKeys(account_id).account, _encode(account))
-        return account
+        return await self._update(
+            account_id,
+            lambda account: msgspec.structs.replace(account, default_persona_id=persona_id),
+        )
+
+    @redis_boundary
+    async def set_plan(
+        self,
+        account_id: str,
+        *,
+        max_concurrent_sessions: int | None = None,
+        knowledge_units: int | None = None,
+        storage_units: float | None = None,
+    ) -> Account:
+        """Change the given plan limits and leave the others as they are."""
+        changes: dict[str, int | float] = {
+            name: value
+            for name, value in (
+                ("max_concurrent_sessions", max_concurrent_sessions),
+                ("knowledge_units", knowledge_units),
+                ("storage_units", storage_units),
+            )
+            if value is not None
+        }
+        # NaN and infinity fail too: msgspec writes them as null, which no longer decodes.
+        bad = [name for name, value in changes.items() if not (math.isfinite(value) and value >= 0)]
+        if bad:
+            raise ValidationFailed(
+                f"Plan limits must be 0 or more: {', '.join(bad)}.",
+                errors={name: ["must be a number, 0 or more"] for name in bad},
+            )
+        if not changes:
+            return await self.get(account_id)
+        return await self._update(
+            account_id,
+            lambda account: msgspec.structs.replace(
+                account, plan=msgspec.structs.replace(account.plan, **changes)
+            ),
+        )
+
+    @redis_boundary
+    async def add_origin(self, account_id: str, origin: str) -> Account:
+        """Let browsers on ``origin`` use the account; adding one already there changes
+        nothing."""
+        normalised = normalise_origin(origin)
+
+        def add(account: Account) -> Account:
+            if normalised in account.plan.allowed_origins:
+                return account
+            origins = [*account.plan.allowed_origins, normalised]
+            return msgspec.structs.replace(
+                account, plan=msgspec.structs.replace(account.plan, allowed_origins=origins)
+            )
+
+        return await self._update(account_id, add)
+
+    @redis_boundary
+    async def remove_origin(self, account_id: str, origin: str) -> Account:
+        """Stop browsers on ``origin`` from using the account. Removing the last one lets
+        every origin in again, the same as never having set any."""
+        normalised = normalise_origin(origin)
+
+        def remove(account: Account) -> Account:
+            if normalised not in account.plan.allowed_origins:
+                raise NotFound(f"{normalised} is not an allowed origin of {account.name}.")
+            origins = [o for o in account.plan.allowed_origins if o != normalised]
+            return msgspec.structs.replace(
+                account, plan=msgspec.structs.replace(account.plan, allowed_origins=origins)
+            )
+
+        return await self._update(account_id, remove)
+
+    async def _update(self, account_id: str, change: Callable[[Account], Account]) -> Account:
+        """Store ``change(account)`` in place of the record, unless another write lands
+        between the read and the write (WATCH/MULTI): then read again and apply ``change``
+        to that, so no concurrent change is lost. ``change`` returning its argument itself
+        writes nothing."""
+        key = keyspace.AccountKeys(account_id).account
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(UPDATE_TRIES):
+                await pipe.watch(key)
+                raw = await pipe.get(key)
+                if raw is None:
+                    raise NotFound(f"No account {account_id!r}.")
+                current = _decode_account(raw)
+                changed = change(current)
+                if changed is current:
+                    return current
+                pipe.multi()
+                pipe.set(key, _encode(changed))
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                return changed
+        raise Conflict(f"Account {account_id!r} kept changing under this update; try again.")
 
     @redis_boundary
     async def usage(self, account_id: str) -> Usage:

@@ -79,6 +79,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Persona media uploads and portraits per minute per account (seed 000 PersonaUploads)."""
     global_ip_rpm: Annotated[int, msgspec.Meta(ge=1)] = 300
     """Requests per minute per client IP under /api/, outside /api/v1/ (seed 000 Global)."""
+    session_ws_rpm: Annotated[int, msgspec.Meta(ge=1)] = 30
+    """Session socket upgrades per minute per client IP (seed 000 SessionWebSocket)."""
+    queue_ws_rpm: Annotated[int, msgspec.Meta(ge=1)] = 60
+    """Queue socket upgrades per minute per client IP (seed 000 WaitingRoomQueueWs)."""
+    queue_rpm: Annotated[int, msgspec.Meta(ge=1)] = 30
+    """Waiting-room joins and leaves per minute per end user (seed 000 WaitingRoomQueue)."""
     turn_workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     """Turns run at once by one process."""
     turn_queue: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 64
@@ -107,6 +113,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Seconds a minted session's token has for its first connect; unused, the session ends."""
     session_resume_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 30
     """Seconds a session outlives its socket; a reconnect within them resumes it."""
+    max_sessions: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+    """Live sessions the whole deployment holds (every process and node on this Redis); the
+    next ones wait in the waiting room."""
+    waiting_room_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 1000
+    """Clients that may wait for a slot; past it, minting answers 503 waiting_room_full."""
+    session_lease_seconds: Annotated[int, msgspec.Meta(ge=3, le=300)] = 15
+    """A slot whose process stopped renewing it (killed, hung) is free within this time."""
+    queue_idle_seconds: Annotated[int, msgspec.Meta(ge=3, le=3600)] = 60
+    """A queued client neither connected to its queue socket nor polling for this long loses
+    its place."""
     session_events: Annotated[int, msgspec.Meta(ge=16, le=100_000)] = 512
     """Server events kept per session for a reconnect to replay (about this many: trimming
     is approximate); a reconnect that missed older ones starts afresh."""

@@ -176,6 +176,17 @@ class Failure(Row, enum.Enum):
     )
     # The seeds name no codes for these; they follow seed 000's naming, and their close codes
     # are docs/architecture.md's, "Live sessions" (4001 after accepting, so a browser sees it).
+    # Seed 000's capacity and origin codes. The account's cap is never queued; a full
+    # waiting room is a 503 "back off and retry" (1013, "try again later", on a socket).
+    CONCURRENT_SESSION = Row(
+        429, "limits.concurrent_session", "concurrent_session", "Concurrent session limit", 1008
+    )
+    WAITING_ROOM_FULL = Row(
+        503, "limits.waiting_room_full", "waiting_room_full", "Waiting room full", 1013
+    )
+    ORIGIN_NOT_ALLOWED = Row(
+        403, "auth.origin_not_allowed", "origin_not_allowed", "Origin not allowed", 1008
+    )
     SESSION_TOKEN_INVALID = Row(
         401, "auth.session_token_invalid", "invalid_session_token", "Session token invalid", 4001
     )
@@ -357,6 +368,21 @@ class SessionInteractionLimit(LimitError):
 class SessionDurationLimit(LimitError):
     failure = Failure.SESSION_DURATION_LIMIT
     default_message = "The session's time is up."
+
+
+class ConcurrentSessionLimit(LimitError):
+    failure = Failure.CONCURRENT_SESSION
+    default_message = "The account already has the maximum number of active sessions."
+
+
+class WaitingRoomFull(LimitError):
+    failure = Failure.WAITING_ROOM_FULL
+    default_message = "The waiting room is full; back off and retry after a short delay."
+
+
+class OriginNotAllowed(AuthError):
+    failure = Failure.ORIGIN_NOT_ALLOWED
+    default_message = "The request's origin is not in the account's allowed origins."
 
 
 class SessionError(RapportError):

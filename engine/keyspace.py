@@ -27,6 +27,34 @@ SESSION_CONTROL = f"{PREFIX}:sessions:control"
 node that holds a session's socket hears of it whichever node acted."""
 
 
+class DeploymentKeys:
+    """The deployment's capacity and its waiting room, shared by every process and node on
+    one Redis. They carry one hash tag of their own, ``{deployment}``: one cluster slot, so
+    a script over them stays legal there, and no script touches them and an account's keys
+    together (Redis Cluster refuses cross-slot scripts)."""
+
+    base = f"{PREFIX}:{{deployment}}"
+    slots = f"{base}:slots"
+    """Sorted set: ``<account>/<session>`` -> the time (ms) its lease runs out. A session
+    holds one from minting (or from its offer, when it queued) until it ends."""
+    queue = f"{base}:queue"
+    """Sorted set: queued session ids by arrival number (strict FIFO)."""
+    queue_seq = f"{base}:queue:seq"
+    """String (integer): the last arrival number given."""
+    queue_seen = f"{base}:queue:seen"
+    """Sorted set: queued session ids by when their client was last heard from (ms)."""
+    tickets = f"{base}:tickets"
+    """Hash: queued or offered session id -> its ticket (JSON: account, user, offer_by)."""
+    queue_users = f"{base}:queue:users"
+    """Hash: ``<account>/<user_id>`` -> the session id holding that end user's place."""
+    admissions = f"{base}:admissions"
+    """List: times (ms) of the latest admissions, newest first, for the wait estimate."""
+
+
+QUEUE_EVENTS = f"{PREFIX}:queue:events"
+"""Pub/sub channel: the waiting room moved (sessions admitted, places changed)."""
+
+
 def rate_window(policy: str, partition: str) -> str:
     """List: the times of one client IP's hits in a rate-limit window, newest first."""
     return f"{PREFIX}:rate:{policy}:{_segment(partition)}"
@@ -142,6 +170,12 @@ class AccountKeys:
     def sessions(self) -> str:
         """Sorted set: ids of the account's sessions not yet ended, by creation time (ms)."""
         return f"{self.base}:sessions"
+
+    @property
+    def session_slots(self) -> str:
+        """Sorted set: ids of the sessions holding one of the account's concurrent-session
+        slots -> the time (ms) its lease runs out (``max_concurrent_sessions``)."""
+        return f"{self.base}:session_slots"
 
     def session_events(self, session_id: str) -> str:
         """Stream: a session's server events for resume; entry id ``<seq>-1``, one field

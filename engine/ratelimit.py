@@ -203,12 +203,15 @@ class RateLimits:
         return quota
 
     @limiter_boundary
-    async def enforce(self, policy: Policy, partition: str) -> None:
-        """Count one request against ``policy`` for ``partition``, or raise 429."""
+    async def enforce(self, policy: Policy, partition: str, end_user: str | None = None) -> None:
+        """Count one request against ``policy`` for ``partition`` (an IP, or an account and
+        with ``end_user`` one of its end users), or raise 429."""
         if policy.scope == "ip":
             key = keyspace.rate_window(policy.name, partition)
         else:
-            key = keyspace.AccountKeys(partition).rate_window(policy.name, "account")
+            key = keyspace.AccountKeys(partition).rate_window(
+                policy.name, "account" if end_user is None else f"user:{end_user}"
+            )
         window = await self._window(key, policy.per_minute, counted=False)
         if window.allowed:
             return
@@ -216,7 +219,8 @@ class RateLimits:
         error = RateLimitedIp if policy.scope == "ip" else RateLimited
         raise error(
             f"Too many requests ({policy.name}: {policy.per_minute} a minute per "
-            f"{'IP' if policy.scope == 'ip' else 'account'}); retry after {retry} s.",
+            f"{'IP' if policy.scope == 'ip' else 'end user' if end_user else 'account'}); "
+            f"retry after {retry} s.",
             headers={"Retry-After": retry},
             scope=policy.scope,
         )

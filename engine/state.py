@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
@@ -28,6 +29,10 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 POOL_SIZE = 64
+RESUBSCRIBE_SECONDS = (0.1, 0.5, 1.0, 2.0)
+"""Waits before subscribing again after Redis dropped a channel, then the last again."""
+
+log = logging.getLogger("rapport.state")
 
 
 def client_name() -> str:
@@ -90,3 +95,26 @@ def unavailable_as(
 
 
 redis_boundary = unavailable_as(StateUnavailable)
+
+
+async def subscribe(redis: aioredis.Redis, channel: str) -> AsyncIterator[bytes | str]:
+    """The messages published on ``channel``, until cancelled. Holds one connection of its
+    own; when Redis drops it, subscribes again after a short wait. Messages published in
+    between are lost: a channel is a nudge to look, never the only record of anything."""
+    failures = 0
+    while True:
+        pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            failures = 0
+            while True:
+                message = await pubsub.get_message(timeout=None)
+                if message is not None:
+                    yield message["data"]
+        except (RedisConnectionError, RedisTimeoutError):
+            wait = RESUBSCRIBE_SECONDS[min(failures, len(RESUBSCRIBE_SECONDS) - 1)]
+            failures += 1
+            log.warning("lost the channel %s; subscribing again in %.1f s", channel, wait)
+            await asyncio.sleep(wait)
+        finally:
+            await pubsub.aclose()

@@ -9,6 +9,7 @@ client that reconnects says which it saw last and gets exactly the ones after.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
@@ -145,3 +146,25 @@ Outgoing = (
 )
 
 encode = msgspec.json.Encoder().encode
+
+
+class QueueEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """What a queued client is told, on its queue socket and by its ``poll_url`` alike."""
+
+
+class QueuePosition(QueueEvent, tag="queue.position"):
+    position: int
+    """1 is next in line."""
+    estimated_wait_s: int | None
+    """From the recent admission rate; null until there is enough history."""
+
+
+class QueueAdmitted(QueueEvent, tag="queue.admitted"):
+    session_id: str
+    token: str
+    ws_url: str
+    """The session's socket, token included: open it by ``expires_at`` or the slot passes on."""
+    expires_at: datetime
+
+
+QueueUpdate = QueuePosition | QueueAdmitted

@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -33,6 +35,7 @@ from engine.errors import (
     RapportError,
     SessionGone,
     SessionInteractionLimit,
+    UnavailableError,
     ValidationFailed,
 )
 from engine.idempotency import IdempotencyKey
@@ -51,6 +54,9 @@ from sessions.protocol import (
     StartTurn,
 )
 from sessions.store import Control, Session, SessionStore
+
+T = TypeVar("T")
+log = logging.getLogger("rapport.sessions")
 
 
 class Frame(msgspec.Struct, frozen=True):
@@ -89,7 +95,7 @@ class Expired(msgspec.Struct, frozen=True):
 Input = Frame | Gone | Event | Ended | Expired | Control
 
 
-class Inbox:
+class Inbox(Generic[T]):
     """What happened to a connection, waiting to be handled, taken all at once.
 
     Not an ``asyncio.Queue``: that holds four deques, about 3 KiB before anything is put in
@@ -99,15 +105,15 @@ class Inbox:
     __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
-        self._items: list[Input] = []
+        self._items: list[T] = []
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, item: Input) -> None:
+    def put(self, item: T) -> None:
         self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def take(self) -> list[Input]:
+    async def take(self) -> list[T]:
         """Everything put so far, waiting for the first item if there is none."""
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
@@ -117,11 +123,11 @@ class Inbox:
                 self._waiter = None
         return self.drain()
 
-    def put_back(self, items: list[Input]) -> None:
+    def put_back(self, items: list[T]) -> None:
         """Items taken but not handled, ahead of any put since."""
         self._items[:0] = items
 
-    def drain(self) -> list[Input]:
+    def drain(self) -> list[T]:
         """Everything put so far, without waiting."""
         items, self._items = self._items, []
         return items
@@ -137,15 +143,23 @@ class Hub:
         """owner (connection id) -> how to tell that connection."""
         self._owner: dict[str, str] = {}
         """session id -> the owner held here (the newer one, during a replace)."""
+        self._account: dict[str, str] = {}
+        """session id -> its account, for the leases this process renews."""
 
-    def hold(self, owner: str, session_id: str, tell: Callable[[Control], None]) -> None:
+    def hold(self, owner: str, session: Session, tell: Callable[[Control], None]) -> None:
         self._tell[owner] = tell
-        self._owner[session_id] = owner
+        self._owner[session.id] = owner
+        self._account[session.id] = session.account_id
 
     def release(self, owner: str, session_id: str) -> None:
         self._tell.pop(owner, None)
         if self._owner.get(session_id) == owner:
             del self._owner[session_id]
+            del self._account[session_id]
+
+    def held(self) -> list[tuple[str, str]]:
+        """(account id, session id) of each session whose socket this process holds."""
+        return [(account_id, session_id) for session_id, account_id in self._account.items()]
 
     async def run(self) -> None:
         async for control in self._store.listen():
@@ -183,10 +197,10 @@ class SessionSocket:
             )
             session, _ = await self._store.attach(session, owner)
         except RapportError as error:
-            await _close(socket, error.failure.close_code, error.message)
+            await close_with(socket, error.failure.close_code, error.message)
             return
         connection = Connection(socket, session, owner, self)
-        self._hub.hold(owner, session.id, connection.inbox.put)
+        self._hub.hold(owner, session, connection.inbox.put)
         try:
             await connection.run(socket.query_params.get("last_seq"))
         finally:
@@ -203,7 +217,7 @@ class Connection:
         self.store = served._store
         self.runner = served._runner
         self.clock = served._clock
-        self.inbox = Inbox()
+        self.inbox: Inbox[Input] = Inbox()
         ends_at = session.ends_at()
         assert ends_at is not None, "attach sets the first connect"
         self.protocol = SessionProtocol(
@@ -245,7 +259,7 @@ class Connection:
             # The store failed us (Redis unreachable): the table's close code (1011), said
             # plainly, rather than a crash.
             self.closed = True
-            await _close(self.socket, error.failure.close_code, error.message)
+            await close_with(self.socket, error.failure.close_code, error.message)
         finally:
             reader.cancel()
             timer.cancel()
@@ -358,15 +372,27 @@ class Connection:
                         task.cancel()
                 case EndSession(code):
                     self.ended = True
-                    await self.store.end(self.session.account_id, self.session.id, code)
+                    try:
+                        await self.store.end(self.session.account_id, self.session.id, code)
+                    except UnavailableError:
+                        # The socket closes all the same; the slot's lease runs out unrenewed.
+                        log.warning(
+                            "session %s: end not stored (Redis unreachable)", self.session.id
+                        )
                 case Close(code, reason):
                     self.closed = True
-                    await _close(self.socket, code, reason)
+                    await close_with(self.socket, code, reason)
 
     async def _send(self, sends: list[Send]) -> None:
         frames = [(send.event.seq, encode(send.event)) for send in sends]
         # Stored before sent: an event the client may have seen can always be replayed.
-        await self.store.append(self.session, frames)
+        # With Redis unreachable they are sent all the same (the session goes on, its turns
+        # answered with error events until Redis is back): the stream then has a gap, and a
+        # resume across it starts afresh (resumed: false) rather than replay part of it.
+        try:
+            await self.store.append(self.session, frames)
+        except UnavailableError:
+            log.warning("session %s: events sent unstored (Redis unreachable)", self.session.id)
         try:
             for _, frame in frames:
                 await self.socket.send_text(frame.decode())
@@ -447,7 +473,7 @@ class Connection:
         self.inbox.put(Gone())
 
 
-async def _close(socket: WebSocket, code: int, reason: str) -> None:
+async def close_with(socket: WebSocket, code: int, reason: str) -> None:
     # RFC 6455 §5.5: a close frame's reason is at most 123 bytes of UTF-8.
     reason = reason.encode()[:123].decode(errors="ignore")
     with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):

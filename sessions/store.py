@@ -22,7 +22,7 @@ duration spent (4006). An ended session stays readable for :data:`KEEP_ENDED_SEC
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
@@ -40,23 +40,33 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import keyspace
+from engine.config import Settings
 from engine.errors import (
+    ConcurrentSessionLimit,
+    RapportError,
     SessionGone,
     SessionTimeLimit,
     SessionTokenInvalid,
     ValidationFailed,
+    WaitingRoomFull,
 )
 from engine.ids import uuid7
 from engine.personas import Mode, Persona
-from engine.state import redis_boundary
+from engine.state import redis_boundary, subscribe
 from engine.turn_store import Budget
+from sessions.capacity import Capacity, Full, Queued, Ready, Sweep
 
 log = logging.getLogger("rapport.sessions")
 
 KEEP_ENDED_SECONDS = 3600
 """How long an ended session can still be read."""
-LISTEN_BACKOFF_SECONDS = (0.1, 0.5, 1.0, 2.0)
-"""Waits before resubscribing after Redis dropped the control channel, then the last again."""
+QUEUED_LIFETIME_SECONDS = 86_400
+"""A queued session's hash outlives a day in line at most; an offer sets its lifetime anew."""
+SLOT_LOST_CODE = 1013
+"""A session whose slot was swept while it lived (its process could not renew the lease in
+time) ends with RFC 6455's "try again later": a new session may be minted at once."""
+FULL_RETRY_AFTER_SECONDS = 5
+"""Retry-After of a full waiting room (seed 000: "back off and retry after a short delay")."""
 
 # "<account>.<session>.<secret>": an id of letters, digits, '-' and '_' (engine.ids makes hex),
 # a UUID (engine.ids.uuid7), the secret as secrets.token_urlsafe(32) makes it. Nothing else
@@ -85,6 +95,8 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     """The number of the last event appended."""
     connected_at: datetime | None = None
     """The first connect."""
+    queued: bool = False
+    """Waiting in line for a slot of the deployment: no connect window yet."""
     ended: int | None = None
     """The close code, once ended."""
 
@@ -153,14 +165,17 @@ _decode_record = msgspec.json.Decoder(_Record).decode
 _decode_control = msgspec.json.Decoder(Control).decode
 
 # Lua functions shared by the scripts below. `finish` ends a session once: it keeps the
-# close code, takes the id off the live set, drops the events (no resume after an end), keeps
-# the hash a while for reading, and tells the socket's node. `lapsed` is the close code a
-# session ends with at `now` because a window ran out, or false.
+# close code, takes the id off the live set and the account's slots, drops the events (no
+# resume after an end), keeps the hash a while for reading, and tells the socket's node.
+# `lapsed` is the close code a session ends with at `now` because a window or its slot's
+# lease ran out, or false. A queued session has no connect window until it is offered a
+# slot (`connect_by` then overrides the record's).
 _FUNCTIONS = """
-local function finish(session, live, events, id, account, code, keep, channel)
+local function finish(session, live, slots, events, id, account, code, keep, channel)
   if redis.call('HEXISTS', session, 'record') == 0 then return false end
   if redis.call('HSETNX', session, 'ended', code) == 0 then return false end
   redis.call('ZREM', live, id)
+  redis.call('ZREM', slots, id)
   redis.call('DEL', events)
   redis.call('EXPIRE', session, keep)
   local owner = redis.call('HGET', session, 'owner') or ''
@@ -168,80 +183,162 @@ local function finish(session, live, events, id, account, code, keep, channel)
     kind = 'ended', owner = owner, code = tonumber(code)}))
   return true
 end
-local function lapsed(session, now, resume)
-  local f = redis.call('HMGET', session, 'record', 'connected', 'gone')
+local function lapsed(session, slots, id, now, resume)
+  local f = redis.call('HMGET', session, 'record', 'connected', 'gone', 'connect_by', 'queued')
   local record = cjson.decode(f[1])
   if not f[2] then
-    if now > record['connect_by_ms'] then return 4001 end
-    return false
+    if not f[5] and now > tonumber(f[4] or record['connect_by_ms']) then return 4001 end
+  else
+    if now >= tonumber(f[2]) + record['duration_limit_s'] * 1000 then return 4006 end
+    if f[3] and now - tonumber(f[3]) > resume then return 1000 end
   end
-  if now >= tonumber(f[2]) + record['duration_limit_s'] * 1000 then return 4006 end
-  if f[3] and now - tonumber(f[3]) > resume then return 1000 end
+  -- The slot's lease: renewed by the process holding the socket; run out, that process is
+  -- gone (or a queued client stopped being heard from) and the session with it.
+  local lease = redis.call('ZSCORE', slots, id)
+  if not lease or tonumber(lease) < now then return 1000 end
   return false
 end
 """
-# KEYS: 1 session, 2 the live set, 3 events. ARGV: 1 id, 2 account, 3 now (ms), 4 resume
-# window (ms), 5 keep (s), 6 channel. The session, ended first if a window lapsed; false if
-# unknown.
+# KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 id, 2 account, 3 now (ms),
+# 4 resume window (ms), 5 keep (s), 6 channel. {ended by this call 0|1, the session}, ended
+# first if a window lapsed; false if unknown.
 _READ = f"""{_FUNCTIONS}
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local ended = 0
 if redis.call('HEXISTS', KEYS[1], 'ended') == 0 then
-  local code = lapsed(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
-  if code then finish(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], code, ARGV[5], ARGV[6]) end
+  local code = lapsed(KEYS[1], KEYS[3], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+  if code and finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], code, ARGV[5],
+      ARGV[6]) then
+    ended = 1
+  end
 end
-return redis.call('HGETALL', KEYS[1])
+return {{ended, redis.call('HGETALL', KEYS[1])}}
 """
-# KEYS: 1 the live set. ARGV: 1 the prefix of the account's session keys, 2-6 as _READ's
-# 2-6. The sessions not ended, oldest first; those whose window lapsed are ended on the way,
-# ids whose hash expired are dropped. The session keys are the prefix plus the id (ids are
-# UUIDs, which keyspace's escaping leaves as they are): undeclared, but in the live set's
-# cluster slot, like the persona keys of engine/turn_store.py's opening script.
+# The session keys below are the prefix ARGV[1] plus the id (ids are UUIDs, which
+# keyspace's escaping leaves as they are): undeclared, but in the account's cluster slot, like
+# the persona keys of engine/turn_store.py's opening script.
+# KEYS: 1 the live set, 2 slots. ARGV: 1 the prefix of the account's session keys, 2-6 as
+# _READ's 2-6. {the sessions not ended, oldest first; the ids ended on the way}.
 _LIVE = f"""{_FUNCTIONS}
-local found = {{}}
+local found, ended = {{}}, {{}}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local session = ARGV[1] .. id
   if redis.call('EXISTS', session) == 0 or redis.call('HEXISTS', session, 'ended') == 1 then
     redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
   else
-    local code = lapsed(session, tonumber(ARGV[3]), tonumber(ARGV[4]))
+    local code = lapsed(session, KEYS[2], id, tonumber(ARGV[3]), tonumber(ARGV[4]))
     if code then
-      finish(session, KEYS[1], session .. ':events', id, ARGV[2], code, ARGV[5], ARGV[6])
+      finish(session, KEYS[1], KEYS[2], session .. ':events', id, ARGV[2], code, ARGV[5],
+        ARGV[6])
+      table.insert(ended, id)
     else
       table.insert(found, redis.call('HGETALL', session))
     end
   end
 end
-return found
+return {{found, ended}}
 """
-# KEYS: 1 session, 2 the live set, 3 events. ARGV: 1 id, 2 account, 3 code, 4 keep (s),
-# 5 channel.
+# KEYS: 1 session, 2 the live set, 3 slots. ARGV: 1 prefix, 2-6 as _READ's, 7 id, 8 record,
+# 9 lifetime (s), 10 the account's cap, 11 the slot's lease (ms). The account's concurrent
+# sessions (max_concurrent_sessions, seed 000 limits.concurrent_session) counted after a
+# sweep of those that lapsed: {1 taken | 0 at the cap, the ids ended on the way}.
+_MINT = f"""{_FUNCTIONS}
+local now = tonumber(ARGV[3])
+local ended = {{}}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)) do
+  -- A slot whose lease ran out: its session is over (with the code of the window that
+  -- lapsed, if one did), whether or not anyone looked at it since.
+  redis.call('ZREM', KEYS[3], id)
+  local session = ARGV[1] .. id
+  if redis.call('EXISTS', session) == 1 then
+    local code = lapsed(session, KEYS[3], id, now, tonumber(ARGV[4]))
+    if finish(session, KEYS[2], KEYS[3], session .. ':events', id, ARGV[2], code or 1000,
+        ARGV[5], ARGV[6]) then
+      table.insert(ended, id)
+    end
+  end
+end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[10]) then return {{0, ended}} end
+redis.call('HSET', KEYS[1], 'record', ARGV[8], 'used', 0, 'seq', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[9])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[7])
+redis.call('ZADD', KEYS[3], ARGV[11], ARGV[7])
+return {{1, ended}}
+"""
+# KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 id. A mint undone (the
+# waiting room was full) or a queued session whose end user queued again: as if never made.
+_DISCARD = """
+redis.call('DEL', KEYS[1], KEYS[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+"""
+# KEYS: 1 session, 2 slots. ARGV: 1 id, 2 the slot's lease (ms), 3 lifetime (s). The session
+# waits in line: no connect window, its slot held while its client is heard from.
+_QUEUED = """
+if redis.call('HEXISTS', KEYS[1], 'record') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'queued', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[1])
+return 1
+"""
+# KEYS: 1 session, 2 slots. ARGV: 1 id, 2 the connect deadline (ms), 3 the connect window
+# (s), 4 keep (s). A queued session was offered a slot: its connect window runs until then,
+# and its hash lives as a minted one does. Again after that: no change. The session, or false
+# when it is unknown or ended.
+_CLAIM = """
+local f = redis.call('HMGET', KEYS[1], 'record', 'ended', 'queued')
+if not f[1] or f[2] then return false end
+if f[3] then
+  local record = cjson.decode(f[1])
+  redis.call('HDEL', KEYS[1], 'queued')
+  redis.call('HSET', KEYS[1], 'connect_by', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3] + record['duration_limit_s'] + ARGV[4])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+# KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 id, 2 account, 3 code,
+# 4 keep (s), 5 channel.
 _END = f"""{_FUNCTIONS}
-if finish(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]) then
+if finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]) then
   return 1
 end
 return 0
 """
-# KEYS: 1 session. ARGV: 1 now (ms), 2 owner, 3 account, 4 id, 5 channel. Returns the
-# previous owner ('' for none) and the session, or false when it is unknown or ended.
-_ATTACH = """
-local f = redis.call('HMGET', KEYS[1], 'record', 'ended', 'owner')
-if not f[1] or f[2] then return false end
+# KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 now (ms), 2 owner, 3 account,
+# 4 id, 5 channel, 6 the slot's lease (ms), 7 resume window (ms), 8 keep (s). Returns the
+# previous owner ('' for none) and the session; {-1} when it lapsed just now (ended here);
+# false when it is unknown, ended or still queued.
+_ATTACH = f"""{_FUNCTIONS}
+local f = redis.call('HMGET', KEYS[1], 'record', 'ended', 'owner', 'queued')
+if not f[1] or f[2] or f[4] then return false end
+local code = lapsed(KEYS[1], KEYS[3], ARGV[4], tonumber(ARGV[1]), tonumber(ARGV[7]))
+if code then
+  finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[3], code, ARGV[8], ARGV[5])
+  return {{-1}}
+end
 redis.call('HSETNX', KEYS[1], 'connected', ARGV[1])
 redis.call('HSET', KEYS[1], 'owner', ARGV[2])
 redis.call('HDEL', KEYS[1], 'gone')
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
 local previous = f[3] or ''
 if previous ~= '' and previous ~= ARGV[2] then
-  redis.call('PUBLISH', ARGV[5], cjson.encode({account_id = ARGV[3], session_id = ARGV[4],
-    kind = 'replaced', owner = previous, code = 4009}))
+  redis.call('PUBLISH', ARGV[5], cjson.encode({{account_id = ARGV[3], session_id = ARGV[4],
+    kind = 'replaced', owner = previous, code = 4009}}))
 end
-return {previous, redis.call('HGETALL', KEYS[1])}
+return {{previous, redis.call('HGETALL', KEYS[1])}}
 """
-# KEYS: 1 session. ARGV: 1 now (ms), 2 owner.
+# KEYS: 1 session, 2 slots. ARGV: 1 now (ms), 2 owner, 3 id, 4 resume window (ms). The
+# slot is held through the resume window, then runs out with it.
 _DETACH = """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[2]
     and redis.call('HEXISTS', KEYS[1], 'ended') == 0 then
   redis.call('HSET', KEYS[1], 'gone', ARGV[1])
+  redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[4]), ARGV[3])
+  return 1
 end
+return 0
 """
 # The session's interaction budget, spent in the script that opens a turn
 # (engine/turn_store.py, which the wiring hands this function to) and given back in the one
@@ -277,25 +374,44 @@ return 1
 """
 
 
+class Minting(NamedTuple):
+    session: Session
+    token: str
+    """Shown once; only its digest is stored. A queued session's ticket too."""
+    place: Ready | Queued
+
+
 class SessionStore:
     def __init__(
         self,
         redis: aioredis.Redis,
         *,
+        capacity: Capacity,
         connect_seconds: int,
         resume_seconds: int,
         max_seconds: int,
         events_kept: int,
+        lease_seconds: int = 15,
+        queue_idle_seconds: int = 60,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
+        self.capacity = capacity
         self._connect_seconds = connect_seconds
         self._resume_ms = resume_seconds * 1000
         self._max_seconds = max_seconds
         self._events_kept = events_kept
+        # Renewed every third of RAPPORT_SESSION_LEASE_SECONDS (sessions.leases) to two
+        # thirds ahead, and swept as often: a dead holder's slots are free within the setting.
+        self.lease_ms = lease_seconds * 1000 * 2 // 3
+        self._queue_idle_ms = queue_idle_seconds * 1000
         self._clock = clock
         self._read = redis.register_script(_READ)
         self._live = redis.register_script(_LIVE)
+        self._mint = redis.register_script(_MINT)
+        self._discard = redis.register_script(_DISCARD)
+        self._queued = redis.register_script(_QUEUED)
+        self._claim = redis.register_script(_CLAIM)
         self._end = redis.register_script(_END)
         self._attach = redis.register_script(_ATTACH)
         self._detach = redis.register_script(_DETACH)
@@ -306,12 +422,15 @@ class SessionStore:
 
     @redis_boundary
     async def mint(
-        self, account_id: str, user_id: str, persona: Persona, mode: Mode
-    ) -> tuple[Session, str]:
-        """A new session with ``persona`` in ``mode``, and its token (shown once).
+        self, account_id: str, user_id: str, persona: Persona, mode: Mode, *, account_cap: int
+    ) -> Minting:
+        """A new session with ``persona`` in ``mode`` and its token: ready, or queued for a
+        slot of the deployment.
 
-        Raises ValidationFailed when the persona does not allow the mode, SessionTimeLimit
-        outside its opening hours (DESIGN.md, "Live sessions": checks in this order)."""
+        The contract's checks, in its order (DESIGN.md, "Live sessions"): ValidationFailed
+        when the persona does not allow the mode, SessionTimeLimit outside its opening hours,
+        ConcurrentSessionLimit at the account's ``account_cap``, WaitingRoomFull when neither
+        a slot nor a place in line is free."""
         publish = persona.publish_settings
         if mode not in publish.allowed_modes:
             allowed = ", ".join(publish.allowed_modes)
@@ -336,32 +455,103 @@ class SessionStore:
             digest=_digest(secret),
         )
         keys = keyspace.AccountKeys(account_id)
-        # Unseen, a session outlives its last possible end by the time ended ones are kept.
-        # (Relative, not PEXPIREAT: Redis's clock decides expiry, ours may be a test's.)
-        lifetime = self._connect_seconds + record.duration_limit_s + KEEP_ENDED_SECONDS
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                keys.session(record.id), mapping={"record": _encode(record), "used": 0, "seq": 0}
+        # The account's slot first, then the deployment's; the first given back when the
+        # second is refused (no script may touch both: DESIGN.md, "Slots").
+        taken, ended = await self._mint(
+            keys=[keys.session(record.id), keys.sessions, keys.session_slots],
+            args=[
+                keys.session(""),
+                *self._end_args(account_id),
+                record.id,
+                _encode(record),
+                self._lifetime(record.duration_limit_s),
+                account_cap,
+                record.connect_by_ms,
+            ],
+        )
+        await self._release(account_id, ended)
+        if not taken:
+            raise ConcurrentSessionLimit(
+                f"The account has {account_cap} concurrent sessions, its plan's most."
             )
-            pipe.expire(keys.session(record.id), lifetime)
-            pipe.zadd(keys.sessions, {record.id: now_ms})
-            await pipe.execute()
-        session, _ = _session({"record": _encode(record).decode()})
-        return session, f"{account_id}.{record.id}.{secret}"
+        try:
+            place = await self.capacity.take(account_id, record.id, user_id, record.connect_by_ms)
+        except BaseException:
+            # Redis went away meanwhile: the slot's lease (the connect window) frees it anyway.
+            with contextlib.suppress(RapportError, RedisConnectionError, RedisTimeoutError):
+                await self._undo(account_id, record.id)
+            raise
+        fields = {"record": _encode(record).decode()}
+        match place:
+            case Full():
+                await self._undo(account_id, record.id)
+                raise WaitingRoomFull(headers={"Retry-After": str(FULL_RETRY_AFTER_SECONDS)})
+            case Queued(replaced=replaced):
+                await self._queued(
+                    keys=[keys.session(record.id), keys.session_slots],
+                    args=[record.id, now_ms + self._queue_idle_ms, QUEUED_LIFETIME_SECONDS],
+                )
+                if replaced is not None:
+                    # The end user queued again: the new ticket took the old one's place.
+                    await self._undo(account_id, replaced)
+                fields["queued"] = "1"
+        return Minting(_session(fields)[0], f"{account_id}.{record.id}.{secret}", place)
+
+    def _lifetime(self, duration_limit_s: int) -> int:
+        """Unseen, a session outlives its last possible end by the time ended ones are kept.
+        (Relative, not PEXPIREAT: Redis's clock decides expiry, ours may be a test's.)"""
+        return self._connect_seconds + duration_limit_s + KEEP_ENDED_SECONDS
+
+    async def _undo(self, account_id: str, session_id: str) -> None:
+        keys = keyspace.AccountKeys(account_id)
+        await self._discard(
+            keys=_ending_keys(keys, session_id),
+            args=[session_id],
+        )
+
+    async def _release(self, account_id: str, ended: list[str]) -> None:
+        """The deployment's slots of sessions just ended: the queue moves on."""
+        for session_id in ended:
+            await self.capacity.release(account_id, session_id)
+
+    @redis_boundary
+    async def claim(self, account_id: str, session_id: str, offer_by_ms: int) -> Session:
+        """A queued session was offered a slot until ``offer_by_ms``: its connect window
+        runs until then. Claiming again changes nothing. Raises SessionGone if it ended."""
+        keys = keyspace.AccountKeys(account_id)
+        flat = await self._claim(
+            keys=[keys.session(session_id), keys.session_slots],
+            args=[session_id, offer_by_ms, self._connect_seconds, KEEP_ENDED_SECONDS],
+        )
+        if not flat:
+            raise SessionGone()
+        return _session(_pairs(flat))[0]
+
+    @redis_boundary
+    async def leave(self, account_id: str, session_id: str) -> None:
+        """A queued client gave its place up: the session is as if never minted."""
+        await self._undo(account_id, session_id)
+        await self.capacity.release(account_id, session_id)
 
     @redis_boundary
     async def get(self, account_id: str, session_id: str) -> Session:
         """The session, ended on the way if a window lapsed. Raises SessionGone if unknown."""
+        return await self._read_session(account_id, session_id)
+
+    async def _read_session(self, account_id: str, session_id: str) -> Session:
         return _session(await self._fetch(account_id, session_id))[0]
 
     async def _fetch(self, account_id: str, session_id: str) -> dict[str, str]:
         keys = keyspace.AccountKeys(account_id)
-        flat = await self._read(
-            keys=[keys.session(session_id), keys.sessions, keys.session_events(session_id)],
+        answer = await self._read(
+            keys=_ending_keys(keys, session_id),
             args=[session_id, *self._end_args(account_id)],
         )
-        if not flat:
+        if not answer:
             raise SessionGone()
+        ended, flat = answer
+        if ended:
+            await self._release(account_id, [session_id])
         return _pairs(flat)
 
     def _end_args(self, account_id: str) -> list[str | int]:
@@ -376,23 +566,28 @@ class SessionStore:
 
     @redis_boundary
     async def live(self, account_id: str) -> list[Session]:
-        """The account's sessions not ended, oldest first."""
+        """The account's sessions not ended (queued ones included), oldest first."""
         keys = keyspace.AccountKeys(account_id)
-        found = await self._live(
-            keys=[keys.sessions], args=[keys.session(""), *self._end_args(account_id)]
+        found, ended = await self._live(
+            keys=[keys.sessions, keys.session_slots],
+            args=[keys.session(""), *self._end_args(account_id)],
         )
+        await self._release(account_id, ended)
         return [_session(_pairs(flat))[0] for flat in found]
 
     @redis_boundary
     async def end(self, account_id: str, session_id: str, code: int) -> bool:
-        """End the session with close ``code`` and tell its socket; False when it had ended
-        already (the first end wins) or is unknown."""
+        """End the session with close ``code``, tell its socket and free its slot; False
+        when it had ended already (the first end wins) or is unknown."""
         keys = keyspace.AccountKeys(account_id)
         ended = await self._end(
-            keys=[keys.session(session_id), keys.sessions, keys.session_events(session_id)],
+            keys=_ending_keys(keys, session_id),
             args=[session_id, account_id, code, KEEP_ENDED_SECONDS, keyspace.SESSION_CONTROL],
         )
-        return ended == 1
+        if ended != 1:
+            return False
+        await self._release(account_id, [session_id])
+        return True
 
     @redis_boundary
     async def admit(self, token: str, session_id: str) -> Session:
@@ -401,13 +596,7 @@ class SessionStore:
         Raises SessionTokenInvalid for a malformed token, another session's, a wrong secret,
         or one not used in time (the session then ends, 4001); SessionGone for an unknown or
         ended session, or one whose socket was gone past the resume window."""
-        parsed = _TOKEN.fullmatch(token)
-        if parsed is None or parsed[2] != session_id:
-            raise SessionTokenInvalid()
-        account_id, _, secret = parsed.groups()
-        session, digest = _session(await self._fetch(account_id, session_id))
-        if not hmac.compare_digest(digest, _digest(secret)):
-            raise SessionTokenInvalid()
+        session = await self.verify(token, session_id)
         if session.ended is not None:
             if session.ended == 4001 and session.connected_at is None:
                 # The same answer whoever noticed the lapse first: this call, or a listing.
@@ -419,33 +608,92 @@ class SessionStore:
         return session
 
     @redis_boundary
+    async def verify(self, token: str, session_id: str) -> Session:
+        """The session ``token`` was minted for, if it is ``session_id``'s (ended or not).
+        Raises SessionTokenInvalid otherwise, SessionGone for an unknown session."""
+        parsed = _TOKEN.fullmatch(token)
+        if parsed is None or parsed[2] != session_id:
+            raise SessionTokenInvalid()
+        account_id, _, secret = parsed.groups()
+        session, digest = _session(await self._fetch(account_id, session_id))
+        if not hmac.compare_digest(digest, _digest(secret)):
+            raise SessionTokenInvalid()
+        return session
+
+    @redis_boundary
     async def attach(self, session: Session, owner: str) -> tuple[Session, str | None]:
         """Give the session's socket to connection ``owner``: the first connect starts the
-        duration; a previous owner is told it was replaced (close 4009). Returns the session
-        as now stored and the previous owner. Raises SessionGone if it ended meanwhile."""
+        duration; a previous owner is told it was replaced (close 4009); the slots' leases
+        are renewed. Returns the session as now stored and the previous owner. Raises
+        SessionGone if it ended meanwhile, is still queued, or its slot's lease ran out."""
+        keys = keyspace.AccountKeys(session.account_id)
+        now = self._now_ms()
         answer = await self._attach(
-            keys=[keyspace.AccountKeys(session.account_id).session(session.id)],
+            keys=_ending_keys(keys, session.id),
             args=[
-                self._now_ms(),
+                now,
                 owner,
                 session.account_id,
                 session.id,
                 keyspace.SESSION_CONTROL,
+                now + self.lease_ms,
+                self._resume_ms,
+                KEEP_ENDED_SECONDS,
             ],
         )
-        if not answer:
+        if answer == [-1]:
+            await self._release(session.account_id, [session.id])
+        if not answer or answer == [-1]:
+            raise SessionGone()
+        if not await self.capacity.hold(session.account_id, session.id, now + self.lease_ms):
+            # The deployment's slot ran out first (a lease not renewed in time): over.
+            await self.end(session.account_id, session.id, 1000)
             raise SessionGone()
         previous, flat = answer
         return _session(_pairs(flat))[0], previous or None
 
     @redis_boundary
     async def detach(self, session: Session, owner: str) -> None:
-        """``owner``'s socket went away: the resume window starts, unless another connection
-        took the session meanwhile."""
-        await self._detach(
-            keys=[keyspace.AccountKeys(session.account_id).session(session.id)],
-            args=[self._now_ms(), owner],
-        )
+        """``owner``'s socket went away: the resume window starts (the slots are held
+        through it), unless another connection took the session meanwhile."""
+        keys = keyspace.AccountKeys(session.account_id)
+        now = self._now_ms()
+        if await self._detach(
+            keys=[keys.session(session.id), keys.session_slots],
+            args=[now, owner, session.id, self._resume_ms],
+        ):
+            await self.capacity.renew([(session.account_id, session.id)], now + self._resume_ms)
+
+    @redis_boundary
+    async def renew(self, held: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Renew the leases of the slots of the sessions (account id, session id) whose
+        sockets this process holds; run every third of the lease (:mod:`sessions.leases`).
+        Returns those whose deployment slot is gone: they are ended here (close 1013), and
+        their sockets must close."""
+        until = self._now_ms() + self.lease_ms
+        await self._extend(held, until)
+        lost = await self.capacity.renew(held, until)
+        for account_id, session_id in lost:
+            await self.end(account_id, session_id, SLOT_LOST_CODE)
+        return lost
+
+    @redis_boundary
+    async def heard(self, queued: list[tuple[str, str]]) -> None:
+        """The clients of these queued sessions were heard from: their account slots are
+        held for another RAPPORT_QUEUE_IDLE_SECONDS (the deployment's side is
+        :meth:`Capacity.status`'s ``touch``)."""
+        await self._extend(queued, self._now_ms() + self._queue_idle_ms)
+
+    async def _extend(self, sessions: list[tuple[str, str]], until: int) -> None:
+        by_account: dict[str, dict[str, int]] = {}
+        for account_id, session_id in sessions:
+            by_account.setdefault(account_id, {})[session_id] = until
+        if not by_account:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for account_id, leases in by_account.items():
+                pipe.zadd(keyspace.AccountKeys(account_id).session_slots, leases, xx=True)
+            await pipe.execute()
 
     @redis_boundary
     async def append(self, session: Session, events: list[tuple[int, bytes]]) -> None:
@@ -481,33 +729,56 @@ class SessionStore:
         return [fields["e"].encode() for _, fields in entries]
 
     async def listen(self) -> AsyncIterator[Control]:
-        """Control messages for every session, until cancelled. Holds one connection of its
-        own; when Redis drops it, subscribes again after a short wait (messages sent in
-        between are lost: a socket that missed its end still meets it at its next step). A
-        message that does not decode is logged and skipped."""
-        failures = 0
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        """Control messages for every session, until cancelled (:func:`subscribe`: a
+        socket that missed its end while the channel was down meets it at its next step).
+        A message that does not decode is logged and skipped."""
+        async for data in subscribe(self._redis, keyspace.SESSION_CONTROL):
             try:
-                await pubsub.subscribe(keyspace.SESSION_CONTROL)
-                failures = 0
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    try:
-                        control = _decode_control(message["data"])
-                    except msgspec.MsgspecError:
-                        log.warning("ignored a malformed session control message")
-                        continue
-                    yield control
-            except (RedisConnectionError, RedisTimeoutError):
-                wait = LISTEN_BACKOFF_SECONDS[min(failures, len(LISTEN_BACKOFF_SECONDS) - 1)]
-                failures += 1
-                log.warning("session control channel lost; subscribing again in %.1f s", wait)
-                await asyncio.sleep(wait)
-            finally:
-                await pubsub.aclose()
+                yield _decode_control(data)
+            except msgspec.MsgspecError:
+                log.warning("ignored a malformed session control message")
+
+
+def session_store(
+    redis: aioredis.Redis, settings: Settings, observe: Callable[[Sweep], None] = lambda s: None
+) -> SessionStore:
+    """The session store over the deployment's capacity, as RAPPORT_* configures them."""
+    capacity = Capacity(
+        redis,
+        max_sessions=settings.max_sessions,
+        room_size=settings.waiting_room_size,
+        connect_seconds=settings.session_connect_seconds,
+        idle_seconds=settings.queue_idle_seconds,
+        observe=observe,
+    )
+    return SessionStore(
+        redis,
+        capacity=capacity,
+        connect_seconds=settings.session_connect_seconds,
+        resume_seconds=settings.session_resume_seconds,
+        max_seconds=settings.session_max_seconds,
+        events_kept=settings.session_events,
+        lease_seconds=settings.session_lease_seconds,
+        queue_idle_seconds=settings.queue_idle_seconds,
+    )
+
+
+def _ending_keys(keys: keyspace.AccountKeys, session_id: str) -> list[str]:
+    """The keys of a script that may end the session: its hash, the live set, the account's
+    slots, its events (``finish``'s)."""
+    return [
+        keys.session(session_id),
+        keys.sessions,
+        keys.session_slots,
+        keys.session_events(session_id),
+    ]
+
+
+def token_account(token: str) -> str | None:
+    """The account a well-formed token (or ticket) names, unverified: for the handshake
+    guards, which read that account's allowed origins before anything of the session."""
+    parsed = _TOKEN.fullmatch(token)
+    return None if parsed is None else parsed[1]
 
 
 def _digest(secret: str) -> str:
@@ -528,6 +799,7 @@ def _session(fields: dict[str, str]) -> tuple[Session, str]:
     record = _decode_record(fields["record"])
     connected = fields.get("connected")
     ended = fields.get("ended")
+    connect_by = fields.get("connect_by")
     session = Session(
         id=record.id,
         account_id=record.account_id,
@@ -536,12 +808,13 @@ def _session(fields: dict[str, str]) -> tuple[Session, str]:
         persona_name=record.persona_name,
         mode=record.mode,
         created_at=_datetime(record.created_ms),
-        connect_by=_datetime(record.connect_by_ms),
+        connect_by=_datetime(record.connect_by_ms if connect_by is None else int(connect_by)),
         interaction_limit=record.interaction_limit,
         duration_limit_s=record.duration_limit_s,
         used=int(fields.get("used", 0)),
         seq=int(fields.get("seq", 0)),
         connected_at=None if connected is None else _datetime(int(connected)),
         ended=None if ended is None else int(ended),
+        queued="queued" in fields,
     )
     return session, record.digest

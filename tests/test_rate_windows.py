@@ -6,37 +6,19 @@ concurrency."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.errors import RateLimited, RateLimitedIp
 from engine.ratelimit import Policy, RateLimits
-from engine.state import connect
-from tests.conftest import RedisServer
+from tests.conftest import Clock
 
 START = 1_000_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_server.url, 2)
-    yield client
-    await client.aclose()
-
-
 async def test_a_key_gets_its_limit_then_room_as_the_window_moves(redis) -> None:
-    clock = Clock()
+    clock = Clock(START)
     limits = RateLimits(redis, key_rpm=3, ip_rpm=100, clock=clock)
     remaining = []
     for second in (0, 10, 20):
@@ -58,7 +40,7 @@ async def test_a_key_gets_its_limit_then_room_as_the_window_moves(redis) -> None
 
 
 async def test_an_idle_spell_empties_the_window(redis) -> None:
-    clock = Clock()
+    clock = Clock(START)
     limits = RateLimits(redis, key_rpm=50, ip_rpm=100, clock=clock)
     for n in range(30):
         clock.now = START + n * 0.1

@@ -27,25 +27,18 @@ from engine.errors import (
 from engine.idempotency import Idempotency
 from engine.memory import MemoryStore
 from engine.personas import Availability, Persona, PersonaStore, PublishSettings, Window
-from engine.state import connect
 from engine.tenants import create_tenant
 from engine.turn_store import Opened, TurnStore
+from sessions.capacity import Capacity
 from sessions.protocol import COST
 from sessions.store import CHARGE, Control, SessionStore
-from tests.conftest import RedisServer
+from tests.conftest import Clock
 
 # Monday 2 June 2025, 10:00 UTC.
 START = datetime(2025, 6, 2, 10, 0, tzinfo=UTC).timestamp()
 CONNECT, RESUME, MAX = 60, 30, 3600
+CAP = 100
 ACCOUNT, OTHER = "a1a1a1a1a1a1", "b2b2b2b2b2b2"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def persona(**publish: object) -> Persona:
@@ -55,20 +48,21 @@ def persona(**publish: object) -> Persona:
 
 
 @pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_server.url, 2)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 def clock() -> Clock:
-    return Clock()
+    return Clock(START)
 
 
 def make_store(redis: aioredis.Redis, clock: Clock, events_kept: int = 512) -> SessionStore:
     return SessionStore(
         redis,
+        capacity=Capacity(
+            redis,
+            max_sessions=1000,
+            room_size=1000,
+            connect_seconds=CONNECT,
+            idle_seconds=60,
+            clock=clock,
+        ),
         connect_seconds=CONNECT,
         resume_seconds=RESUME,
         max_seconds=MAX,
@@ -126,8 +120,8 @@ async def subscribed(redis: aioredis.Redis) -> None:
 
 
 async def test_minting_fixes_the_budgets_and_stores_only_a_digest(store, redis, clock) -> None:
-    session, token = await store.mint(
-        ACCOUNT, "usr-42", persona(session_interaction_limit=40), "full"
+    session, token, _ = await store.mint(
+        ACCOUNT, "usr-42", persona(session_interaction_limit=40), "full", account_cap=CAP
     )
     account_id, session_id, secret = token.split(".")
     assert (account_id, session_id) == (ACCOUNT, session.id)
@@ -151,14 +145,16 @@ async def test_minting_fixes_the_budgets_and_stores_only_a_digest(store, redis, 
     assert not any(secret in value for value in stored.values()), "the secret is never stored"
     assert await redis.ttl(keyspace.AccountKeys(ACCOUNT).session(session.id)) > 0
 
-    limited, _ = await store.mint(ACCOUNT, "u", persona(session_duration_limit_seconds=900), "chat")
+    limited, _, _ = await store.mint(
+        ACCOUNT, "u", persona(session_duration_limit_seconds=900), "chat", account_cap=CAP
+    )
     assert (limited.interaction_limit, limited.duration_limit_s) == (None, 900)
     assert limited.interactions_left() is None
 
 
 async def test_a_mode_the_persona_does_not_allow_is_refused(store) -> None:
     with pytest.raises(ValidationFailed) as refused:
-        await store.mint(ACCOUNT, "u", persona(allowed_modes=["chat"]), "full")
+        await store.mint(ACCOUNT, "u", persona(allowed_modes=["chat"]), "full", account_cap=CAP)
     assert refused.value.errors == {"mode": ["one of chat"]}
     assert await store.live(ACCOUNT) == []
 
@@ -185,23 +181,26 @@ async def test_outside_the_opening_hours_no_session_starts(store, clock) -> None
         "windows": [{"day": "mon", "start": "09:00", "end": "11:00"}],
     }
     with pytest.raises(SessionTimeLimit):
-        await store.mint(ACCOUNT, "u", persona(availability=hours), "chat")
+        await store.mint(ACCOUNT, "u", persona(availability=hours), "chat", account_cap=CAP)
     clock.now = START - 60  # 10:59 in Lisbon
-    assert (await store.mint(ACCOUNT, "u", persona(availability=hours), "chat"))[0].id
+    assert (await store.mint(ACCOUNT, "u", persona(availability=hours), "chat", account_cap=CAP))[
+        0
+    ].id
 
 
 async def test_live_lists_oldest_first_and_ends_lapsed_sessions_on_the_way(
     store, redis, clock
 ) -> None:
-    first, _ = await store.mint(ACCOUNT, "u1", persona(), "chat")
+    first, _, _ = await store.mint(ACCOUNT, "u1", persona(), "chat", account_cap=CAP)
     clock.now += 1
-    second, _ = await store.mint(ACCOUNT, "u2", persona(), "chat")
-    await store.mint(OTHER, "u3", persona(), "chat")
+    second, _, _ = await store.mint(ACCOUNT, "u2", persona(), "chat", account_cap=CAP)
+    await store.mint(OTHER, "u3", persona(), "chat", account_cap=CAP)
     assert [s.id for s in await store.live(ACCOUNT)] == [first.id, second.id]
 
     await store.attach(second, "conn-1")
     async with listening(store, redis) as heard:
         clock.now = START + CONNECT + 0.5  # the first's token was never used
+        await store.renew([(ACCOUNT, second.id)])  # as its socket's process does all along
         assert [s.id for s in await store.live(ACCOUNT)] == [second.id]
         ended = await next_heard(heard)
     assert ended == Control(ACCOUNT, first.id, "ended", "", 4001)
@@ -209,12 +208,13 @@ async def test_live_lists_oldest_first_and_ends_lapsed_sessions_on_the_way(
     assert await redis.zrange(keyspace.AccountKeys(ACCOUNT).sessions, 0, -1) == [second.id]
 
     clock.now = START + 1 + MAX  # the second connected at START + 1: its duration is spent
+    await store.renew([(ACCOUNT, second.id)])
     assert await store.live(ACCOUNT) == []
     assert (await store.get(ACCOUNT, second.id)).ended == 4006
 
 
 async def test_a_session_whose_hash_expired_leaves_the_listing(store, redis) -> None:
-    session, _ = await store.mint(ACCOUNT, "u", persona(), "chat")
+    session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     await redis.delete(keyspace.AccountKeys(ACCOUNT).session(session.id))
     assert await store.live(ACCOUNT) == []
     assert await redis.zcard(keyspace.AccountKeys(ACCOUNT).sessions) == 0
@@ -223,8 +223,8 @@ async def test_a_session_whose_hash_expired_leaves_the_listing(store, redis) -> 
 
 
 async def test_admission_checks_the_token(store) -> None:
-    session, token = await store.mint(ACCOUNT, "u", persona(), "chat")
-    other, other_token = await store.mint(ACCOUNT, "u", persona(), "chat")
+    session, token, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
+    other, other_token, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     assert await store.admit(token, session.id) == session
 
     with pytest.raises(SessionTokenInvalid):
@@ -256,7 +256,7 @@ async def test_admission_checks_the_token(store) -> None:
 async def test_a_token_unused_past_the_connect_window_is_expired_and_ends_the_session(
     store, clock
 ) -> None:
-    session, token = await store.mint(ACCOUNT, "u", persona(), "chat")
+    session, token, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     clock.now = START + CONNECT
     assert (await store.admit(token, session.id)).id == session.id, "the deadline itself is in"
     clock.now = START + CONNECT + 0.01
@@ -269,7 +269,7 @@ async def test_a_token_unused_past_the_connect_window_is_expired_and_ends_the_se
 
 
 async def test_a_socket_gone_past_the_resume_window_ends_the_session(store, clock) -> None:
-    session, token = await store.mint(ACCOUNT, "u", persona(), "chat")
+    session, token, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     session, _ = await store.attach(await store.admit(token, session.id), "conn-1")
     await store.detach(session, "conn-1")
     clock.now = START + RESUME  # within the window: the session may resume
@@ -277,6 +277,7 @@ async def test_a_socket_gone_past_the_resume_window_ends_the_session(store, cloc
     assert previous == "conn-1" and resumed.connected_at == session.connected_at
     await store.detach(resumed, "conn-1")  # an old owner's late detach changes nothing
     clock.now = START + 10 * RESUME
+    await store.renew([(ACCOUNT, session.id)])  # conn-2's process renews all along
     assert (await store.admit(token, session.id)).ended is None, "conn-2 is still there"
 
     await store.detach(resumed, "conn-2")
@@ -289,7 +290,7 @@ async def test_a_socket_gone_past_the_resume_window_ends_the_session(store, cloc
 async def test_attaching_starts_the_duration_and_replaces_the_previous_owner(
     store, redis, clock
 ) -> None:
-    session, _ = await store.mint(ACCOUNT, "u", persona(), "chat")
+    session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     clock.now = START + 5
     attached, previous = await store.attach(session, "conn-1")
     assert previous is None
@@ -300,6 +301,7 @@ async def test_attaching_starts_the_duration_and_replaces_the_previous_owner(
 
     async with listening(store, redis) as heard:
         clock.now = START + 20
+        await store.renew([(ACCOUNT, session.id)])  # conn-1's process renews all along
         again, previous = await store.attach(session, "conn-1")  # the same connection
         assert previous == "conn-1" and again.connected_at == attached.connected_at
         newer, previous = await store.attach(session, "conn-2")
@@ -335,7 +337,7 @@ async def test_a_sessions_budget_is_spent_exactly_under_concurrency(redis, store
     limited = msgspec.structs.replace(
         default, publish_settings=PublishSettings(session_interaction_limit=10)
     )
-    session, _ = await store.mint(account_id, "u", limited, "chat")
+    session, _, _ = await store.mint(account_id, "u", limited, "chat", account_cap=CAP)
     results = await asyncio.gather(
         *(
             turns.open(account_id, "u", key_slot=None, idempotency_key=None,
@@ -359,7 +361,7 @@ async def test_a_full_mode_turn_needs_two_units_and_a_failed_one_gives_them_back
     three = msgspec.structs.replace(
         default, publish_settings=PublishSettings(session_interaction_limit=3)
     )
-    session, _ = await store.mint(account_id, "u", three, "full")
+    session, _, _ = await store.mint(account_id, "u", three, "full", account_cap=CAP)
     full = session.budget(COST["full"])
     first = await turns.open(account_id, "u", key_slot=None, idempotency_key=None, budget=full)
     assert isinstance(first, Opened) and first.budget_left == 1
@@ -370,7 +372,7 @@ async def test_a_full_mode_turn_needs_two_units_and_a_failed_one_gives_them_back
                       budget=first.budget)  # fmt: skip
     assert (await store.get(account_id, session.id)).interactions_left() == 3, "given back"
 
-    unlimited, _ = await store.mint(account_id, "u", default, "full")
+    unlimited, _, _ = await store.mint(account_id, "u", default, "full", account_cap=CAP)
     for _ in range(3):
         opened = await turns.open(account_id, "u", key_slot=None, idempotency_key=None,
                                   budget=unlimited.budget(COST["full"]))  # fmt: skip
@@ -387,7 +389,7 @@ def event(seq: int) -> tuple[int, bytes]:
 
 
 async def test_events_replay_exactly_after_a_seq(store) -> None:
-    session, _ = await store.mint(ACCOUNT, "u", persona(), "chat")
+    session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     assert await store.replay(session, 0) == []
     await store.append(session, [event(1), event(2)])
     await store.append(session, [event(3)])
@@ -401,7 +403,7 @@ async def test_events_replay_exactly_after_a_seq(store) -> None:
 
 async def test_replay_is_refused_once_events_were_trimmed(redis, clock) -> None:
     store = make_store(redis, clock, events_kept=16)
-    session, _ = await store.mint(ACCOUNT, "u", persona(), "chat")
+    session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     await store.append(session, [event(n) for n in range(1, 301)])
     stream = keyspace.AccountKeys(ACCOUNT).session_events(session.id)
     kept = await redis.xlen(stream)
@@ -413,7 +415,7 @@ async def test_replay_is_refused_once_events_were_trimmed(redis, clock) -> None:
 
 
 async def test_ending_is_first_wins_drops_the_events_and_is_heard(store, redis) -> None:
-    session, _ = await store.mint(ACCOUNT, "u", persona(), "chat")
+    session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     await store.attach(session, "conn-1")
     await store.append(session, [event(1)])
     async with listening(store, redis) as heard:

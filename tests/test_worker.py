@@ -5,7 +5,6 @@ and one whose content changed between embedding and writing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,12 @@ import redis.asyncio as aioredis
 
 from engine.accounts import AccountStore
 from engine.config import Settings
-from engine.state import connect
 from kb.documents import Document, DocumentStore, LinkEntry, WriteConflict
 from kb.embedder import shared_embedder
 from kb.index import VectorIndex
 from kb.ingest import Incoming, Ingest
 from kb.queue import ProcessingQueue
 from kb.worker import JobResult, Processor
-from tests.conftest import RedisServer
-
-
-@pytest.fixture
-async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    client = connect(redis_server.url, timeout=1.0)
-    yield client
-    await client.aclose()
 
 
 def text(external_id: str, body: str) -> Incoming:
