@@ -697,6 +697,22 @@ async def test_the_backends_delete_closes_the_live_socket_1000(http: httpx.Async
     assert types(events) == ["session.closing"] and code == 1000
 
 
+async def test_a_delete_on_another_node_closes_the_socket_where_it_lives(
+    http: httpx.AsyncClient, other_node: Server, api_key: str
+) -> None:
+    minted = await mint(http)
+    async with opened(minted["ws_url"]) as live:
+        await live.next()
+        async with httpx.AsyncClient(
+            base_url=other_node.base_url, headers={"X-Api-Key": api_key}, timeout=10
+        ) as elsewhere:
+            assert (
+                await elsewhere.delete(f"/api/sessions/{minted['session_id']}")
+            ).status_code == 204
+        events, code = await live.closed()
+    assert types(events) == ["session.closing"] and code == 1000
+
+
 async def test_a_second_socket_replaces_the_first_which_closes_4009(
     http: httpx.AsyncClient, fake: FakeOpenAI
 ) -> None:
