@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import RedisServer, Server, llm_env
+from tests.conftest import RedisServer, Server, free_port, llm_env
 from tests.fake_openai import FakeOpenAI
 from tests.test_sessions import Event, Live, closes_with, on, opened, persona, unique
 
@@ -366,6 +367,45 @@ async def test_200_concurrent_mints_over_two_processes_get_exactly_the_100_slots
         await backend.close()
 
 
+async def test_one_server_with_two_workers_is_one_deployment(tmp_path: Path) -> None:
+    """``rapport serve --workers 2``: the workers share the slots and the line, and an
+    admission reaches a queue socket whichever worker holds it. (Several workers need a
+    Chroma server; sessions never use it, so its URL here leads nowhere.)"""
+    server = Server(
+        tmp_path / "data", RAPPORT_WORKERS="2", RAPPORT_MAX_SESSIONS="3",
+        RAPPORT_WAITING_ROOM_SIZE="100", RAPPORT_CHROMA_URL=f"http://127.0.0.1:{free_port()}",
+    ).start()  # fmt: skip
+    try:
+        backend = Backend(server.demo_key, (server,))
+
+        # A fresh connection for each mint, so the two workers share them.
+        async def mint_alone(i: int) -> httpx.Response:
+            async with httpx.AsyncClient(
+                base_url=server.base_url, headers={"X-Api-Key": server.demo_key}, timeout=10
+            ) as client:
+                return await client.post(
+                    "/api/sessions", json={"user_id": f"user-{i}", "mode": "chat"}
+                )
+
+        try:
+            # The demo account's plan holds ten: three slots, seven places.
+            answers = await asyncio.gather(*(mint_alone(i) for i in range(10)))
+            assert Counter(r.status_code for r in answers) == {201: 3, 202: 7}
+            positions = sorted(r.json()["position"] for r in answers if r.status_code == 202)
+            assert positions == list(range(1, 8))
+            head = next(r.json() for r in answers if r.json().get("position") == 1)
+            async with opened(head["queue_ws_url"]) as watch:
+                assert (await watch.next())["position"] == 1
+                ready = next(r.json() for r in answers if r.status_code == 201)
+                await backend.end(ready["session_id"])
+                read, _ = await next_of(watch, "queue.admitted", 3)
+            assert read[-1]["session_id"] == session_of(head["ticket"])
+        finally:
+            await backend.close()
+    finally:
+        server.stop()
+
+
 async def test_the_accounts_plan_caps_its_sessions_queued_ones_included_and_never_queues(
     room: Room,
 ) -> None:
@@ -499,6 +539,21 @@ async def test_admission_is_pushed_when_a_slot_frees_by_delete_by_session_end_an
     assert await gauges(room.a) == (CAP, 0)
     after = await counted((room.a, room.b), "rapport_waiting_room_admissions_total")
     assert after - admissions_before == 3
+
+
+async def test_admission_is_pushed_when_a_sessions_duration_runs_out_4006(room: Room) -> None:
+    brief = await persona(room.backend.on(), sessionDurationLimitSeconds=1)
+    await room.hold((await room.backend.ready(room.a))["ws_url"])
+    timed = await room.hold((await room.backend.ready(room.b, persona_id=brief))["ws_url"])
+    place = await room.backend.queued(room.a)
+    watch = await room.watch(on(room.b, place["queue_ws_url"]))
+    assert (await watch.next())["position"] == 1
+    _, code = await timed.closed()
+    since = time.monotonic()
+    assert code == 4006
+    read, at = await next_of(watch, "queue.admitted", 3)
+    assert at - since < PUSHED_S, f"admitted {at - since:.2f} s after the slot freed"
+    await room.hold(read[-1]["ws_url"])
 
 
 async def test_places_are_pushed_when_the_line_moves_and_a_leaver_loses_its_place(
