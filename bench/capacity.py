@@ -56,7 +56,6 @@ import os
 import random
 import shlex
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -75,17 +74,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from bench.conversation_overhead import run_async
-from bench.harness import run_bench, spawn_ready_rapport
+from bench.harness import PLAN_SESSIONS, raise_plan, run_bench, spawn_ready_rapport
 from bench.http_overhead import (
     LIMITS_PATH,
     LOOPBACK,
-    ROOT,
     Server,
     cpu_seconds,
     free_port,
     machine,
     package_versions,
-    rapport_command,
     spawn,
     stop,
     wait_ready,
@@ -95,6 +92,7 @@ from bench.live_sessions import (
     HIGH_RPM,
     MINT_CLIENTS,
     MINT_PATH,
+    RATE_SETTINGS,
     READ_LIMIT,
     embedded_redis,
     mint,
@@ -110,16 +108,6 @@ from engine.keyspace import DeploymentKeys
 QUEUE_IDLE_S = 3600  # RAPPORT_QUEUE_IDLE_SECONDS: no queued client is evicted meanwhile
 ROOM_SIZE = 2000  # RAPPORT_WAITING_ROOM_SIZE
 RESUME_S = 30  # RAPPORT_SESSION_RESUME_SECONDS, its default, said in the settings line
-PLAN_SESSIONS = 100_000  # the demo account's max_concurrent_sessions: never the limit here
-RATE_SETTINGS = (
-    "RAPPORT_KEY_RPM",
-    "RAPPORT_IP_RPM",
-    "RAPPORT_GLOBAL_IP_RPM",
-    "RAPPORT_MUTATIONS_RPM",
-    "RAPPORT_SESSION_WS_RPM",
-    "RAPPORT_QUEUE_WS_RPM",
-    "RAPPORT_QUEUE_RPM",
-)
 PHASE_TIMEOUT_S = 300.0
 ROUND_TIMEOUT_S = 10.0  # one admission, one connect, one settle
 OPEN_TIMEOUT_S = 30.0
@@ -210,18 +198,6 @@ def start_deployment(
     if client is None:
         raise RuntimeError(f"{name}: no embedded redis-server found in {data_dir}")
     return Deployment(server, int(base.rsplit(":", 1)[1]), key, data_dir, client)
-
-
-def raise_plan(data_dir: Path) -> None:
-    """``rapport accounts plan`` against the running server's data dir (its embedded Redis),
-    as bench/harness.py's ``refill`` reaches it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
-    env["RAPPORT_DATA_DIR"] = str(data_dir)
-    subprocess.run(
-        [*rapport_command()[:-1], "accounts", "plan", "--account", "demo",
-         "--max-concurrent-sessions", str(PLAN_SESSIONS)],
-        cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, timeout=60,
-    )  # fmt: skip
 
 
 def finish(dep: Deployment, logs: Path | None) -> None:

@@ -89,15 +89,33 @@ def start_fake_openai(workdir: Path, servers: list[Server]) -> tuple[Server, str
     return fake, url
 
 
-def refill(data_dir: Path, turns: int) -> None:
-    """Every turn spends one of the account's requests: add enough for the whole run."""
+def operate(data_dir: Path, *command: str) -> None:
+    """An operator's ``rapport`` command against the running server's data dir (its
+    embedded Redis)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
     env["RAPPORT_DATA_DIR"] = str(data_dir)
     subprocess.run(
-        [*rapport_command()[:-1], "balance", "add", "--account", "demo", str(turns)],
+        [*rapport_command()[:-1], *command],
         cwd=ROOT,
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
         timeout=60,
     )
+
+
+def refill(data_dir: Path, turns: int) -> None:
+    """Every turn spends one of the account's requests: add enough for the whole run."""
+    operate(data_dir, "balance", "add", "--account", "demo", str(turns))
+
+
+PLAN_SESSIONS = 100_000
+"""The demo account's max_concurrent_sessions in the benches: never the limit there."""
+
+
+def raise_plan(data_dir: Path) -> None:
+    """Let the demo account hold :data:`PLAN_SESSIONS` sessions (its plan says 10)."""
+    operate(
+        data_dir, "accounts", "plan", "--account", "demo",
+        "--max-concurrent-sessions", str(PLAN_SESSIONS),
+    )  # fmt: skip

@@ -70,7 +70,14 @@ import redis
 from hdrh.histogram import HdrHistogram
 
 from bench.conversation_overhead import MESSAGE, drive, make_load, run_async
-from bench.harness import refill, run_bench, spawn_ready_rapport, start_fake_openai
+from bench.harness import (
+    PLAN_SESSIONS,
+    raise_plan,
+    refill,
+    run_bench,
+    spawn_ready_rapport,
+    start_fake_openai,
+)
 from bench.http_overhead import (
     LOOPBACK,
     ROOT,
@@ -91,6 +98,16 @@ TURN_PATH = "/api/v1/conversation"
 MODEL = "fake-model"
 LLM_KEY = "sk-bench"
 HIGH_RPM = 10_000_000  # every request and upgrade counted in Redis, none refused
+RATE_SETTINGS = (
+    "RAPPORT_KEY_RPM",
+    "RAPPORT_IP_RPM",
+    "RAPPORT_GLOBAL_IP_RPM",
+    "RAPPORT_MUTATIONS_RPM",
+    "RAPPORT_SESSION_WS_RPM",
+    "RAPPORT_QUEUE_WS_RPM",
+    "RAPPORT_QUEUE_RPM",
+)
+"""Every rate limit of rapport serve: set to HIGH_RPM, counted in Redis, never refusing."""
 CONNECT_WINDOW_S = 3600  # RAPPORT_SESSION_CONNECT_SECONDS: no minted session lapses unused
 MINT_CLIENTS = 16
 CONNECT_CONCURRENCY = 64  # sockets the client process opens at once
@@ -198,11 +215,10 @@ def start_rapport(
         "RAPPORT_LLM_BASE_URL": upstream,
         "RAPPORT_LLM_MODEL": MODEL,
         "RAPPORT_LLM_API_KEY": LLM_KEY,
-        "RAPPORT_KEY_RPM": str(HIGH_RPM),
-        "RAPPORT_IP_RPM": str(HIGH_RPM),
-        "RAPPORT_GLOBAL_IP_RPM": str(HIGH_RPM),
-        "RAPPORT_MUTATIONS_RPM": str(HIGH_RPM),
+        **{name: str(HIGH_RPM) for name in RATE_SETTINGS},
         "RAPPORT_SESSION_CONNECT_SECONDS": str(CONNECT_WINDOW_S),
+        # Every session minted here gets a slot: the capacity is bench/capacity.py's.
+        "RAPPORT_MAX_SESSIONS": str(PLAN_SESSIONS),
     }
     command = None
     if config is not None:
@@ -212,6 +228,7 @@ def start_rapport(
     server, base, key = spawn_ready_rapport(
         data_dir, workdir / f"{name}.log", servers, env, command
     )
+    raise_plan(data_dir)
     return server, int(base.rsplit(":", 1)[1]), key
 
 
@@ -907,6 +924,7 @@ def report(args: argparse.Namespace, results: Results, wall_s: float) -> None:
     print(
         f"settings: 1 uvicorn process, RAPPORT_LOG_LEVEL=warning, rate limits at {HIGH_RPM}/min "
         f"(counted, never refusing), RAPPORT_SESSION_CONNECT_SECONDS={CONNECT_WINDOW_S}, "
+        f"RAPPORT_MAX_SESSIONS and the demo account's max_concurrent_sessions {PLAN_SESSIONS}, "
         f"WebSocket settings {results.ws_defaults} unless named; "
         f"RLIMIT_NOFILE {results.nofile}; the client offers permessage-deflate"
     )

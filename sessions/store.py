@@ -267,11 +267,14 @@ redis.call('ZADD', KEYS[3], ARGV[11], ARGV[7])
 return {{1, ended}}
 """
 # KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 id. A mint undone (the
-# waiting room was full) or a queued session whose end user queued again: as if never made.
+# waiting room was full), a queued session whose end user queued again or who left the line:
+# as if never made. Never one a socket has connected to (0): that one ends, it is not undone.
 _DISCARD = """
+if redis.call('HEXISTS', KEYS[1], 'connected') == 1 then return 0 end
 redis.call('DEL', KEYS[1], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+return 1
 """
 # KEYS: 1 session, 2 slots. ARGV: 1 id, 2 the slot's lease (ms), 3 lifetime (s). The session
 # waits in line: no connect window, its slot held while its client is heard from.
@@ -502,12 +505,9 @@ class SessionStore:
         (Relative, not PEXPIREAT: Redis's clock decides expiry, ours may be a test's.)"""
         return self._connect_seconds + duration_limit_s + KEEP_ENDED_SECONDS
 
-    async def _undo(self, account_id: str, session_id: str) -> None:
+    async def _undo(self, account_id: str, session_id: str) -> bool:
         keys = keyspace.AccountKeys(account_id)
-        await self._discard(
-            keys=_ending_keys(keys, session_id),
-            args=[session_id],
-        )
+        return bool(await self._discard(keys=_ending_keys(keys, session_id), args=[session_id]))
 
     async def _release(self, account_id: str, ended: list[str]) -> None:
         """The deployment's slots of sessions just ended: the queue moves on."""
@@ -529,8 +529,11 @@ class SessionStore:
 
     @redis_boundary
     async def leave(self, account_id: str, session_id: str) -> None:
-        """A queued client gave its place up: the session is as if never minted."""
-        await self._undo(account_id, session_id)
+        """A queued client gave its place up (or the slot offered to it, unused): the
+        session is as if never minted. Raises SessionGone once a socket has connected to it:
+        then it is a live session, ended like any other."""
+        if not await self._undo(account_id, session_id):
+            raise SessionGone("The session is live: end it, it has left the waiting room.")
         await self.capacity.release(account_id, session_id)
 
     @redis_boundary

@@ -79,14 +79,14 @@ class WaitingRoom:
             case Offered(offer_by_ms):
                 claimed = await self._store.claim(session.account_id, session.id, offer_by_ms)
                 return _admitted(claimed, ticket, url)
-        # Evicted for silence, or an offer that lapsed: the session goes with the place.
-        await self._store.leave(session.account_id, session.id)
+        # Evicted for silence, or an offer that lapsed: the session goes with the place
+        # (unless its socket connected meanwhile, by another way than this one).
+        with contextlib.suppress(SessionGone):
+            await self._store.leave(session.account_id, session.id)
         raise left_the_line()
 
     async def leave(self, session: Session) -> None:
         """The client gives its place up (or the slot offered to it, before connecting)."""
-        if session.connected_at is not None:
-            raise left_the_line()
         await self._store.leave(session.account_id, session.id)
 
 

@@ -251,3 +251,18 @@ async def test_the_waiting_room_publishes_its_moves(redis, clock) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_leaving_the_line_never_undoes_a_session_that_connected(redis, clock) -> None:
+    r = rig(redis, clock, slots=1)
+    holder = await r.mint("holder")
+    waiting = await r.mint("waiting")
+    await r.store.end(ACCOUNT, holder.session.id, 1000)
+    [offered] = await r.capacity.status([waiting.session.id], touch=False)
+    assert isinstance(offered, Offered)
+    claimed = await r.store.claim(ACCOUNT, waiting.session.id, offered.offer_by_ms)
+    await r.store.attach(claimed, "conn-1")
+    with pytest.raises(SessionGone):
+        await r.store.leave(ACCOUNT, claimed.id)  # a late DELETE of its poll_url
+    assert (await r.store.get(ACCOUNT, claimed.id)).ended is None
+    assert await redis.zcard(keyspace.DeploymentKeys.slots) == 1, "its slot is still its own"
