@@ -139,39 +139,34 @@ class Hub:
 
     def __init__(self, store: SessionStore) -> None:
         self._store = store
-        self._tell: dict[str, Callable[[Control], None]] = {}
-        """owner (connection id) -> how to tell that connection."""
-        self._owner: dict[str, str] = {}
-        """session id -> the owner held here (the newer one, during a replace)."""
-        self._account: dict[str, str] = {}
-        """session id -> its account, for the leases this process renews."""
+        self._by_owner: dict[str, Connection] = {}
+        """owner (connection id) -> that connection."""
+        self._by_session: dict[str, Connection] = {}
+        """session id -> the connection held here (the newer one, during a replace)."""
 
-    def hold(self, owner: str, session: Session, tell: Callable[[Control], None]) -> None:
-        self._tell[owner] = tell
-        self._owner[session.id] = owner
-        self._account[session.id] = session.account_id
+    def hold(self, connection: Connection) -> None:
+        self._by_owner[connection.owner] = connection
+        self._by_session[connection.session.id] = connection
 
-    def release(self, owner: str, session_id: str) -> None:
-        self._tell.pop(owner, None)
-        if self._owner.get(session_id) == owner:
-            del self._owner[session_id]
-            del self._account[session_id]
+    def release(self, connection: Connection) -> None:
+        self._by_owner.pop(connection.owner, None)
+        if self._by_session.get(connection.session.id) is connection:
+            del self._by_session[connection.session.id]
 
     def held(self) -> list[tuple[str, str]]:
         """(account id, session id) of each session whose socket this process holds."""
-        return [(account_id, session_id) for session_id, account_id in self._account.items()]
+        return [(c.session.account_id, sid) for sid, c in self._by_session.items()]
 
     async def run(self) -> None:
         async for control in self._store.listen():
             # Found by key, not by a walk over every socket: ten thousand may be held here.
-            owner = (
-                control.owner
+            connection = (
+                self._by_owner.get(control.owner)
                 if control.kind == "replaced"
-                else self._owner.get(control.session_id, "")
+                else self._by_session.get(control.session_id)
             )
-            tell = self._tell.get(owner)
-            if tell is not None:
-                tell(control)
+            if connection is not None:
+                connection.inbox.put(control)
 
 
 class SessionSocket:
@@ -200,11 +195,11 @@ class SessionSocket:
             await close_with(socket, error.failure.close_code, error.message)
             return
         connection = Connection(socket, session, owner, self)
-        self._hub.hold(owner, session, connection.inbox.put)
+        self._hub.hold(connection)
         try:
             await connection.run(socket.query_params.get("last_seq"))
         finally:
-            self._hub.release(owner, session.id)
+            self._hub.release(connection)
 
 
 class Connection:

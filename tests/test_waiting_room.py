@@ -846,6 +846,23 @@ async def test_the_slot_of_a_killed_process_frees_within_the_lease_and_goes_to_t
 # --- metrics ---------------------------------------------------------------------------------
 
 
+async def test_operators_list_the_live_ready_and_waiting_sessions(room: Room) -> None:
+    name, shop = await room.tenant()
+    held = await shop.ready(room.a)
+    await room.hold(held["ws_url"])
+    idle = await shop.ready(room.b)
+    place = await shop.queued(room.a)
+    listing = await asyncio.to_thread(operator, room.b, "sessions", "list", "--account", name)
+    head, *rows = listing.splitlines()
+    assert head == f"slots held {CAP} of {CAP}, waiting 1 of {ROOM}"
+    by_id = {row.split()[0]: row for row in rows}
+    assert set(by_id) == {held["session_id"], idle["session_id"], session_of(place["ticket"])}
+    assert "live since" in by_id[held["session_id"]]
+    assert " ready " in by_id[idle["session_id"]]
+    assert " queued " in by_id[session_of(place["ticket"])]
+    assert all(name in row for row in rows)
+
+
 async def test_metrics_show_the_deployments_slots_and_line_and_the_sockets_closes(
     room: Room,
 ) -> None:
