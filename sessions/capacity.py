@@ -371,6 +371,12 @@ class Capacity:
         while this process hung): they must end, or the cap would be exceeded."""
         if not sessions:
             return []
+        # One ZADD renews them all; only when it changed fewer than asked (a slot gone,
+        # which is rare) does the script name the ones gone. Ten thousand slots a round made
+        # the script alone cost ~6 % of a core (BENCHMARKS.md, "Live sessions").
+        leases = {f"{account_id}/{session_id}": until_ms for account_id, session_id in sessions}
+        if await self._redis.zadd(K.slots, leases, xx=True, ch=True) == len(leases):
+            return []
         pairs = [part for session in sessions for part in session]
         lost = await self._renew(keys=_KEYS, args=[until_ms, *pairs])
         return [(account_id, session_id) for account_id, session_id in lost]

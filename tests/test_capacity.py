@@ -266,3 +266,19 @@ async def test_leaving_the_line_never_undoes_a_session_that_connected(redis, clo
         await r.store.leave(ACCOUNT, claimed.id)  # a late DELETE of its poll_url
     assert (await r.store.get(ACCOUNT, claimed.id)).ended is None
     assert await redis.zcard(keyspace.DeploymentKeys.slots) == 1, "its slot is still its own"
+
+
+async def test_a_slot_swept_while_its_session_lives_ends_it_at_the_next_renewal(
+    redis, clock
+) -> None:
+    r = rig(redis, clock, slots=1)
+    hung = (await r.mint("hung")).session
+    waiting = (await r.mint("waiting")).session
+    await r.store.attach(hung, "conn-1")
+    clock.now += r.store.lease_ms / 1000 + 1  # its process hung past the lease
+    await r.capacity.status([waiting.id], touch=True)
+    assert [a.session_id for a in (await r.capacity.advance()).admitted] == [waiting.id]
+    # It wakes and renews: the slot is another's now, so the session ends (1013).
+    assert await r.store.renew([(ACCOUNT, hung.id)]) == [(ACCOUNT, hung.id)]
+    assert (await r.store.get(ACCOUNT, hung.id)).ended == 1013
+    assert await redis.zcard(keyspace.DeploymentKeys.slots) == 1, "the cap holds"
