@@ -15,7 +15,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from api import conversation, docs, knowledge, personas, sessions, subscription, system
+from api import conversation, docs, knowledge, pages, personas, sessions, subscription, system
 from api.auth import ApiKeyAuth
 from api.bodylimit import DeclaredBodyLimit
 from api.logs import configure
@@ -43,6 +43,7 @@ OPERATIONS: list[Operation] = [
     *knowledge.OPERATIONS,
     *personas.OPERATIONS,
     *sessions.OPERATIONS,
+    *pages.OPERATIONS,
 ]
 
 
