@@ -220,16 +220,17 @@ class Watched:
             timeout=wait_ms,
         )
 
-    async def last_reply_done(self, wait_ms: int = WAIT_MS) -> dict[str, str]:
+    async def reply_done(self, nth: int = 1, wait_ms: int = WAIT_MS) -> dict[str, str]:
+        """The ``nth`` reply of the conversation (1 is the first), once it is done."""
         await self.until(
-            "last('assistant') && !['', 'streaming'].includes("
-            "last('assistant').dataset.status ?? '')",
+            f"(m => m && !['', 'streaming'].includes(m.dataset.status ?? ''))"
+            f"(root.querySelectorAll('.message.assistant')[{nth - 1}])",
             wait_ms,
         )
-        last = self.chat('[part="log"] .message.assistant').last
+        reply = self.chat('[part="log"] .message.assistant').nth(nth - 1)
         return {
-            "status": await last.get_attribute("data-status") or "",
-            "text": (await last.locator(".text").inner_text()).strip(),
+            "status": await reply.get_attribute("data-status") or "",
+            "text": (await reply.locator(".text").inner_text()).strip(),
         }
 
     async def status(self) -> str:
@@ -318,7 +319,7 @@ async def test_the_playground_streams_a_reply_with_its_budget_and_keeps_the_key_
             )
             partial = (await page.replies())[-1].strip()
             assert partial and DEFAULT_REPLY.startswith(partial) and partial != DEFAULT_REPLY
-            done = await page.last_reply_done()
+            done = await page.reply_done(1)
             assert done == {"status": "completed", "text": DEFAULT_REPLY}
             assert "left" in await page.chat('[part="budget"]').inner_text()
             # The README's picture: taken here; written over the committed one on request.
@@ -347,7 +348,7 @@ async def test_the_stop_button_cancels_the_reply(
                 " && last('assistant')?.querySelector('.text').textContent.trim() !== ''"
             )
             await stop.click()
-            done = await page.last_reply_done()
+            done = await page.reply_done(1)
             assert done["status"] == "cancelled"
             assert DEFAULT_REPLY.startswith(done["text"]) and done["text"] != DEFAULT_REPLY
             assert await stop.is_disabled()
@@ -372,7 +373,7 @@ async def test_the_last_unit_spent_shows_the_4005_message(
             await page.page.click("#start")
             await page.state("ready")
             await page.say("Just one question")
-            assert (await page.last_reply_done())["status"] == "completed"
+            assert (await page.reply_done(1))["status"] == "completed"
             await page.state("closed")
             assert "message limit" in (await page.status()).lower()
     finally:
@@ -395,7 +396,7 @@ async def test_a_voice_note_from_the_microphone_shows_its_transcript(
             await page.until("/price/i.test(last('user')?.textContent ?? '')", 60_000)
             user = page.chat('[part="log"] .message.user .text').last
             assert "pro plan" in (await user.inner_text()).lower()
-            assert (await page.last_reply_done(60_000))["status"] == "completed"
+            assert (await page.reply_done(1, 60_000))["status"] == "completed"
     finally:
         await end_everything(rapport, key)
 
@@ -410,7 +411,7 @@ async def test_the_widget_chats_without_the_key_ever_reaching_the_browser(
     async with business(rapport, key) as site, opened(browser, site.url) as page:
         await page.state("ready")
         await page.say("Hello from the shop")
-        assert (await page.last_reply_done())["text"] == DEFAULT_REPLY
+        assert (await page.reply_done(1))["text"] == DEFAULT_REPLY
         for request in page.requests:
             headers = json.dumps(await request.all_headers())
             assert key not in request.url and key not in headers
@@ -437,7 +438,7 @@ async def test_keyboard_alone_sends_a_message_at_360_px(
             pytest.fail("the message box cannot be reached with Tab")
         await page.page.keyboard.type("Typed without a mouse")
         await page.page.keyboard.press("Enter")
-        assert (await page.last_reply_done())["text"] == DEFAULT_REPLY
+        assert (await page.reply_done(1))["text"] == DEFAULT_REPLY
         texts = await page.chat('[part="log"] .message.user .text').all_inner_texts()
         assert texts == ["Typed without a mouse"]
         overflow = await page.page.evaluate(
@@ -466,7 +467,7 @@ async def test_the_widget_waits_in_line_then_is_admitted(
             assert (await http.delete(f"/api/sessions/{taken[0]}")).status_code == 204
             await page.state("ready")
             await page.say("Finally in")
-            assert (await page.last_reply_done())["text"] == DEFAULT_REPLY
+            assert (await page.reply_done(1))["text"] == DEFAULT_REPLY
 
 
 async def test_a_dropped_connection_resumes_without_repeating_text(
@@ -479,7 +480,7 @@ async def test_a_dropped_connection_resumes_without_repeating_text(
         async with business(rapport, key, via=via) as site, opened(browser, site.url) as page:
             await page.state("ready")
             await page.say("First question")
-            assert (await page.last_reply_done())["text"] == DEFAULT_REPLY
+            assert (await page.reply_done(1))["text"] == DEFAULT_REPLY
             fake.configure(chunk_delay_s=0.3)
             await page.say("Second question")
             await page.until(
@@ -489,10 +490,10 @@ async def test_a_dropped_connection_resumes_without_repeating_text(
             proxy.cut()
             await page.state("reconnecting", "ready")
             fake.configure(chunk_delay_s=0)
-            second = await page.last_reply_done()
+            second = await page.reply_done(2)
             await page.state("ready")
             await page.say("Third question")
-            third = await page.last_reply_done()
+            third = await page.reply_done(3)
             replies = await page.replies()
         # The reply cut short ends as the server kept it (cancelled, what was said), once.
         assert replies[0] == DEFAULT_REPLY and third["text"] == DEFAULT_REPLY
