@@ -9,6 +9,7 @@ A missing browser fails these tests: ``make test`` installs Debian's ``chromium`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -33,6 +34,7 @@ from websockets.asyncio.client import connect
 
 from tests.conftest import FakeOpenAI, Server, free_port, llm_env
 from tests.fake_openai import DEFAULT_REPLY
+from tests.test_knowledge import activate, doc_path, wait_ready
 
 AUDIO = Path(__file__).parent / "audio"
 SCREENSHOT = Path(__file__).parent.parent / "docs" / "playground.png"
@@ -333,6 +335,31 @@ async def test_the_playground_streams_a_reply_with_its_budget_and_keeps_the_key_
         await end_everything(rapport, key)
 
 
+async def test_each_reply_lists_the_documents_it_drew_on(
+    browser: Browser, rapport: Server, fake: FakeOpenAI
+) -> None:
+    key = rapport.demo_key
+
+    def add_the_hours() -> None:
+        with rapport.client(headers={"X-Api-Key": key}) as client:
+            hours = "We open at nine in the morning on Saturdays and close at four."
+            made = client.put(doc_path("opening-hours"), json={"content": hours, "label": "Hours"})
+            assert made.status_code in (200, 201), made.text
+            assert wait_ready(client, "opening-hours")["processing_status"] == "ready"
+            assert activate(client, ["opening-hours"]).status_code < 300
+
+    await asyncio.to_thread(add_the_hours)
+    try:
+        async with opened(browser, rapport.base_url + "/") as page:
+            await start_playground(page, key)
+            await page.say("When do you open on Saturdays?")
+            assert (await page.reply_done(1))["status"] == "completed"
+            sources = page.chat('[part="log"] .message.assistant .sources li')
+            assert await sources.all_inner_texts() == ["opening-hours"]
+    finally:
+        await end_everything(rapport, key)
+
+
 async def test_the_stop_button_cancels_the_reply(
     browser: Browser, rapport: Server, fake: FakeOpenAI
 ) -> None:
@@ -532,8 +559,9 @@ async def test_the_widget_says_so_when_the_waiting_room_is_full(
             held = await http.post("/api/sessions", json={"user_id": "holder", "mode": "chat"})
             assert held.status_code == 201
         async with business(crowded, key) as site, opened(browser, site.url) as page:
-            await page.until("root.querySelector('[part=\"status\"]').textContent.trim() !== ''")
-            assert "busy" in (await page.status()).lower()
+            # ("Connecting…" shows first, while the backend mints.)
+            await page.until("/busy/i.test(root.querySelector('[part=\"status\"]').textContent)")
+            assert "waiting line is full" in (await page.status()).lower()
     finally:
         crowded.stop()
 
