@@ -159,16 +159,17 @@ def serve_peer(port: int, upstream: str, prompt_file: Path, call: str) -> None:
         body = await request.json()
         messages = [*prompt["history"], {"role": "user", "content": body["message"]}]
         parts: list[str] = []
+        raw_body = {
+            "model": prompt["model"],
+            "messages": messages,
+            "max_tokens": prompt["max_tokens"],
+            "stream": True,
+        }
         if call == "lean":
             data_stream = await client.post(
                 "/chat/completions",
                 cast_to=ChatCompletion,
-                body={
-                    "model": prompt["model"],
-                    "messages": messages,
-                    "max_tokens": prompt["max_tokens"],
-                    "stream": True,
-                },
+                body=raw_body,
                 stream=True,
                 stream_cls=AsyncStream[object],
             )
@@ -189,12 +190,7 @@ def serve_peer(port: int, upstream: str, prompt_file: Path, call: str) -> None:
             stream = await client.post(
                 "/chat/completions",
                 cast_to=ChatCompletion,
-                body={
-                    "model": prompt["model"],
-                    "messages": messages,
-                    "max_tokens": prompt["max_tokens"],
-                    "stream": True,
-                },
+                body=raw_body,
                 stream=True,
                 stream_cls=AsyncStream[ChatCompletionChunk],
             )
