@@ -479,17 +479,22 @@ button:focus-visible, textarea:focus-visible {
       );
     }
 
+    /** A socket to `url`, or null (said, with a way to try again) when it cannot be made. */
+    #dial(url) {
+      try {
+        return new WebSocket(url);
+      } catch {
+        this.#finish(TROUBLE, "Try again");
+        return null;
+      }
+    }
+
     // --- the waiting room ------------------------------------------------------------------
 
     #openQueue(url) {
       const generation = this.#generation;
-      let ws;
-      try {
-        ws = new WebSocket(url);
-      } catch {
-        this.#finish(TROUBLE, "Try again");
-        return;
-      }
+      const ws = this.#dial(url);
+      if (!ws) return;
       this.#queueWs = ws;
       ws.addEventListener("message", (event) => {
         if (generation !== this.#generation || ws !== this.#queueWs) return;
@@ -549,13 +554,8 @@ button:focus-visible, textarea:focus-visible {
       const generation = this.#generation;
       const url = resume ? `${this.#wsUrl}&last_seq=${this.#lastSeq}` : this.#wsUrl;
       this.#closingCode = null;
-      let ws;
-      try {
-        ws = new WebSocket(url);
-      } catch {
-        this.#finish(TROUBLE, "Try again");
-        return;
-      }
+      const ws = this.#dial(url);
+      if (!ws) return;
       this.#ws = ws;
       ws.addEventListener("open", () => {
         if (generation !== this.#generation || ws !== this.#ws) return;
