@@ -36,6 +36,7 @@ from kb.documents import DocumentStore
 from kb.ingest import Ingest
 from kb.queue import ProcessingQueue
 from kb.text_documents import TextDocument
+from loadtest import fake_llm
 from sessions.store import session_store
 
 T = TypeVar("T")
@@ -80,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP and WebSocket server")
     _add_setting_flags(serve, [f.name for f in msgspec.structs.fields(Settings)])
     serve.set_defaults(run=_serve)
+
+    fake = commands.add_parser(
+        "fake-llm",
+        help="a fake OpenAI-compatible model, to try Rapport or load-test it without one; "
+        "serves on 127.0.0.1 until Ctrl-C",
+    )
+    fake_llm.add_arguments(fake)
+    fake.set_defaults(run=fake_llm.run)
 
     accounts = commands.add_parser("accounts", help="create, list and configure accounts")
     account_commands = accounts.add_subparsers(title="account commands", required=True)

@@ -1,6 +1,6 @@
 """Engine overhead per conversation turn, measured against two bare Starlette peers (issue 3).
 
-Starts the fake OpenAI-compatible server (``tests.fake_openai``, answering at once), then
+Starts the fake OpenAI-compatible server (``loadtest.fake_llm``, answering at once), then
 ``rapport serve`` against it (fresh temp data dir, free loopback port, one uvicorn process,
 RAPPORT_LOG_LEVEL=warning) with memory, rate limits and idempotency all on: the per-key and
 per-IP limits are set so high that every request is counted in Redis but none is refused,

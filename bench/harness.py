@@ -79,7 +79,7 @@ def start_fake_openai(workdir: Path, servers: list[Server]) -> tuple[Server, str
     port = free_port()
     fake = spawn(
         "fake_openai",
-        [sys.executable, "-m", "tests.fake_openai", "--port", str(port)],
+        [sys.executable, "-m", "loadtest.fake_llm", "--port", str(port)],
         dict(os.environ),
         workdir / "fake_openai.log",
     )

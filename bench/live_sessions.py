@@ -1,7 +1,7 @@
 """Live sessions (issue 11): idle sessions one worker holds, a turn over the socket against
 the same turn over HTTP, and uvicorn's WebSocket settings compared.
 
-Starts the fake OpenAI-compatible server (``tests.fake_openai``, answering at once) and
+Starts the fake OpenAI-compatible server (``loadtest.fake_llm``, answering at once) and
 ``rapport serve`` against it (fresh temp data dir, free loopback port, one uvicorn process,
 RAPPORT_LOG_LEVEL=warning, the rate limits set so high that every request and upgrade is
 counted in Redis but none is refused, RAPPORT_SESSION_CONNECT_SECONDS=3600 so that no minted

@@ -31,7 +31,7 @@
    the call to the first ``ReplyDelta`` event, against ``openai.AsyncOpenAI`` streaming
    ``chat.completions.create(..., stream=True)`` to its first content chunk (and, as a
    diagnostic, the client's ``post`` as engine/llm.py calls it), all three against the same
-   fake streaming server (``tests.fake_openai``, ``chunk_delay_s`` between chunks) with the
+   fake streaming server (``loadtest.fake_llm``, ``chunk_delay_s`` between chunks) with the
    same messages (``engine.prompt.build_messages`` of one TurnContext), interleaved.
 
 Everything is on loopback; every loop is bounded; every process started is stopped by its
@@ -969,7 +969,7 @@ def ttft(args: argparse.Namespace, workdir: Path, servers: list[Server], say: Re
     if len(bodies) != 1 or len(sent) != 3 * (args.ttft_reps + 10):
         raise RuntimeError(f"{len(sent)} calls with {len(bodies)} different message lists")
     say(
-        f"fake server: tests.fake_openai, chunk_delay_s={args.chunk_delay} before every content "
+        f"fake server: loadtest.fake_llm, chunk_delay_s={args.chunk_delay} before every content "
         f"chunk ({len(REPLY.split())} words, first chunk role-only); {len(messages)} messages, "
         f"{len(json.dumps(messages).encode())} bytes of JSON, identical in all {len(sent)} "
         f"calls; 10 warm-up calls each, then {args.ttft_reps} per target, order rotating; "

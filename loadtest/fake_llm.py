@@ -1,18 +1,31 @@
-"""A fake OpenAI-compatible chat server: the one stand-in the tests allow for the LLM.
+"""A fake OpenAI-compatible LLM server, so that Rapport runs without a model.
 
-Run it with ``python -m tests.fake_openai --port N``, or from a test through ``FakeOpenAI``,
-which starts it as a subprocess on a free loopback port. It speaks the wire format of
-``POST /v1/chat/completions`` (streamed and not) and ``GET /v1/models``; its behaviour is set
-through ``POST /_control/configure`` and the chat request bodies it received are read back
-from ``GET /_control/calls``.
+Two users:
+
+- load tests and anyone trying Rapport: ``rapport fake-llm`` (or ``python -m
+  loadtest.fake_llm``) serves it in the foreground, paced like a real model by
+  ``--ttft-ms`` and ``--tokens-per-s``, so that what a load test measures is Rapport, not a
+  model;
+- the test suite, where it is the one stand-in allowed for the LLM: ``FakeOpenAI`` starts it
+  as a subprocess on a free loopback port and drives it.
+
+It speaks the wire format of ``POST /v1/chat/completions`` (streamed, one word a chunk, and
+not), ``GET /v1/models`` and ``POST /v1/images/generations``, and wants any non-empty bearer
+key. Its behaviour is changed while it runs through ``POST /_control/configure`` (the fields
+of ``Behaviour``) and put back to the one it started with by ``POST /_control/reset``; the
+request bodies it received are read back from ``GET /_control/calls`` (kept until a reset,
+so a long load test grows its memory). It only ever listens on the loopback interface.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import itertools
 import json
+import math
 import signal
 import socket
 import subprocess
@@ -31,6 +44,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+HOST = "127.0.0.1"
+"""The only address it listens on: a fake model has no business on a network."""
 MODEL = "fake-model"
 DEFAULT_REPLY = "This is the fake model speaking."
 ERROR_TYPES = {
@@ -42,9 +57,13 @@ ERROR_TYPES = {
 
 @dataclasses.dataclass
 class Behaviour:
+    """How the server answers; every field can be changed through ``/_control/configure``."""
+
     reply: str = DEFAULT_REPLY
     echo: bool = False
+    # Before answering at all: the status line and headers, then the role chunk, come late.
     delay_s: float = 0.0
+    # Before every word of a stream, the first one included.
     chunk_delay_s: float = 0.0
     status: int | None = None
     # None: every call answers `status`; N: only the next N calls do.
@@ -56,11 +75,19 @@ class Behaviour:
 
 class State:
     def __init__(self) -> None:
+        self.baseline = Behaviour()
+        """What the server started with, and what ``reset`` goes back to."""
         self.behaviour = Behaviour()
         self.calls: list[dict[str, Any]] = []
         self.open_streams = 0
         self.departed = 0
         """Requests whose client hung up before the answer began."""
+
+    def reset(self) -> None:
+        # A copy: should_fail counts fail_times down in place.
+        self.behaviour = dataclasses.replace(self.baseline)
+        self.calls = []
+        self.departed = 0
 
 
 state = State()
@@ -272,9 +299,7 @@ async def calls(request: Request) -> JSONResponse:
 
 
 async def reset(request: Request) -> JSONResponse:
-    state.behaviour = Behaviour()
-    state.calls = []
-    state.departed = 0
+    state.reset()
     return JSONResponse(dataclasses.asdict(state.behaviour))
 
 
@@ -291,13 +316,16 @@ app = Starlette(
 
 
 class FakeOpenAI:
-    """The fake server in a subprocess on a free loopback port, stopped by its own pid."""
+    """The fake server in a subprocess on a free loopback port, stopped by its own pid.
 
-    def __init__(self) -> None:
+    ``flags`` are more of the command's flags, e.g. ``"--ttft-ms", "300"``."""
+
+    def __init__(self, *flags: str) -> None:
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((HOST, 0))
             self.port: int = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.flags = flags
+        self.url = f"http://{HOST}:{self.port}"
         self.base_url = f"{self.url}/v1"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -305,7 +333,7 @@ class FakeOpenAI:
         # Only a failed start needs the server's stderr; the child keeps its own handle.
         with tempfile.TemporaryFile() as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.fake_openai", "--port", str(self.port)],
+                [sys.executable, "-m", __name__, "--port", str(self.port), *self.flags],
                 cwd=Path(__file__).resolve().parent.parent,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -314,10 +342,10 @@ class FakeOpenAI:
             while not self._answers():
                 if self.process.poll() is not None:
                     stderr.seek(0)
-                    raise RuntimeError(f"fake_openai exited:\n{stderr.read().decode()}")
+                    raise RuntimeError(f"fake_llm exited:\n{stderr.read().decode()}")
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"fake_openai did not answer on port {self.port}")
+                    raise TimeoutError(f"fake_llm did not answer on port {self.port}")
                 time.sleep(0.05)
         return self
 
@@ -337,7 +365,7 @@ class FakeOpenAI:
         return self._control("POST", "configure", json=behaviour)
 
     def reset(self) -> None:
-        """Default behaviour and no recorded calls."""
+        """The behaviour it started with and no recorded calls."""
         self._control("POST", "reset")
 
     def calls(self) -> list[dict[str, Any]]:
@@ -368,15 +396,152 @@ class FakeOpenAI:
         self.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="A fake OpenAI-compatible chat server.")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args()
-    # Stalled streams never end by themselves, so shutdown must not wait long for them.
-    uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_level="warning", timeout_graceful_shutdown=1
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's flags, shared by ``rapport fake-llm`` and ``python -m loadtest.fake_llm``."""
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=0,
+        metavar="P",
+        help="port on 127.0.0.1; 0 (default): any free one",
+    )
+    parser.add_argument(
+        "--ttft-ms",
+        type=_milliseconds,
+        default=0.0,
+        metavar="T",
+        help="time to first token: a streamed reply's first word comes T ms after the request, "
+        "or one word's time if that is longer (default 0)",
+    )
+    parser.add_argument(
+        "--tokens-per-s",
+        type=_rate,
+        metavar="R",
+        help="streaming pace after the first word: R words a second, one word a chunk "
+        "(default: as fast as it can)",
+    )
+    parser.add_argument(
+        "--reply", type=_words, default=DEFAULT_REPLY, metavar="TEXT", help="the words streamed"
+    )
+    parser.add_argument(
+        "--words",
+        type=_count,
+        metavar="N",
+        help="a reply of N words: TEXT's words repeated or cut to N",
     )
 
 
+def paced(reply: str, ttft_s: float, tokens_per_s: float | None) -> Behaviour:
+    """The behaviour of a model whose first word comes ``ttft_s`` after the request, the next
+    ones ``tokens_per_s`` a second.
+
+    The time to first token is the existing ``delay_s`` plus one ``chunk_delay_s``: the
+    server answers late as a whole, then waits one word's time before each word."""
+    chunk_delay_s = 1 / tokens_per_s if tokens_per_s else 0.0
+    return Behaviour(
+        reply=reply, delay_s=max(ttft_s - chunk_delay_s, 0.0), chunk_delay_s=chunk_delay_s
+    )
+
+
+def listen(port: int) -> socket.socket:
+    """A listening TCP socket on the loopback; port 0 picks a free one."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve in the foreground until SIGINT (Ctrl-C) or SIGTERM."""
+    reply = args.reply
+    if args.words is not None:
+        reply = " ".join(itertools.islice(itertools.cycle(reply.split()), args.words))
+    state.baseline = paced(reply, args.ttft_ms / 1000, args.tokens_per_s)
+    state.reset()
+    try:
+        sock = listen(args.port)
+    except OSError as exc:
+        print(f"fake-llm: cannot listen on {HOST}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    base_url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
+    pace = f"{args.tokens_per_s:g} words/s" if args.tokens_per_s else "unpaced"
+    print(
+        f"fake LLM at {base_url}, model {MODEL}: {len(reply.split())} words a reply, first "
+        f"after {max(args.ttft_ms, 1000 / (args.tokens_per_s or math.inf)):g} ms, then "
+        f"{pace}; Ctrl-C stops it\n"
+        f"  RAPPORT_LLM_BASE_URL={base_url} RAPPORT_LLM_MODEL={MODEL}",
+        flush=True,
+    )
+    # Stalled streams never end by themselves, so shutdown must not wait long for them.
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, backlog=2048)
+    with sock, contextlib.suppress(KeyboardInterrupt):
+        # uvicorn shuts down gracefully, then raises the SIGINT again.
+        uvicorn.Server(config).run(sockets=[sock])
+    return 0
+
+
+def _port(text: str) -> int:
+    port = _whole(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}")
+    return port
+
+
+def _whole(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    count = _whole(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return count
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _words(text: str) -> str:
+    if not text.split():
+        raise argparse.ArgumentTypeError("the reply needs at least one word")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.fake_llm", description="A fake OpenAI-compatible LLM server."
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

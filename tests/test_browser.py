@@ -32,8 +32,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from websockets.asyncio.client import connect
 
+from loadtest.fake_llm import DEFAULT_REPLY
 from tests.conftest import FakeOpenAI, Server, free_port, llm_env
-from tests.fake_openai import DEFAULT_REPLY
 from tests.test_knowledge import activate, doc_path, wait_ready
 
 AUDIO = Path(__file__).parent / "audio"

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from engine.media import MAX_IMAGE_B64, MAX_VOICE_B64
+from loadtest.fake_llm import FakeOpenAI
 from tests.conftest import Server
-from tests.fake_openai import FakeOpenAI
 
 URL = "/api/v1/conversation"
 SEED = Path(__file__).parent / "contracts" / "seed_004_conversation_api.txt"

@@ -1,18 +1,25 @@
 """The fake OpenAI server, checked with the real ``openai`` client, so that tests built on it
-fail because of the code under test and not because of the fake."""
+fail because of the code under test and not because of the fake; and ``rapport fake-llm``,
+the same server paced like a model for load tests."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.fake_openai import DEFAULT_REPLY, FakeOpenAI
+from loadtest.fake_llm import DEFAULT_REPLY, FakeOpenAI, add_arguments, listen, paced
+from tests.conftest import free_port
 
 USER = [{"role": "user", "content": "tell me a secret"}]
 
@@ -229,3 +236,113 @@ async def test_configure_rejects_unknown_keys(fake: FakeOpenAI) -> None:
 async def test_lists_one_model(client: openai.AsyncOpenAI) -> None:
     models = [model async for model in client.models.list()]
     assert [model.id for model in models] == ["fake-model"]
+
+
+TTFT_S, TOKENS_PER_S, WORDS = 0.3, 20, 10
+PACE = ("--ttft-ms", "300", "--tokens-per-s", "20", "--words", "10")
+
+
+@pytest.fixture(scope="module")
+def paced_fake() -> Iterator[FakeOpenAI]:
+    running = FakeOpenAI(*PACE).start()
+    yield running
+    running.stop()
+
+
+async def test_the_pace_flags_hold(paced_fake: FakeOpenAI) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=paced_fake.base_url, api_key="sk-test", max_retries=0, timeout=5
+    ) as client:
+        started = time.monotonic()
+        stream = await client.chat.completions.create(model="m", messages=USER, stream=True)
+        arrivals = [
+            (time.monotonic() - started, chunk.choices[0].delta.content)
+            async for chunk in stream
+            if chunk.choices[0].delta.content
+        ]
+    assert "".join(word for _, word in arrivals) == " ".join((DEFAULT_REPLY.split() * 2)[:WORDS])
+    # Lower bounds only, with slack: a loaded machine is slow, never early.
+    first, last = arrivals[0][0], arrivals[-1][0]
+    assert first >= 0.9 * TTFT_S
+    assert last >= 0.9 * (TTFT_S + (WORDS - 1) / TOKENS_PER_S)
+
+
+async def test_reset_goes_back_to_the_flags(paced_fake: FakeOpenAI) -> None:
+    paced_fake.configure(reply="other", delay_s=0, chunk_delay_s=0, status=500)
+    paced_fake.reset()
+    behaviour = paced_fake.configure()
+    assert behaviour["delay_s"] == pytest.approx(TTFT_S - 1 / TOKENS_PER_S)
+    assert behaviour["chunk_delay_s"] == pytest.approx(1 / TOKENS_PER_S)
+    assert len(behaviour["reply"].split()) == WORDS
+    assert behaviour["status"] is None
+
+
+def test_the_first_word_waits_ttft_or_one_word() -> None:
+    # delay_s answers late as a whole; every word, the first too, waits chunk_delay_s.
+    assert paced("a b", 0.3, None).delay_s == 0.3
+    assert paced("a b", 0.3, 10).delay_s == pytest.approx(0.2)
+    assert paced("a b", 0.3, 10).chunk_delay_s == pytest.approx(0.1)
+    assert paced("a b", 0.05, 10).delay_s == 0
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--tokens-per-s", "0"],
+        ["--ttft-ms", "-1"],
+        ["--ttft-ms", "inf"],
+        ["--words", "0"],
+        ["--port", "65536"],
+        ["--reply", " "],
+    ],
+)
+def test_bad_flags_are_refused(flags: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(flags)
+
+
+def test_port_0_is_a_free_loopback_port() -> None:
+    with listen(0) as sock:
+        host, port = sock.getsockname()
+    assert host == "127.0.0.1"
+    assert port > 0
+
+
+def test_rapport_fake_llm_streams_until_ctrl_c() -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    command = [sys.executable, "-m", "api.cli", "fake-llm", "--port", str(port)]
+    command += ["--ttft-ms", "50", "--tokens-per-s", "100", "--reply", "hello from the fake"]
+    process = subprocess.Popen(
+        command,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        with openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, timeout=5) as llm:
+            while True:
+                assert process.poll() is None, "rapport fake-llm exited"
+                try:
+                    assert [model.id for model in llm.models.list()] == ["fake-model"]
+                    break
+                except openai.APIConnectionError:
+                    assert time.monotonic() < deadline, "rapport fake-llm did not answer"
+                    time.sleep(0.05)
+            stream = llm.chat.completions.create(model="fake-model", messages=USER, stream=True)
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+        assert text == "hello from the fake"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            out, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+    assert process.returncode == 0, err
+    assert f"RAPPORT_LLM_BASE_URL={base_url} RAPPORT_LLM_MODEL=fake-model" in out
+    assert "Traceback" not in err

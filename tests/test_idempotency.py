@@ -17,9 +17,9 @@ from engine.personas import PersonaStore
 from engine.state import connect
 from engine.tenants import create_tenant
 from engine.turn_store import Opened, TurnStore
+from loadtest.fake_llm import FakeOpenAI
 from sessions.store import CHARGE
 from tests.conftest import RedisServer, Server
-from tests.fake_openai import FakeOpenAI
 
 URL = "/api/v1/conversation"
 

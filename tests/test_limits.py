@@ -13,8 +13,8 @@ import pytest
 from engine.errors import RateLimiterUnavailable
 from engine.ratelimit import RateLimits
 from engine.state import connect
+from loadtest.fake_llm import FakeOpenAI
 from tests.conftest import RedisServer, Server, llm_env
-from tests.fake_openai import FakeOpenAI
 
 URL = "/api/v1/conversation"
 

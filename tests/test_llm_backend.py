@@ -14,8 +14,8 @@ from engine.speech import Transcriber
 from engine.state import connect
 from engine.turns import TurnPipeline
 from kb.embedder import shared_embedder
+from loadtest.fake_llm import DEFAULT_REPLY, FakeOpenAI
 from tests.conftest import RedisServer, llm_env, wait_until
-from tests.fake_openai import DEFAULT_REPLY, FakeOpenAI
 from tests.test_conversation_contract import PNG
 from tests.test_knowledge import activate, doc_path, wait_ready
 

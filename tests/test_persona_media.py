@@ -15,8 +15,8 @@ import pytest
 
 from engine.persona_media import MediaStore
 from engine.state import connect
+from loadtest.fake_llm import PORTRAIT_PNG_B64, FakeOpenAI
 from tests.conftest import RedisServer, Server
-from tests.fake_openai import PORTRAIT_PNG_B64, FakeOpenAI
 from tests.test_knowledge import state_of
 
 PNG = bytes.fromhex(

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 from engine.personas import PersonaPatch
+from loadtest.fake_llm import FakeOpenAI
 from tests.conftest import Server
-from tests.fake_openai import FakeOpenAI
 from tests.test_knowledge import DOCS, doc_path
 
 PERSONAS = "/api/personas"

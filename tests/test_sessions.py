@@ -23,8 +23,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from api.sessions import FRAME_LIMIT
+from loadtest.fake_llm import DEFAULT_REPLY, FakeOpenAI
 from tests.conftest import RedisServer, Server, llm_env
-from tests.fake_openai import DEFAULT_REPLY, FakeOpenAI
 
 AUDIO = Path(__file__).parent / "audio"
 WORDS = DEFAULT_REPLY.split()

@@ -32,9 +32,9 @@ from engine.turn_runner import Answer, TurnFailure, TurnResult, TurnRunner
 from engine.turn_store import TurnStore
 from engine.turns import TurnEvent, TurnInput, TurnPipeline, Voice
 from engine.workers import WorkerPool
+from loadtest.fake_llm import DEFAULT_REPLY, FakeOpenAI
 from sessions.store import CHARGE
 from tests.conftest import RedisServer, wait_until
-from tests.fake_openai import DEFAULT_REPLY, FakeOpenAI
 
 BALANCE = 10
 

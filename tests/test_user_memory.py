@@ -7,8 +7,8 @@ import base64
 import uuid
 from urllib.parse import quote
 
+from loadtest.fake_llm import FakeOpenAI
 from tests.conftest import Server
-from tests.fake_openai import FakeOpenAI
 from tests.test_conversation_contract import PNG
 
 URL = "/api/v1/conversation"

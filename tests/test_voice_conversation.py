@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.fake_llm import FakeOpenAI
 from tests.conftest import Server
-from tests.fake_openai import FakeOpenAI
 
 URL = "/api/v1/conversation"
 AUDIO = Path(__file__).parent / "audio"

@@ -30,8 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from loadtest.fake_llm import FakeOpenAI
 from tests.conftest import RedisServer, Server, free_port, llm_env
-from tests.fake_openai import FakeOpenAI
 from tests.test_sessions import Event, Live, closes_with, on, opened, persona, unique
 
 CAP = 2
