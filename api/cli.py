@@ -37,6 +37,7 @@ from kb.ingest import Ingest
 from kb.queue import ProcessingQueue
 from kb.text_documents import TextDocument
 from loadtest import fake_llm
+from loadtest.command import add_commands as add_loadtest_commands
 from sessions.store import session_store
 
 T = TypeVar("T")
@@ -176,6 +177,8 @@ def _parser() -> argparse.ArgumentParser:
         )
         _add_setting_flags(sub, STATE_FLAGS)
         sub.set_defaults(run=_keys, action=action)
+
+    add_loadtest_commands(commands)
     return parser
 
 

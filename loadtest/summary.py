@@ -1,0 +1,60 @@
+"""The tables printed when a run ends: per phase, the rates, every measure's percentiles,
+the outcomes one by one (never averaged) and the server's own latency breakdown."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from loadtest.result import Phase, Result
+
+
+def _phases(result: Result) -> list[Phase]:
+    return [*result.phases, result.totals]
+
+
+def print_summary(result: Result, console: Console | None = None) -> None:
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console.width = 120  # a log file: wide enough for the tables
+    title = f"{result.scenario} → {result.target}, {result.mode} loop, {result.duration_s:.1f} s"
+    if result.interrupted:
+        title += " (interrupted)"
+    rates = Table(title=title, title_justify="left")
+    for column in ("phase", "offered/s", "achieved/s", "sent", "completed", "dropped"):
+        rates.add_column(column, justify="left" if column == "phase" else "right")
+    for phase in _phases(result):
+        rates.add_row(
+            phase.name,
+            f"{phase.offered_rate:.1f}",
+            f"{phase.achieved_rate:.1f}",
+            str(phase.sent),
+            str(phase.completed),
+            str(phase.dropped),
+            style="bold" if phase is result.totals else None,
+        )
+    console.print(rates)
+    for kind in ("latency", "breakdown"):
+        table = Table(
+            title="latency, ms" if kind == "latency" else "the server's latency_breakdown, ms",
+            title_justify="left",
+        )
+        for column in ("phase", "measure", "count", "mean", "p50", "p90", "p99", "p99.9", "max"):
+            table.add_column(column, justify="left" if column in ("phase", "measure") else "right")
+        for phase in _phases(result):
+            for measure, p in getattr(phase, kind).items():
+                table.add_row(
+                    phase.name, measure, str(p.count), f"{p.mean:.1f}", f"{p.p50:.1f}",
+                    f"{p.p90:.1f}", f"{p.p99:.1f}", f"{p.p999:.1f}", f"{p.max:.1f}",
+                )  # fmt: skip
+        if table.row_count:
+            console.print(table)
+    outcomes = Table(title="outcomes", title_justify="left")
+    outcomes.add_column("phase")
+    outcomes.add_column("outcome")
+    outcomes.add_column("count", justify="right")
+    for phase in _phases(result):
+        for name, count in phase.outcomes.items():
+            outcomes.add_row(phase.name, name, str(count))
+    console.print(outcomes)
