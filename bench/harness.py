@@ -74,15 +74,20 @@ def spawn_ready_rapport(
     return server, base, (data_dir / "demo_api_key").read_text().strip()
 
 
-def start_fake_openai(workdir: Path, servers: list[Server]) -> tuple[Server, str]:
-    """The tests' fake OpenAI-compatible server on a free loopback port, and its URL."""
+def start_fake_openai(
+    workdir: Path, servers: list[Server], *flags: str, name: str = "fake_openai"
+) -> tuple[Server, str]:
+    """The tests' fake OpenAI-compatible server (``loadtest.fake_llm``, paced by ``flags``,
+    e.g. ``"--ttft-ms", "200"``) on a free loopback port, and its URL. Every request is kept:
+    the benches check one upstream call per turn."""
     port = free_port()
     fake = spawn(
-        "fake_openai",
-        [sys.executable, "-m", "loadtest.fake_llm", "--port", str(port)],
+        name,
+        [sys.executable, "-m", "loadtest.fake_llm", "--port", str(port), "--keep-calls", "0",
+         *flags],
         dict(os.environ),
-        workdir / "fake_openai.log",
-    )
+        workdir / f"{name}.log",
+    )  # fmt: skip
     servers.append(fake)
     url = f"http://{LOOPBACK}:{port}"
     wait_ready(fake, f"{url}/_control/calls")

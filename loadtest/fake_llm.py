@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
@@ -78,7 +79,10 @@ class State:
         self.baseline = Behaviour()
         """What the server started with, and what ``reset`` goes back to."""
         self.behaviour = Behaviour()
-        self.calls: list[dict[str, Any]] = []
+        self.keep: int | None = None
+        """How many request bodies ``calls`` keeps (the latest); None: all, as tests need.
+        A long load test against ``rapport fake-llm`` must not grow without bound."""
+        self.calls: collections.deque[dict[str, Any]] = collections.deque()
         self.open_streams = 0
         self.departed = 0
         """Requests whose client hung up before the answer began."""
@@ -86,7 +90,7 @@ class State:
     def reset(self) -> None:
         # A copy: should_fail counts fail_times down in place.
         self.behaviour = dataclasses.replace(self.baseline)
-        self.calls = []
+        self.calls = collections.deque(maxlen=self.keep)
         self.departed = 0
 
 
@@ -294,7 +298,7 @@ async def configure(request: Request) -> JSONResponse:
 
 async def calls(request: Request) -> JSONResponse:
     return JSONResponse(
-        {"calls": state.calls, "open_streams": state.open_streams, "departed": state.departed}
+        {"calls": list(state.calls), "open_streams": state.open_streams, "departed": state.departed}
     )
 
 
@@ -333,7 +337,16 @@ class FakeOpenAI:
         # Only a failed start needs the server's stderr; the child keeps its own handle.
         with tempfile.TemporaryFile() as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", __name__, "--port", str(self.port), *self.flags],
+                [
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    "--port",
+                    str(self.port),
+                    "--keep-calls",
+                    "0",
+                    *self.flags,
+                ],
                 cwd=Path(__file__).resolve().parent.parent,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
@@ -424,6 +437,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reply", type=_words, default=DEFAULT_REPLY, metavar="TEXT", help="the words streamed"
     )
     parser.add_argument(
+        "--keep-calls",
+        type=_whole,
+        default=1000,
+        metavar="N",
+        help="request bodies kept for GET /_control/calls, the latest (default 1000; 0: all)",
+    )
+    parser.add_argument(
         "--words",
         type=_count,
         metavar="N",
@@ -462,6 +482,7 @@ def run(args: argparse.Namespace) -> int:
     if args.words is not None:
         reply = " ".join(itertools.islice(itertools.cycle(reply.split()), args.words))
     state.baseline = paced(reply, args.ttft_ms / 1000, args.tokens_per_s)
+    state.keep = args.keep_calls or None
     state.reset()
     try:
         sock = listen(args.port)

@@ -42,6 +42,7 @@ from loadtest.client import Client, transport_outcome
 from loadtest.loopback import check_target
 from loadtest.measure import Measurements, Recorder, Tally, buckets
 from loadtest.progress import Progress
+from loadtest.report import render
 from loadtest.result import Result, ServerSample, Stage, save
 from loadtest.schedule import Schedule
 from loadtest.server_stats import sample
@@ -446,35 +447,38 @@ def _run_loop(runner: Runner) -> Result:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
         loop = loop_runner.get_loop()
-        handled: list[int] = []
-        if threading.current_thread() is threading.main_thread():
+        # The caller's own handlers come back afterwards: uvloop leaves its handler installed
+        # once the loop has stopped, which would swallow every later Ctrl-C and SIGTERM.
+        previous = (
+            {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+            if threading.current_thread() is threading.main_thread()
+            else {}
+        )
 
-            def interrupt() -> None:
-                runner.interrupt()
-                # A second Ctrl-C quits the usual way, without the report.
-                for number in handled:
-                    loop.remove_signal_handler(number)
+        def restore() -> None:
+            for number, handler in previous.items():
+                loop.remove_signal_handler(number)
+                signal.signal(number, handler)
 
-            for number in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(number, interrupt)
-                handled.append(number)
+        def interrupt() -> None:
+            runner.interrupt()
+            # A second Ctrl-C quits the usual way, without the report.
+            restore()
+
+        for number in previous:
+            loop.add_signal_handler(number, interrupt)
         try:
             return loop_runner.run(runner.main())
         finally:
-            for number in handled:
-                loop.remove_signal_handler(number)
+            restore()
 
 
 def write(result: Result, out: Path) -> list[Path]:
-    """``result.json`` and, when :mod:`loadtest.report` is there, ``report.html``."""
+    """``result.json``, then ``report.html`` (a report that cannot be drawn is said, and the
+    JSON, written first, still stands)."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "result.json"]
     save(result, written[0])
-    try:
-        from loadtest.report import render
-    except ImportError:
-        print("loadtest: no loadtest.report module: report.html not written", file=sys.stderr)
-        return written
     try:
         html = render(result)
     except Exception:

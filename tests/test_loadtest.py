@@ -113,6 +113,25 @@ def test_arrivals_past_the_in_flight_cap_are_dropped_and_counted(tmp_path: Path)
     assert all(sample.rss_bytes is None for sample in result.server)  # nothing on port 9
 
 
+def test_a_run_gives_the_callers_signal_handlers_back() -> None:
+    async def nothing(client, clock, record) -> None:
+        record.outcome("ok")
+
+    mine = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def ours(number: int, frame: object) -> None:
+        raise AssertionError("not to be called")
+
+    signal.signal(signal.SIGTERM, ours)
+    try:
+        run(nothing, url="http://127.0.0.1:9", stages=[Stage(0.2, 10)], progress=False)
+        assert signal.getsignal(signal.SIGTERM) is ours
+        assert signal.getsignal(signal.SIGINT) is mine[signal.SIGINT]
+    finally:
+        for number, handler in mine.items():
+            signal.signal(number, handler)
+
+
 def test_an_http_run_counts_what_the_server_counted(target: Server, tmp_path: Path) -> None:
     before = answered(target)
     done = loadtest(
