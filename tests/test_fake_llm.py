@@ -346,3 +346,18 @@ def test_rapport_fake_llm_streams_until_ctrl_c() -> None:
     assert process.returncode == 0, err
     assert f"RAPPORT_LLM_BASE_URL={base_url} RAPPORT_LLM_MODEL=fake-model" in out
     assert "Traceback" not in err
+
+
+def test_a_long_run_keeps_only_the_latest_request_bodies() -> None:
+    fake = FakeOpenAI("--keep-calls", "2").start()
+    try:
+        with httpx.Client(base_url=fake.base_url, timeout=10) as client:
+            for n in range(3):
+                body = {"model": "fake-model", "messages": [{"role": "user", "content": str(n)}]}
+                answer = client.post(
+                    "/chat/completions", json=body, headers={"Authorization": "Bearer sk-test"}
+                )
+                assert answer.status_code == 200, answer.text
+        assert [call["messages"][0]["content"] for call in fake.calls()] == ["1", "2"]
+    finally:
+        fake.stop()
