@@ -94,19 +94,21 @@ def start_fake_openai(
     return fake, url
 
 
-def operate(data_dir: Path, *command: str) -> None:
+def operate(data_dir: Path, *command: str) -> str:
     """An operator's ``rapport`` command against the running server's data dir (its
-    embedded Redis)."""
+    embedded Redis); what it printed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
     env["RAPPORT_DATA_DIR"] = str(data_dir)
-    subprocess.run(
+    done = subprocess.run(
         [*rapport_command()[:-1], *command],
         cwd=ROOT,
         env=env,
         check=True,
-        stdout=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
+    return done.stdout
 
 
 def refill(data_dir: Path, turns: int) -> None:

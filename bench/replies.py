@@ -65,14 +65,13 @@ from typing import Any
 import httpx
 
 from bench.conversation_overhead import LLM_KEY, MODEL, run_async
-from bench.harness import run_bench, spawn_ready_rapport, start_fake_openai
+from bench.harness import operate, run_bench, spawn_ready_rapport, start_fake_openai
 from bench.http_overhead import (
     ROOT,
     Server,
     Tally,
     machine,
     package_versions,
-    rapport_command,
     stop,
 )
 
@@ -397,19 +396,6 @@ def expect(response: httpx.Response, *codes: int) -> Any:
     return response.json() if response.content else None
 
 
-def cli(env: dict[str, str], *words: str) -> str:
-    done = subprocess.run(
-        [*rapport_command()[:-1], *words],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-    )
-    return done.stdout
-
-
 @dataclass
 class TurnTarget:
     name: str
@@ -440,10 +426,10 @@ def responder(args: argparse.Namespace, workdir: Path, servers: list[Server], sa
         servers,
         {f"RAPPORT_{name}_RPM": str(HIGH_RPM) for name in limits},
     )
-    cli_env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
-    cli_env["RAPPORT_DATA_DIR"] = str(data_dir)
-    cli(cli_env, "accounts", "create", "bench-peer")
-    peer_key = cli(cli_env, "keys", "create", "--account", "bench-peer").strip().splitlines()[-1]
+    operate(data_dir, "accounts", "create", "bench-peer")
+    peer_key = (
+        operate(data_dir, "keys", "create", "--account", "bench-peer").strip().splitlines()[-1]
+    )
 
     built = time.perf_counter()
     products, texts = knowledge_base(args.docs, args.chunks_per_doc)
