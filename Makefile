@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint browser bench clean
+.PHONY: run test lint browser faq bench clean
 
 run: $(STAMP)
 	$(BIN)/rapport serve
 
-test: $(STAMP) lint browser
+test: $(STAMP) lint browser faq
 	$(BIN)/pytest
 
 # The browser tests drive Debian's chromium (never a downloaded one). Installed here when
@@ -18,6 +18,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
 		|| echo "could not install chromium: the browser tests will fail"
+
+# The grounding tests ask the Python FAQ of Debian's python3.11-doc (tests/test_grounding_eval.py,
+# bench/grounding.py); installed here when missing, as chromium is.
+faq:
+	@test -d /usr/share/doc/python3.11/html/faq || DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11-doc \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11-doc; } \
+		|| echo "could not install python3.11-doc: the grounding tests will fail"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -47,6 +47,18 @@ OPERATIONS: list[Operation] = [
 ]
 
 
+async def reembed(services: Services, model: str) -> None:
+    """Queue what another embedding model embedded (RAPPORT_EMBEDDING_MODEL changed);
+    in the background, so that a large knowledge base does not hold up the start."""
+    try:
+        queued = await services.ingest.reembed(model)
+    except UnavailableError:
+        log.warning("Redis is not reachable: documents are checked for their model next start")
+        return
+    if queued:
+        log.info("%d documents queued to be embedded again with %s", queued, model)
+
+
 def create_app(settings: Settings) -> ASGIApp:
     metrics = HttpMetrics()
 
@@ -84,6 +96,7 @@ def create_app(settings: Settings) -> ASGIApp:
         stop = asyncio.Event()
         processing = asyncio.create_task(services.processor.run(stop))
         listeners = [
+            asyncio.create_task(reembed(services, settings.embedding_model)),
             asyncio.create_task(services.hub.run()),
             asyncio.create_task(services.queue_hub.run()),
             asyncio.create_task(

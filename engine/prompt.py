@@ -10,7 +10,8 @@ import base64
 from typing import Any
 
 from engine.personas import Persona
-from engine.replies import TurnContext
+from engine.replies import Snippet, TurnContext
+from engine.smalltalk import MAX_TOPICS
 
 
 def persona_lines(persona: Persona) -> list[str]:
@@ -43,14 +44,19 @@ def build_messages(context: TurnContext, *, vision: bool = False) -> list[dict[s
     if context.snippets:
         system.append(
             "Answer from this knowledge only, and say plainly when it does not cover the "
-            "question. Each piece starts with its document id in brackets:"
+            "question. Each piece starts with its document id in brackets, then what the "
+            "piece is about in parentheses when that is known:"
         )
-        system.extend(f"[{s.external_id}] {s.text}" for s in context.snippets)
+        system.extend(_piece(s) for s in context.snippets)
     else:
         system.append(
             "No knowledge base entry matches this message: do not invent facts; say plainly "
             "that you do not have that information."
         )
+    if context.topics:
+        covered = "; ".join(context.topics[:MAX_TOPICS])
+        more = "; and more" if len(context.topics) > MAX_TOPICS else ""
+        system.append(f"Your knowledge covers: {covered}{more}.")
     messages: list[dict[str, Any]] = [{"role": "system", "content": "\n".join(system)}]
     for turn in memory.recent:
         messages.append({"role": "user", "content": turn.user})
@@ -72,6 +78,15 @@ def build_messages(context: TurnContext, *, vision: bool = False) -> list[dict[s
         note = "(The user also sent an image, which you cannot see; say so if it matters.)"
         messages.append({"role": "user", "content": f"{text}\n\n{note}".strip()})
     return messages
+
+
+def _piece(snippet: Snippet) -> str:
+    about = " / ".join(line for line in snippet.context.splitlines() if line.strip())
+    return (
+        f"[{snippet.external_id}] ({about}) {snippet.text}"
+        if about
+        else (f"[{snippet.external_id}] {snippet.text}")
+    )
 
 
 SUMMARY_INSTRUCTION = (

@@ -29,6 +29,24 @@ class Snippet(msgspec.Struct, frozen=True):
     external_id: str
     text: str
     score: float
+    """Cosine similarity to the question: how much the piece is about it."""
+    label: str = ""
+    """The document's label ("" when it has none)."""
+    context: str = ""
+    """What the piece is read with: its document's label, heading and first sentence."""
+    sentence_vectors: tuple[np.ndarray | None, ...] = ()
+    """A vector for each sentence of ``text`` (:func:`engine.sentences.sentences`), made at
+    ingest; empty, or None for one sentence, where none was made."""
+
+
+class Knowledge(msgspec.Struct, frozen=True):
+    """What retrieval found for one message."""
+
+    snippets: list[Snippet]
+    """One per document, best first."""
+    topics: list[str]
+    """What the persona's active documents are about, by their labels: what it can help
+    with, whatever the message."""
 
 
 class Image(msgspec.Struct, frozen=True):
@@ -41,6 +59,8 @@ class TurnContext(msgspec.Struct, frozen=True, kw_only=True):
     memory: Memory
     message: str
     snippets: list[Snippet]
+    topics: list[str] = msgspec.field(default_factory=list)
+    """What the persona's knowledge covers (:attr:`Knowledge.topics`)."""
     image: Image | None = None
     voice_context: str | None = None
     """A voice note's transcript sent along with a text message (seed 004: extra context)."""
@@ -98,7 +118,8 @@ class Summariser(Protocol):
 class Retriever(Protocol):
     async def retrieve(
         self, account_id: str, active: Sequence[str], query: str, k: int
-    ) -> list[Snippet]:
-        """The ``k`` best snippets among the ``active`` documents (external_ids, read with
-        the turn's other state) that are ready."""
+    ) -> Knowledge:
+        """The best snippets, one per document, of the ``k`` best among the ``active``
+        documents (external_ids, read with the turn's other state) that are ready, best
+        first (none for an empty ``query``), and the topics those documents cover."""
         ...

@@ -1,25 +1,30 @@
 """The embedded grounded responder: the default reply backend, with no model at all.
 
-It answers only with sentences taken from the persona's knowledge snippets. A snippet the
-retriever scored ``RELEVANT`` or more is about the message; below that, down to
-``RELATED``, only its sentences that share half the message's words count ("Can I return
-my shoes?" scores 0.37 against a passage on returns that says "Returns are free for 30
-days"). When no sentence is left, or none comes close to what is asked (``ANSWERS``), the
-responder says plainly that its knowledge base does not cover it instead of inventing.
+It answers the social part of a message (greetings, thanks, "who are you", "what's my
+name": :mod:`engine.smalltalk`) in the persona's voice, and the rest only with sentences
+taken from the persona's knowledge snippets. The retriever hands the snippets over best
+first, one per document; the first that answers is quoted. A snippet scored ``RELEVANT`` or
+more is about the message; below that, down to ``RELATED``, only its sentences that share half
+the message's words count ("Can I return my shoes?" scores 0.37 against a passage on returns
+that says "Returns are free for 30 days"). When no sentence is left, or none comes close to
+what is asked (``ANSWERS``), it says plainly that its knowledge does not cover it, names the
+topics it does cover, and invents nothing.
 
-Choosing the sentence takes both lexical and embedding evidence. The words the best
-snippet repeats (in two of its sentences or more) name what it is about, say "Lumen
-backpack"; the message less those words is what is asked about it ("which colours does
-the come in"). Each sentence is compared in meaning with that question, so "It is available
-in rust red, ochre and plum" beats "The Lumen backpack is our choice for multi-day hikes",
-which a comparison with the whole message prefers because it repeats the name. A sentence's
-score adds its snippet's relevance (twice: finding the right document matters most), so a
-sentence of the right document wins over the same sentence about another product.
-BENCHMARKS.md ("Grounding") has the measurements behind these constants.
+Choosing the sentence takes both lexical and embedding evidence. The words the snippet
+repeats (in two of its sentences or more) name what it is about, say "Lumen backpack"; the
+message less those words is what is asked about it ("which colours does the come in"). Each
+sentence is compared in meaning with that question, so "It is available in rust red, ochre
+and plum" beats "The Lumen backpack is our choice for multi-day hikes", which a comparison
+with the whole message prefers because it repeats the name. Sentence vectors are made at
+ingest, from the chunk's own pass (``kb.embedder.Embedder.embed_passages``); only the
+question is embedded here. Other documents nearly as close as the quoted one are named
+after the quote and cited too, up to ``MAX_SOURCES``. BENCHMARKS.md ("Grounding") has the
+measurements behind these constants.
 
-Its phrasing follows the persona: name, sociality and leading temperament pick the opener
-and the no-answer line, and it greets the user by name once memory knows it. The same state
-always gives the same reply.
+Its phrasing follows the persona: sociality and leading temperament pick the lead-in, the
+pointer to more and the no-answer line, each a whole sentence, so traits change the wording
+and never the grammar or the quote; it calls the user by name once memory knows it. The same
+state always gives the same reply.
 """
 
 from __future__ import annotations
@@ -44,18 +49,26 @@ from engine.replies import (
     ignore,
 )
 from engine.sentences import sentences
+from engine.smalltalk import listed, named_topics, social
+from engine.words import STOPWORDS, WORD, stem, words
 
-WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_SENTENCES = 2
-RELEVANT = 0.45
+RELEVANT = 0.35
 """A snippet this similar to the message (cosine) is about it."""
 RELATED = 0.3
 """A snippet between this and RELEVANT counts only through sentences sharing words."""
 SHARED = 0.5
 """The share of the message's content words a sentence of a related snippet must hold."""
 ANSWERS = 0.2
-"""A sentence less similar than this to what is asked does not answer it."""
-SNIPPET_WEIGHT = 2.0
+"""A sentence this close (cosine) to what is asked (``asked_about``) answers it."""
+ANSWERS_WITH_MESSAGE = 0.6
+"""So does one whose cosines to what is asked and to the whole message add up to this.
+What is asked is the sharper test, but can be too little to judge by alone ("Why doesn't
+list.sort() return the sorted list?" less the passage's topic words is "Why doesn't the");
+the whole message alone rewards a sentence that merely names the subject. Measured: "Is
+the Lumen backpack vegan?" against "The Lumen backpack is our choice for multi-day hikes"
+is 0.04 + 0.52 and is declined; "Can I return shoes I wore once?" against "Returned items
+must be unused" is 0.19 + 0.46 and answers."""
 SNIPPETS_READ = 3
 """Only the most relevant snippets are read: the answer is in the top three for 99 % of the
 answerable questions measured, and every sentence read is a sentence embedded."""
@@ -63,55 +76,42 @@ SECOND_WITHIN = 0.05
 """A second sentence is quoted only when it scores nearly as well as the best."""
 SENTENCE_CACHE = 4096
 """Sentence vectors kept (1.5 KB each): knowledge sentences come back turn after turn."""
-SUFFIXES = ("ments", "ment", "ings", "ing", "ed", "s")
-SIBILANT_PLURALS = ("sses", "xes", "zes", "ches", "shes")
-"""Plurals that add "es" (boxes, churches); elsewhere only "s" goes (takes -> take)."""
-
-# Words too common to show that a sentence is about the question.
-STOPWORDS = frozenset(
-    "a an the and or but if of to in on at for with by from as is are was were be been it "
-    "its this that these those i you he she we they me my your our their do does did how "
-    "what which who whom why when where can could should would will shall may might must "
-    "about into than then there here so not no yes please tell explain me us".split()
-)
-
-OPENERS = {
-    "extrovert": "Great question{name}! ",
-    "ambivert": "Sure{name}. ",
-    "introvert": "",
+# A lead-in is a whole sentence before the quote, never a fragment glued to it ("Happily:
+# Yes."): the persona's traits change the words, the quote stays as the document says it.
+GREETED_LEAD = {
+    "extrovert": ("Good question!", "Good question, {name}!"),
+    "ambivert": ("", "Sure, {name}."),
+    "introvert": ("", ""),
 }
+"""The sociality's lead-in, without and with the user's name."""
 TEMPERAMENT_LEAD = {
-    "sanguine": "Happily: ",
-    "choleric": "In short: ",
-    "phlegmatic": "",
-    "melancholic": "As far as my notes go, ",
+    "sanguine": "Happy to help with that.",
+    "choleric": "",
+    "phlegmatic": "Here's what I have on that.",
+    "melancholic": "Here is what my notes say.",
+}
+MORE_IN = {
+    "extrovert": "You'll find more on this in {documents}!",
+    "ambivert": "There is more on this in {documents}.",
+    "introvert": "See also {documents}.",
 }
 NO_ANSWER = {
-    "extrovert": (
-        "I wish I could help with that{name}, but my knowledge base has nothing on it. "
-        "Ask me something else!"
-    ),
-    "ambivert": (
-        "I don't have information on that{name}. My knowledge base doesn't cover it, "
-        "so I'd rather not guess."
-    ),
+    "extrovert": "I wish I could help with that{name}, but my knowledge base has nothing on it.",
+    "ambivert": "I don't have information on that{name}. My knowledge base doesn't cover it, "
+    "so I'd rather not guess.",
     "introvert": "I don't have information on that. My knowledge base doesn't cover it.",
 }
-NO_IMAGES = "I can't look at images, so I can only go by what you write. "
-
-
-def stem(word: str) -> str:
-    """A light suffix strip, so "pay", "pays" and "payment" meet."""
-    if word.endswith(SIBILANT_PLURALS) and len(word) >= 5:
-        return word[:-2]
-    for suffix in SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)]
-    return word
-
-
-def words(text: str) -> set[str]:
-    return {stem(w) for w in (m.lower() for m in WORD.findall(text)) if w not in STOPWORDS}
+CAN_HELP = {
+    "extrovert": "I'd love to help with {topics}, though!",
+    "ambivert": "I can help with {topics}.",
+    "introvert": "I can help with {topics}.",
+}
+NO_IMAGES = "I can't look at images, so I can only go by what you write."
+MAX_SOURCES = 3
+"""Documents a reply cites: the one it quotes and up to two more that cover the question."""
+RELATED_WITHIN = 0.2
+"""A further document is cited when it is about the question and this close to the quoted."""
+UNLABELLED = ("another document", "two other documents")
 
 
 def topic_words(text: str) -> set[str]:
@@ -134,62 +134,112 @@ def asked_about(message: str, top: Snippet) -> str:
 
 
 def choose(
-    message: str, snippets: Sequence[Snippet], similarity: dict[str, float]
-) -> list[tuple[str, str]]:
-    """The (sentence, external_id) pairs that answer, in reading order; ``similarity`` is
-    each sentence's cosine to what is asked."""
+    message: str, snippets: Sequence[Snippet], similarity: dict[str, np.ndarray]
+) -> tuple[Snippet, list[str]] | None:
+    """The first snippet, in the retriever's order, that answers, and the sentences of it
+    to quote, in reading order. ``similarity`` is each sentence's cosine to what is asked
+    (``asked_about``) and to the whole message: the first ranks the sentences, both say
+    whether a sentence answers at all (``ANSWERS``, ``ANSWERS_WITH_MESSAGE``)."""
     asked = words(message)
-    scored = []
-    for rank, snippet in enumerate(snippets):
+    for snippet in snippets:
+        scored = []
         for position, sentence in enumerate(sentences(snippet.text)):
-            answers = similarity[sentence]
+            closeness = similarity[sentence]
+            answers = float(closeness[0])
             shared = len(asked & words(sentence)) / len(asked) if asked else 0.0
             about = snippet.score >= RELEVANT or (snippet.score >= RELATED and shared >= SHARED)
-            if about and answers >= ANSWERS:
-                score = SNIPPET_WEIGHT * snippet.score + answers
-                scored.append((-score, rank, position, sentence, snippet.external_id))
-    if not scored:
-        return []
-    scored.sort()
-    best = -scored[0][0]
-    picked = [scored[0], *(s for s in scored[1:MAX_SENTENCES] if -s[0] >= best - SECOND_WITHIN)]
-    # Quote in reading order: by snippet rank, then position within the snippet.
-    return [(s, doc) for _, _, _, s, doc in sorted(picked, key=lambda p: (p[1], p[2]))]
+            if about and (answers >= ANSWERS or float(closeness.sum()) >= ANSWERS_WITH_MESSAGE):
+                scored.append((-answers, position, sentence))
+        if scored:
+            scored.sort()
+            best = -scored[0][0]
+            picked = [
+                scored[0],
+                *(s for s in scored[1:MAX_SENTENCES] if -s[0] >= best - SECOND_WITHIN),
+            ]
+            return snippet, [sentence for _, _, sentence in sorted(picked, key=lambda p: p[1])]
+    return None
+
+
+ASKING = frozenset(
+    "how what which who whom whose why when where can could do does did is are was were "
+    "will would should shall may might have has any tell explain show give help".split()
+)
+"""First words of a question or a request; with a "?", they tell a question from a remark."""
+
+
+def asks(text: str) -> bool:
+    first = WORD.search(text)
+    return "?" in text or (first is not None and first.group().lower() in ASKING)
+
+
+def related(quoted: Snippet, snippets: Sequence[Snippet]) -> list[Snippet]:
+    """Other documents the reply points to: about the question, nearly as close as the one
+    quoted, in the retriever's order."""
+    return [
+        s
+        for s in snippets
+        if s.external_id != quoted.external_id
+        and s.score >= RELEVANT
+        and s.score >= quoted.score - RELATED_WITHIN
+    ][: MAX_SOURCES - 1]
 
 
 class SentenceVectors:
-    """Embeds what is asked together with the sentences not seen lately, in one call off
-    the event loop, and remembers the sentences' vectors (least recently used go first)."""
+    """Cosines of what is asked to the snippets' sentences. Sentence vectors come with the
+    snippets, made at ingest; those that do not (a chunk indexed before they were, or a
+    sentence past the model's truncation) are embedded here with the question, in one call
+    off the event loop, and remembered (least recently used go first)."""
 
     def __init__(self, embed: Embed, capacity: int = SENTENCE_CACHE) -> None:
         self._embed = embed
         self._capacity = capacity
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
-    async def similarity(self, question: str, texts: list[str]) -> dict[str, float]:
+    async def similarity(
+        self, questions: list[str], snippets: Sequence[Snippet]
+    ) -> dict[str, np.ndarray]:
+        """Each sentence's cosines to each of ``questions``."""
+        known: dict[str, np.ndarray] = {}
+        for snippet in snippets:
+            said = sentences(snippet.text)
+            if len(snippet.sentence_vectors) == len(said):
+                for sentence, vector in zip(said, snippet.sentence_vectors, strict=True):
+                    if vector is not None:
+                        known.setdefault(sentence, vector)
+        texts = [t for s in snippets for t in sentences(s.text) if t not in known]
         unique = list(dict.fromkeys(texts))
         missing = [t for t in unique if t not in self._cache]
-        vectors = await anyio.to_thread.run_sync(self._embed, [question, *missing])
-        for text, vector in zip(missing, vectors[1:], strict=True):
+        vectors = await anyio.to_thread.run_sync(self._embed, [*questions, *missing])
+        for text, vector in zip(missing, vectors[len(questions) :], strict=True):
             self._cache[text] = vector
         for text in unique:
             self._cache.move_to_end(text)
+            known[text] = self._cache[text]
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
-        asked = vectors[0]
-        return {t: float(self._cache[t] @ asked) for t in unique}
+        asked = vectors[: len(questions)]
+        return {t: asked @ v for t, v in known.items()}
 
 
 async def best_sentences(
     message: str, snippets: Sequence[Snippet], vectors: SentenceVectors
-) -> list[tuple[str, str]]:
-    ranked = sorted(snippets, key=lambda s: -s.score)[:SNIPPETS_READ]
-    relevant = [s for s in ranked if s.score >= RELATED]
+) -> tuple[Snippet, list[str]] | None:
+    relevant = [s for s in snippets[:SNIPPETS_READ] if s.score >= RELATED]
     if not relevant or not words(message):
-        return []
-    texts = [sentence for s in relevant for sentence in sentences(s.text)]
+        return None
     asked = asked_about(message, relevant[0])
-    return choose(message, relevant, await vectors.similarity(asked, texts))
+    return choose(message, relevant, await vectors.similarity([asked, message], relevant))
+
+
+_ENDS_SENTENCE = re.compile(r"[.!?\u2026][\"')\]\u2019\u201d]*$")
+
+
+def separator(before: str) -> str:
+    """What goes between two units: a space after a sentence; a blank line after a quote
+    that ends without a stop (code, a list), so that what follows starts a paragraph of its
+    own instead of running on from it."""
+    return " " if _ENDS_SENTENCE.search(before.rstrip()) else "\n\n"
 
 
 class EmbeddedResponder:
@@ -199,28 +249,58 @@ class EmbeddedResponder:
     async def reply(self, context: TurnContext, emit: Emit = ignore) -> Reply:
         emit(ReplyStarted())
         persona = context.persona
-        name = context.memory.facts.get("name")
-        with_name = f", {name}" if name else ""
-        # The answer's own units, each sent as soon as it is decided: the note about an
-        # image, then the persona's opener, then each quoted sentence (the slow part, which
-        # waits for the embedder) or the no-answer line.
+        talk = social(context.message, persona, context.memory, context.topics)
+        # Each unit is sent as soon as it is decided: the note about an image and the answer
+        # to the social part first, then the answer from knowledge, which waits for the
+        # embedder.
         units = [NO_IMAGES] if context.image is not None else []
+        if talk.said:
+            units.append(talk.said)
         for unit in units:
-            emit(ReplyDelta(unit))
-        chosen = await best_sentences(context.message, context.snippets, self._vectors)
-        if chosen:
-            opener = OPENERS[persona.sociality].format(name=with_name)
-            lead = TEMPERAMENT_LEAD[persona.temperament.leading]
-            said = [opener + lead + chosen[0][0], *(sentence for sentence, _ in chosen[1:])]
-            sources = list(dict.fromkeys(doc for _, doc in chosen))
-        else:
-            said = [NO_ANSWER[persona.sociality].format(name=with_name)]
-            sources = []
-        for index, unit in enumerate(said):
-            piece = unit if index == 0 else " " + unit
+            emit(ReplyDelta(unit if unit is units[0] else " " + unit))
+        sources: list[str] = []
+        answer: list[str] = []
+        if talk.rest or not talk.said:
+            chosen = await best_sentences(talk.rest, context.snippets, self._vectors)
+            if chosen is not None:
+                answer, sources = self._quote(context, *chosen, greeted=bool(talk.said))
+            elif asks(talk.rest) or not talk.said:
+                answer = self._no_answer(context, greeted=bool(talk.said))
+            # Otherwise a remark after the social part ("Hi, I'm Ana"): that answer will do.
+        for unit in answer:
+            piece = separator(units[-1]) + unit if units else unit
             units.append(piece)
             emit(ReplyDelta(piece))
         reply = Reply(text="".join(units), sources=sources)
         emit(ReplySources(sources))
         emit(ReplyDone(reply))
         return reply
+
+    @staticmethod
+    def _quote(
+        context: TurnContext, quoted: Snippet, said: list[str], *, greeted: bool
+    ) -> tuple[list[str], list[str]]:
+        persona = context.persona
+        name = context.memory.facts.get("name")
+        plain, addressed = GREETED_LEAD[persona.sociality]
+        lead = [] if greeted else [addressed.format(name=name) if name else plain]
+        lead.append(TEMPERAMENT_LEAD[persona.temperament.leading])
+        also = related(quoted, context.snippets)
+        units = [" ".join(part for part in (*lead, said[0]) if part), *said[1:]]
+        if also:
+            labelled = [f"\u201c{s.label}\u201d" for s in also if s.label]
+            unnamed = len(also) - len(labelled)
+            documents = labelled + ([UNLABELLED[unnamed - 1]] if unnamed else [])
+            units.append(MORE_IN[persona.sociality].format(documents=listed(documents)))
+        return units, [quoted.external_id, *(s.external_id for s in also)]
+
+    @staticmethod
+    def _no_answer(context: TurnContext, *, greeted: bool) -> list[str]:
+        persona = context.persona
+        name = context.memory.facts.get("name")
+        units = [
+            NO_ANSWER[persona.sociality].format(name=f", {name}" if name and not greeted else "")
+        ]
+        if topics := named_topics(context.topics):
+            units.append(CAN_HELP[persona.sociality].format(topics=topics))
+        return units

@@ -29,6 +29,7 @@ from engine.replies import (
     TurnContext,
     ignore,
 )
+from engine.smalltalk import social
 from engine.speech import Transcriber
 
 log = logging.getLogger("rapport.turns")
@@ -114,14 +115,18 @@ class TurnPipeline:
         persona = state.persona
         if turn.persona_changes:
             persona = await self._personas.merge(turn.account_id, persona.id, turn.persona_changes)
-        snippets = await self._retriever.retrieve(
-            turn.account_id, state.active, message, KNOWLEDGE_K
+        # Greetings, thanks and the like are nobody's knowledge: only the rest of the message
+        # is searched for ("Hi, I'm Ana. Can I return shoes?" looks for returns).
+        question = social(message, persona, state.memory).rest
+        knowledge = await self._retriever.retrieve(
+            turn.account_id, state.active, question, KNOWLEDGE_K
         )
         context = TurnContext(
             persona=persona,
             memory=state.memory,
             message=message,
-            snippets=snippets,
+            snippets=knowledge.snippets,
+            topics=knowledge.topics,
             image=turn.image,
             voice_context=voice_context,
         )

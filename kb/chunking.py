@@ -15,13 +15,14 @@ chunk can always be traced back to where it came from.
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from typing import NamedTuple
 
 import msgspec
 
-from engine.sentences import paragraph_spans, sentence_spans
+from engine.sentences import paragraph_spans, sentence_spans, sentences
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -136,3 +137,39 @@ def _units(text: str, max_words: int, overlap_words: int) -> list[_Unit]:
                     _Unit(part[0].start(), part[-1].end(), words[i : i + piece], paragraph)
                 )
     return units
+
+
+_HEADING_LINE = re.compile(r"^[ \t]*#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+CONTEXT_CHARACTERS = 300
+"""The most a chunk's context may take: a label, a heading and a sentence, not a page."""
+
+
+def chunk_contexts(text: str, chunks: list[Chunk], label: str | None) -> list[str]:
+    """What each chunk is read with, for retrieval: the document's label, the last heading
+    above the chunk (Markdown ``#`` lines, which ``.md`` documents keep), and the
+    document's first sentence when the chunk does not start with it. A chunk from the
+    middle of a long answer then still says what the answer is about; the chunk's own
+    text, which replies quote, is left as it was."""
+    found = list(_HEADING_LINE.finditer(text))
+    heading_starts = [m.start() for m in found]
+    first = next((s for s in sentences(text) if not _HEADING_LINE.fullmatch(s)), None)
+    base = [label.strip()] if label and label.strip() else []
+    contexts = []
+    for chunk in chunks:
+        parts = list(base)
+        above = bisect.bisect_left(heading_starts, chunk.start)
+        if above:
+            parts.append(found[above - 1].group(1))
+        if chunk.start > 0 and first:
+            parts.append(first)
+        contexts.append("\n".join(dict.fromkeys(parts))[:CONTEXT_CHARACTERS])
+    return contexts
+
+
+def passage(context: str, text: str, keywords: list[str]) -> tuple[str, int]:
+    """What is embedded for a chunk, and where the chunk's own text starts in it: the
+    context first, the keywords last (seed 004's tags: they help a question find the chunk,
+    but the stored text, which replies quote, stays the document's own)."""
+    head = f"{context}\n\n" if context else ""
+    tail = f"\nKeywords: {', '.join(keywords)}" if keywords else ""
+    return head + text + tail, len(head)

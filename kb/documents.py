@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.accounts import BYTES_PER_STORAGE_UNIT
+from engine.config import DEFAULT_EMBEDDING_MODEL
 from engine.errors import Conflict
 from engine.state import redis_boundary
 from kb.listing import Listing, ListingRow, Status
@@ -106,6 +107,9 @@ class Document(msgspec.Struct, kw_only=True):
     """The generation whose chunks retrieval reads; 0 when none is indexed."""
     live_chunks: int = 0
     """How many chunks the live generation has in the index."""
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    """The model the live generation was embedded with (``RAPPORT_EMBEDDING_MODEL``);
+    records from before there was a choice were embedded with the default."""
     charged_units: float = 0
     """Knowledge units counted in the account's usage for this document right now."""
     revision: int = 0
@@ -122,6 +126,12 @@ class Document(msgspec.Struct, kw_only=True):
         if not self.live_generation:
             return []
         return [self.chunk_id(self.live_generation, i) for i in range(self.live_chunks)]
+
+
+def chunk_owner(chunk_id: str) -> str:
+    """The external_id of the document a chunk id (:meth:`Document.chunk_id`) belongs to;
+    external_ids hold no "@"."""
+    return chunk_id.split("@", 1)[0]
 
 
 _encode = msgspec.json.Encoder().encode

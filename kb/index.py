@@ -12,8 +12,9 @@ and surfaces as one, a 500 with its traceback in the log, not as "Chroma is down
 
 from __future__ import annotations
 
+import base64
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -27,7 +28,7 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 
-from engine.config import Settings
+from engine.config import DEFAULT_EMBEDDING_MODEL, Settings
 from engine.errors import IndexUnavailable
 from kb.embedder import MiniLMEmbeddingFunction
 
@@ -66,7 +67,7 @@ class VectorIndex:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: ClientAPI | None = None
-        self._collections: dict[str, Collection] = {}
+        self._collections: dict[tuple[str, str], Collection] = {}
         self._lock = threading.Lock()
 
     def _open(self) -> ClientAPI:
@@ -111,18 +112,20 @@ class VectorIndex:
                 self._collections.clear()
             raise IndexUnavailable() from exc
 
-    def _collection(self, account_id: str) -> Collection:
-        # One collection per account (docs/architecture.md, "Data model"). Naming our
-        # embedding function stores it in the collection's configuration, so the collection
-        # reopens with it offline.
-        found = self._collections.get(account_id)
+    def _collection(self, account_id: str, model: str | None = None) -> Collection:
+        # One collection per account and embedding model (docs/architecture.md, "Data
+        # model"): vectors of two models never meet in one search. Naming our embedding
+        # function stores it in the collection's configuration, so the collection reopens
+        # with it offline.
+        model = model or self._settings.embedding_model
+        found = self._collections.get((account_id, model))
         if found is None:
             found = self._open().get_or_create_collection(
-                collection_name(account_id),
-                embedding_function=MiniLMEmbeddingFunction(),  # type: ignore[arg-type]
+                collection_name(account_id, model),
+                embedding_function=MiniLMEmbeddingFunction(model=model),  # type: ignore[arg-type]
                 configuration={"hnsw": {"space": "cosine"}},
             )
-            self._collections[account_id] = found
+            self._collections[(account_id, model)] = found
         return found
 
     async def add(
@@ -149,8 +152,12 @@ class VectorIndex:
 
         await self._call(work)
 
-    async def delete(self, account_id: str, where: dict[str, Any]) -> None:
-        await self._call(lambda: self._collection(account_id).delete(where=where))  # type: ignore[arg-type]
+    async def delete(
+        self, account_id: str, where: dict[str, Any], model: str | None = None
+    ) -> None:
+        """Delete the chunks ``where`` matches, in the current model's collection or
+        ``model``'s."""
+        await self._call(lambda: self._collection(account_id, model).delete(where=where))  # type: ignore[arg-type]
 
     async def query(
         self, account_id: str, vector: np.ndarray, k: int, chunk_ids: list[str]
@@ -172,8 +179,10 @@ class VectorIndex:
             metadatas = (found["metadatas"] or [[]])[0]
             distances = (found["distances"] or [[]])[0]
             return [
-                Hit(external_id=str(meta["external_id"]), text=text, score=1.0 - float(dist))
-                for text, meta, dist in zip(documents, metadatas, distances, strict=True)
+                _hit(chunk_id, text, meta, 1.0 - float(dist))
+                for chunk_id, text, meta, dist in zip(
+                    found["ids"][0], documents, metadatas, distances, strict=True
+                )
             ]
 
         def work() -> list[Hit]:
@@ -187,13 +196,89 @@ class VectorIndex:
 
         return await self._call(work)
 
+    async def chunks(
+        self,
+        account_id: str,
+        chunk_ids: Sequence[str],
+        vector: np.ndarray | None = None,
+        model: str | None = None,
+    ) -> list[Hit]:
+        """The chunks among ``chunk_ids`` that the index holds, scored against ``vector``
+        (0 without one, and then their vectors are not read); in the current model's
+        collection, or ``model``'s."""
 
-class Hit(msgspec.Struct, frozen=True):
+        def work() -> list[Hit]:
+            include = ["documents", "metadatas"] + (["embeddings"] if vector is not None else [])
+            found = self._collection(account_id, model).get(ids=list(chunk_ids), include=include)  # type: ignore[arg-type]
+            embeddings = found["embeddings"] if vector is not None else None
+            scores = [0.0] * len(found["ids"]) if embeddings is None else embeddings @ vector
+            return [
+                _hit(chunk_id, text, meta, float(score))
+                for chunk_id, text, meta, score in zip(
+                    found["ids"],
+                    found["documents"] or [],
+                    found["metadatas"] or [],
+                    scores,
+                    strict=True,
+                )
+            ]
+
+        if not chunk_ids:
+            return []
+        return await self._call(work)
+
+
+class Hit(msgspec.Struct, frozen=True, kw_only=True):
+    chunk_id: str
     external_id: str
     text: str
     score: float
     """Cosine similarity of the chunk to the query, 1 = same direction."""
+    context: str = ""
+    """What the chunk was embedded with (``kb.chunking.chunk_context``)."""
+    document: np.ndarray | None = None
+    """The document's vector: the mean of its chunks' (None for chunks indexed before
+    documents had one)."""
+    sentences: list[np.ndarray | None] = msgspec.field(default_factory=list)
+    """A vector for each sentence of ``text`` (``engine.sentences``), pooled from the chunk's
+    own pass; None for one past the model's truncation."""
 
 
-def collection_name(account_id: str) -> str:
-    return f"acct-{account_id}"
+def _hit(chunk_id: str, text: str, meta: Any, score: float) -> Hit:
+    sentences = unpack(meta.get("sentences", ""))
+    return Hit(
+        chunk_id=chunk_id,
+        external_id=str(meta["external_id"]),
+        text=text,
+        score=score,
+        context=str(meta.get("context", "")),
+        document=unpack(meta["document"])[0] if meta.get("document") else None,
+        # A sentence with no vector was packed as zeros.
+        sentences=[v if v.any() else None for v in sentences],
+    )
+
+
+def pack(vectors: Sequence[np.ndarray | None], dimensions: int) -> str:
+    """Vectors as one metadata string, ``<rows>:<base64 of float16 rows>``. Chroma's
+    metadata holds scalars only, and a chunk's sentence vectors must come back with the
+    chunk in the same query, not in a second lookup; float16 keeps a cosine to ~1e-3, far
+    below what tells two sentences apart. A missing vector is a row of zeros."""
+    rows = np.zeros((len(vectors), dimensions), dtype=np.float16)
+    for row, vector in enumerate(vectors):
+        if vector is not None:
+            rows[row] = vector
+    return f"{len(vectors)}:{base64.b64encode(rows.tobytes()).decode()}"
+
+
+def unpack(packed: str) -> list[np.ndarray]:
+    if not packed:
+        return []
+    count, _, data = packed.partition(":")
+    rows = np.frombuffer(base64.b64decode(data), dtype=np.float16).astype(np.float32)
+    return list(rows.reshape(int(count), -1))
+
+
+def collection_name(account_id: str, model: str = DEFAULT_EMBEDDING_MODEL) -> str:
+    # The default model's keeps the name collections had before there was a choice.
+    suffix = "" if model == DEFAULT_EMBEDDING_MODEL else f"--{model}"
+    return f"acct-{account_id}{suffix}"

@@ -16,6 +16,7 @@ import msgspec
 from engine.accounts import BYTES_PER_STORAGE_UNIT, AccountStore
 from engine.errors import Conflict, KnowledgeQuotaExceeded
 from kb.documents import (
+    Change,
     Document,
     DocumentStore,
     DocumentType,
@@ -150,6 +151,30 @@ class Ingest:
         await self._queue.push(jobs)
         return len(jobs)
 
+    async def reembed(self, model: str) -> int:
+        """Queue every ready document of every account that was embedded with another
+        model than ``model`` (``RAPPORT_EMBEDDING_MODEL`` changed); returns how many. Each
+        is pending until the worker has embedded it again (``kb.worker``); retrieval does
+        not search it meanwhile. Safe to run from every process at once: each document is
+        queued by one of them."""
+        jobs = []
+        for account in await self._accounts.list():
+            listing = await self._docs.listing(account.id)
+            ready = [eid for eid, row in listing.rows.items() if row.status == "ready"]
+            for found in await self._docs.get_many(account.id, ready):
+                if found is None or found.embedding_model == model:
+                    continue
+                try:
+                    queued = await self._docs.update(
+                        account.id, found.external_id, requeue_for(model), read=found
+                    )
+                except WriteConflict:
+                    continue  # another writer came first: it queues or re-reads it
+                if queued is not None:
+                    jobs.append(Job(account.id, queued.external_id, queued.generation))
+        await self._queue.push(jobs)
+        return len(jobs)
+
     async def _check_quota(self, account_id: str, plans: list[UpsertPlan]) -> None:
         units = sum(p.units_delta for p in plans if p.document is not None)
         size = sum(p.bytes_delta for p in plans if p.document is not None)
@@ -174,6 +199,26 @@ def queue_staged(current: Document | None) -> DocWrite | None:
     if current is None or current.processing_status != "staged":
         return None
     return DocWrite(document=msgspec.structs.replace(current, processing_status="pending"))
+
+
+def requeue_for(model: str) -> Change:
+    """A ready document embedded with another model, now pending as a new generation whose
+    chunks the worker makes from the live ones; nothing when that no longer holds."""
+
+    def change(current: Document | None) -> DocWrite | None:
+        if (
+            current is None
+            or current.processing_status != "ready"
+            or not current.live_generation
+            or current.embedding_model == model
+        ):
+            return None
+        requeued = msgspec.structs.replace(
+            current, processing_status="pending", generation=current.generation + 1
+        )
+        return DocWrite(document=requeued)
+
+    return change
 
 
 def plan(item: Incoming, current: Document | None, now: datetime, enqueue: bool) -> UpsertPlan:

@@ -2,20 +2,50 @@
 
 Only documents that are active for the persona and have a live (fully indexed) generation
 are searched: staged, pending-for-the-first-time and failed documents are invisible, and
-so is every other account's collection. The persona's active set is read by the turn's
+so is every other account's collection, and a document whose vectors are another
+embedding model's. The persona's active set is read by the turn's
 opening script with the rest of its state (:mod:`engine.turn_store`) and handed in.
+
+Documents are ranked, not chunks; each comes back as its best chunk. A document's score
+fuses three things (BENCHMARKS.md, "Grounding", has the measurements on the Python FAQ):
+
+- its best chunk's cosine to the question (Chroma's search, among the active chunks);
+- the cosine of the document's own vector, the mean of its chunks', which every chunk
+  carries: several chunks that each hold part of an answer count for their document;
+- its best chunk's BM25 score (:mod:`kb.lexical`) as a share of the best any chunk got, so
+  rare words the model blurs still count.
+
+Dense and lexical candidates are both scored: a document found only by its words has its
+chunks' vectors read so that it is scored like any other. A snippet's ``score`` stays the
+best chunk's cosine, the measure of "is this about the question" that the responder's cuts
+are set in; the list's order is the fused ranking.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import anyio.to_thread
+import msgspec
+import numpy as np
 
-from engine.replies import Snippet
-from kb.documents import DocumentStore
+from engine.replies import Knowledge, Snippet
+from kb.documents import Document, DocumentStore, chunk_owner
 from kb.embedder import Embedder
-from kb.index import VectorIndex
+from kb.index import Hit, VectorIndex
+from kb.lexical import LexicalIndex
+
+DENSE_CANDIDATES = 4
+"""Chunks asked of Chroma for each document wanted."""
+LEXICAL_CANDIDATES = 3
+"""Best lexical chunks whose documents are scored even when the dense search missed them."""
+DOCUMENT_WEIGHT = 0.5
+"""How much the document's own vector counts beside its best chunk's."""
+LEXICAL_WEIGHT = 0.1
+"""How much BM25 (as a share of the best score) counts beside the cosines. Set on the Python
+FAQ (BENCHMARKS.md, "Grounding"): 0.1 to 0.3 all beat either part alone; more lets shared
+common words outrank meaning."""
 
 
 class KnowledgeRetriever:
@@ -25,20 +55,110 @@ class KnowledgeRetriever:
         docs: DocumentStore,
         index: VectorIndex,
         embedder: Embedder,
+        lexical: LexicalIndex | None = None,
     ) -> None:
         self._docs = docs
         self._index = index
         self._embedder = embedder
+        self._lexical = lexical or LexicalIndex()
 
     async def retrieve(
         self, account_id: str, active: Sequence[str], query: str, k: int
+    ) -> Knowledge:
+        if not active:
+            return Knowledge(snippets=[], topics=[])
+        found_docs = await self._docs.get_many(account_id, list(active))
+        live = [d for d in found_docs if d is not None and d.live_generation]
+        knowledge = Knowledge(snippets=[], topics=topics(live))
+        # A document still to be embedded again after a change of model is not searched
+        # until it is: its vectors are another model's (kb.index).
+        docs = [d for d in live if d.embedding_model == self._embedder.model.name]
+        if not query.strip() or not docs:
+            return knowledge
+        snippets = await self._search(account_id, docs, query, k)
+        return msgspec.structs.replace(knowledge, snippets=snippets)
+
+    async def _search(
+        self, account_id: str, docs: list[Document], query: str, k: int
     ) -> list[Snippet]:
-        if not query.strip() or not active:
-            return []
-        docs = await self._docs.get_many(account_id, list(active))
-        ids = [i for d in docs if d is not None for i in d.live_chunk_ids()]
-        if not ids:
-            return []
+        ids = [i for d in docs for i in d.live_chunk_ids()]
         vectors = await anyio.to_thread.run_sync(self._embedder.embed, [query])
-        hits = await self._index.query(account_id, vectors[0], k, ids)
-        return [Snippet(external_id=h.external_id, text=h.text, score=h.score) for h in hits]
+        asked = vectors[0]
+        hits = await self._index.query(account_id, asked, k * DENSE_CANDIDATES, ids)
+        lexical = await self._lexical_scores(account_id, ids, query)
+        found = {h.external_id for h in hits}
+        wanted = sorted(lexical, key=lambda i: -lexical[i])[:LEXICAL_CANDIDATES]
+        # The whole of a lexical candidate's document is read, so that its best chunk by
+        # meaning is known, as for a document the dense search found.
+        owners = {chunk_owner(i) for i in wanted} - found
+        more = [i for d in docs if d.external_id in owners for i in d.live_chunk_ids()]
+        hits += await self._index.chunks(account_id, more, asked)
+        labels = {d.external_id: d.label or "" for d in docs}
+        return fuse(hits, lexical, asked, labels)[:k]
+
+    async def _lexical_scores(
+        self, account_id: str, ids: list[str], query: str
+    ) -> dict[str, float]:
+        missing = self._lexical.missing(account_id, ids)
+        if missing:
+            for hit in await self._index.chunks(account_id, missing):
+                self._lexical.add(account_id, hit.chunk_id, f"{hit.context}\n{hit.text}")
+        return self._lexical.search(account_id, ids, query)
+
+
+_NUMBERING = re.compile(r"\s*(?:[#(\[]\s*\d+\s*[)\]]?|\d+)$")
+_FILE_WORDS = re.compile(r"[-_.\s]+")
+
+
+def topics(docs: Sequence[Document]) -> list[str]:
+    """What documents are about, by their labels (a running number dropped: "Shipping #2"
+    is "Shipping"), or their file names when they have no label; each once, in the
+    persona's order."""
+    found: dict[str, str] = {}
+    for doc in docs:
+        name = doc.label or _FILE_WORDS.sub(" ", (doc.original_file_name or "").rsplit(".", 1)[0])
+        name = _NUMBERING.sub("", name.strip()).strip()
+        if name:
+            found.setdefault(name.casefold(), name)
+    return list(found.values())
+
+
+def fuse(
+    hits: Sequence[Hit],
+    lexical: dict[str, float],
+    asked: np.ndarray,
+    labels: dict[str, str],
+    *,
+    document_weight: float = DOCUMENT_WEIGHT,
+    lexical_weight: float = LEXICAL_WEIGHT,
+) -> list[Snippet]:
+    """One snippet per document, its best chunk, best document first. (The weights are
+    parameters so that the grounding bench can score each part alone.)"""
+    best: dict[str, Hit] = {}
+    for hit in hits:
+        held = best.get(hit.external_id)
+        if held is None or hit.score > held.score:
+            best[hit.external_id] = hit
+    top_lexical = max(lexical.values(), default=0.0) or 1.0
+    lexical_best: dict[str, float] = {}
+    for chunk_id, score in lexical.items():
+        owner = chunk_owner(chunk_id)
+        lexical_best[owner] = max(lexical_best.get(owner, 0.0), score)
+
+    def fused(hit: Hit) -> float:
+        whole = hit.score if hit.document is None else float(hit.document @ asked)
+        dense = (hit.score + document_weight * whole) / (1 + document_weight)
+        return dense + lexical_weight * lexical_best.get(hit.external_id, 0.0) / top_lexical
+
+    ranked = sorted(best.values(), key=lambda h: (-fused(h), h.external_id))
+    return [
+        Snippet(
+            external_id=h.external_id,
+            text=h.text,
+            score=h.score,
+            label=labels.get(h.external_id, ""),
+            context=h.context,
+            sentence_vectors=tuple(h.sentences),
+        )
+        for h in ranked
+    ]

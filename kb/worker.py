@@ -28,7 +28,8 @@ import msgspec
 import numpy as np
 
 from engine.errors import RapportError, UnavailableError, ValidationFailed
-from kb.chunking import chunk_text
+from engine.sentences import sentence_spans
+from kb.chunking import chunk_contexts, chunk_text, passage
 from kb.curation import extracted_links
 from kb.documents import (
     Document,
@@ -41,7 +42,7 @@ from kb.documents import (
 )
 from kb.embedder import Embedder
 from kb.extract import extract
-from kb.index import VectorIndex
+from kb.index import VectorIndex, pack
 from kb.queue import Job, ProcessingQueue
 
 log = logging.getLogger("rapport.kb")
@@ -171,9 +172,11 @@ class Processor:
             return None
         data = await self._docs.content(job.account_id, job.external_id)
         try:
-            if data is None:
-                raise ValidationFailed("The document's content is missing; upload it again.")
-            return await self._embed_content(job, doc, data)
+            if data is not None:
+                return await self._embed_content(job, doc, data)
+            if doc.live_generation:  # queued to be embedded again (kb.ingest.requeue_for)
+                return await self._reembed(job, doc)
+            raise ValidationFailed("The document's content is missing; upload it again.")
         except UnavailableError:
             raise
         except RapportError as error:
@@ -211,6 +214,12 @@ class Processor:
             doc = outcome.read
             tag = doc.chunk_tag(doc.generation)
             settled = await self._settle(outcome)
+            if settled and doc.live_generation and doc.embedding_model != self._embedder.model.name:
+                # Its chunks in the collection of the model it was embedded with before are
+                # read by nobody now (kb.index: one collection per model).
+                await self._index.delete(
+                    account_id, {"external_id": doc.external_id}, model=doc.embedding_model
+                )
             if outcome.chunks is None:  # failed: none of its chunks is read any more
                 if settled:
                     unread.append({"external_id": doc.external_id})
@@ -232,28 +241,8 @@ class Processor:
         if not chunks:
             raise ValidationFailed("The document has no text to index.")
         texts = [chunk.text for chunk in chunks]
-        # Keywords ride along into the vectors only: they help a question find the chunk,
-        # but the stored text, which replies quote, stays the document's own.
-        suffix = f"\nKeywords: {', '.join(doc.keywords)}" if doc.keywords else ""
-        embedded = [text + suffix for text in texts]
-        vectors: list[np.ndarray] = []
-        tokens = 0
-        for start in range(0, len(embedded), EMBED_BATCH):
-            batch = embedded[start : start + EMBED_BATCH]
-            embedded_batch, seen = await anyio.to_thread.run_sync(
-                self._embedder.embed_counting, batch
-            )
-            vectors.append(embedded_batch)
-            tokens += seen
-        tag = doc.chunk_tag(doc.generation)
-        prepared = Chunks(
-            ids=[doc.chunk_id(doc.generation, chunk.index) for chunk in chunks],
-            vectors=np.concatenate(vectors, axis=0),
-            texts=texts,
-            metadatas=[
-                {"external_id": doc.external_id, "doc_gen": tag, "chunk": c.index} for c in chunks
-            ],
-        )
+        contexts = chunk_contexts(extracted.text, chunks, doc.label)
+        prepared, tokens = await self._embed(doc, texts, contexts)
         units = knowledge_units(tokens)
         ready = {
             "processing_status": "ready",
@@ -265,9 +254,79 @@ class Processor:
             "charged_units": units,
             "live_generation": doc.generation,
             "live_chunks": len(chunks),
+            "embedding_model": self._embedder.model.name,
         }
         links = extracted_links(extracted.links)
         return JobResult(job=job, read=doc, changes=ready, links=links, chunks=prepared)
+
+    async def _reembed(self, job: Job, doc: Document) -> JobResult:
+        """The live generation's chunks (text and context, as the collection of the model
+        that embedded them holds them), embedded again with this process's model: the
+        content itself was dropped once it was first processed. Nothing is charged again."""
+        held = await self._index.chunks(
+            job.account_id, doc.live_chunk_ids(), model=doc.embedding_model
+        )
+        if len(held) != doc.live_chunks:
+            raise ValidationFailed(
+                "The document's chunks are missing from the index; upload it again."
+            )
+        held.sort(key=lambda hit: int(hit.chunk_id.rsplit("#", 1)[1]))
+        prepared, _ = await self._embed(doc, [h.text for h in held], [h.context for h in held])
+        ready = {
+            "processing_status": "ready",
+            "processed_at": datetime.now(UTC),
+            "live_generation": doc.generation,
+            "live_chunks": len(held),
+            "embedding_model": self._embedder.model.name,
+        }
+        return JobResult(job=job, read=doc, changes=ready, links=[], chunks=prepared)
+
+    async def _embed(
+        self, doc: Document, texts: list[str], contexts: list[str]
+    ) -> tuple[Chunks, int]:
+        """One generation's chunks embedded, with their sentences' and their document's
+        vectors, ready for the index; and the tokens the model saw."""
+        embedded: list[str] = []
+        spans: list[list[tuple[int, int]]] = []
+        for context, text in zip(contexts, texts, strict=True):
+            whole, offset = passage(context, text, doc.keywords)
+            embedded.append(whole)
+            spans.append([(offset + a, offset + b) for a, b in sentence_spans(text)])
+        vectors: list[np.ndarray] = []
+        sentences: list[list[np.ndarray | None]] = []
+        tokens = 0
+        for start in range(0, len(embedded), EMBED_BATCH):
+            end = start + EMBED_BATCH
+            batch, pooled, seen = await anyio.to_thread.run_sync(
+                self._embedder.embed_passages, embedded[start:end], spans[start:end]
+            )
+            vectors.append(batch)
+            sentences.extend(pooled)
+            tokens += seen
+        chunk_vectors = np.concatenate(vectors, axis=0)
+        # The document's own vector, which every chunk carries: a question about the whole
+        # answer finds a document whose chunks each hold only part of it.
+        dimensions = self._embedder.model.dimensions
+        mean = chunk_vectors.mean(axis=0)
+        document = pack([mean / max(float(np.linalg.norm(mean)), 1e-12)], dimensions)
+        tag = doc.chunk_tag(doc.generation)
+        prepared = Chunks(
+            ids=[doc.chunk_id(doc.generation, index) for index in range(len(texts))],
+            vectors=chunk_vectors,
+            texts=texts,
+            metadatas=[
+                {
+                    "external_id": doc.external_id,
+                    "doc_gen": tag,
+                    "chunk": index,
+                    "context": context,
+                    "document": document,
+                    "sentences": pack(pooled, dimensions),
+                }
+                for index, (context, pooled) in enumerate(zip(contexts, sentences, strict=True))
+            ],
+        )
+        return prepared, tokens
 
     async def _settle(self, outcome: JobResult) -> bool:
         """Apply the job's result to the stored record if that still holds the content the

@@ -90,7 +90,10 @@ print(c.query(query_texts=["How do I pay?"], n_results=1)["ids"][0][0])
 
 
 def test_the_function_round_trips_its_config() -> None:
-    function = MiniLMEmbeddingFunction(3)
+    function = MiniLMEmbeddingFunction(3, "minilm-l3")
     rebuilt = MiniLMEmbeddingFunction.build_from_config(function.get_config())
-    assert rebuilt.get_config() == {"threads": 3}
+    assert rebuilt.get_config() == {"threads": 3, "model": "minilm-l3"}
     assert MiniLMEmbeddingFunction.name() == "rapport-minilm-l6-v2-int8"
+    # A collection made before there was a choice of model names none: it was the default.
+    old = MiniLMEmbeddingFunction.build_from_config({"threads": 2})
+    assert old.get_config() == {"threads": 2, "model": "minilm-l6"}

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from engine.errors import UpstreamFailed
 from engine.memory import MemoryStore, Turn
 from engine.personas import PersonaStore
+from engine.replies import Knowledge
 from engine.responder import EmbeddedResponder
 from engine.speech import Transcriber
 from engine.state import connect
@@ -112,8 +113,8 @@ async def test_a_failing_summary_keeps_the_plain_one(redis_server: RedisServer) 
 
 
 class NoKnowledge:
-    async def retrieve(self, account_id: str, persona_id: str, query: str, k: int) -> list:
-        return []
+    async def retrieve(self, account_id: str, active: list[str], query: str, k: int) -> Knowledge:
+        return Knowledge(snippets=[], topics=[])
 
 
 def test_the_prompt_carries_persona_memory_and_snippets(llm_server, fake: FakeOpenAI) -> None:

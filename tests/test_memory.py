@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.errors import StateUnavailable
-from engine.memory import MemoryStore, Turn, clip, extract_facts
+from engine.memory import FACT_BYTES, MemoryStore, Turn, clip, extract_facts
 from engine.state import connect
 from tests.conftest import RedisServer
 
@@ -200,6 +200,67 @@ def test_a_stated_name_is_extracted(text: str, name: str) -> None:
 )
 def test_other_words_are_not_names(text: str) -> None:
     assert extract_facts(text) == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "facts"),
+    [
+        ("I live in Lisbon", {"location": "Lisbon"}),
+        ("i live in new york city and love it", {"location": "New York City"}),
+        ("I currently live in Berlin.", {"location": "Berlin"}),
+        ("I'm based in the UK", {"location": "the UK"}),
+        ("I am located in rio de janeiro", {"location": "Rio de Janeiro"}),
+        ("Hi, I reside in S\u00e3o Paulo, Brazil", {"location": "S\u00e3o Paulo"}),
+        ("I'm from Porto", {"origin": "Porto"}),
+        ("I come from Stratford-upon-Avon", {"origin": "Stratford-upon-Avon"}),
+        ("I work as a nurse at a clinic", {"job": "a nurse"}),
+        ("i\u2019m working as an Engineer", {"job": "an Engineer"}),
+        ("I now work as the head chef.", {"job": "the head chef"}),
+        (
+            "My name is Ana and I live in Lisbon, but I'm originally from Porto.",
+            {"name": "Ana", "location": "Lisbon", "origin": "Porto"},
+        ),
+        ("I live in Lisbon. Actually, I live in Porto now.", {"location": "Porto"}),
+    ],
+)
+def test_where_users_live_come_from_and_work_is_extracted(text: str, facts: dict[str, str]) -> None:
+    assert extract_facts(text) == facts
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "If I live in Spain, can I order?",
+        "Do you deliver where I live in Spain?",
+        "where do I live in Lisbon",
+        "Should I live in Lisbon or Porto?",
+        "I don't live in Lisbon",
+        "I used to live in Lisbon",
+        "I no longer live in Lisbon",
+        "I'm not from Porto",
+        "I live in a flat",
+        "I live in hope",
+        "I live at 12 Main Street",
+        "I'm staying in Lisbon for a week",
+        "I'm from here",
+        "I'm from a small town",
+        "I'm a bit tired",
+        "I'm a teacher",
+        "I work as hard as I can",
+        "I work as well as anyone",
+        "can I work as a nurse there?",
+        "I work as a senior freelance backend software engineer",
+        "where am I from?",
+        "what's my job?",
+    ],
+)
+def test_other_words_are_no_place_or_job(text: str) -> None:
+    assert extract_facts(text) == {}
+
+
+def test_facts_are_short_values() -> None:
+    long_word = "A" + "a" * 200
+    assert len(extract_facts(f"I live in {long_word}")["location"].encode()) <= FACT_BYTES
 
 
 async def test_a_later_name_replaces_an_earlier_one(client: aioredis.Redis) -> None:

@@ -11,6 +11,7 @@ from engine.replies import Snippet
 from engine.responder import SentenceVectors, best_sentences
 from engine.sentences import paragraph_spans, sentence_spans, sentences
 from kb.chunking import chunk_text
+from kb.embedder import shared_embedder
 
 # Sentences whose stop is followed by a closing quote or bracket, or is an ellipsis: the
 # responder's old rule, a split only right after . ! or ?, ran each into the next one.
@@ -104,7 +105,28 @@ async def test_the_responder_reads_a_chunk_as_the_sentences_the_chunker_kept_who
     embedded: list[str] = []
     snippet = Snippet("doc", chunks[0].text, 0.9)
     await best_sentences("How much is the lamp?", [snippet], record_embeddings(embedded))
-    assert embedded[1:] == QUOTED  # after what is asked, the sentences to choose from
+    # Besides what is asked (the message, and the message less the snippet's topic), the
+    # sentences to choose from.
+    assert [t for t in embedded if not t.lower().startswith("how much")] == QUOTED
+
+
+async def test_sentence_vectors_made_at_ingest_line_up_with_the_responders_sentences() -> None:
+    # The worker pools a vector for each span sentence_spans finds in a chunk; the responder
+    # reads them against sentences(chunk): where both agree, no sentence is embedded again.
+    text = " ".join(QUOTED)
+    embedder = shared_embedder()
+    _, pooled, _ = embedder.embed_passages([text], [sentence_spans(text)])
+    assert len(pooled[0]) == len(sentences(text)) and all(v is not None for v in pooled[0])
+    embedded: list[str] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        embedded.extend(texts)
+        return embedder.embed(texts)
+
+    snippet = Snippet("doc", text, 0.9, sentence_vectors=tuple(pooled[0]))
+    chosen = await best_sentences("How much is the lamp?", [snippet], SentenceVectors(embed))
+    assert not set(embedded) & set(QUOTED)
+    assert chosen is not None and chosen[1] == ["The lamp costs 40 euros."]
 
 
 # Pieces of text the agreement test builds from: every way a sentence can end, soft wraps,

@@ -24,7 +24,7 @@ from engine.idempotency import Idempotency, IdempotencyKey
 from engine.llm import OpenAICompatible
 from engine.memory import MemoryStore
 from engine.personas import PersonaStore
-from engine.replies import ReplyDelta, ReplyDone, ReplySources, ReplyStarted
+from engine.replies import Knowledge, ReplyDelta, ReplyDone, ReplySources, ReplyStarted
 from engine.speech import Transcriber
 from engine.state import connect
 from engine.tenants import create_tenant
@@ -40,8 +40,8 @@ BALANCE = 10
 
 
 class NoKnowledge:
-    async def retrieve(self, account_id: str, active: list[str], query: str, k: int) -> list:
-        return []
+    async def retrieve(self, account_id: str, active: list[str], query: str, k: int) -> Knowledge:
+        return Knowledge(snippets=[], topics=[])
 
 
 class Rig:
