@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from engine.sentences import paragraph_spans, sentence_spans, sentences
+from engine.sentences import paragraph_spans, sentence_spans
 
 
 class Chunk(msgspec.Struct, frozen=True):
@@ -152,7 +152,11 @@ def chunk_contexts(text: str, chunks: list[Chunk], label: str | None) -> list[st
     text, which replies quote, is left as it was."""
     found = list(_HEADING_LINE.finditer(text))
     heading_starts = [m.start() for m in found]
-    first = next((s for s in sentences(text) if not _HEADING_LINE.fullmatch(s)), None)
+    prose = (
+        span for span in sentence_spans(text) if not _HEADING_LINE.fullmatch(text[slice(*span)])
+    )
+    first_start, first_end = next(prose, (len(text), len(text)))
+    first = text[first_start:first_end]
     base = [label.strip()] if label and label.strip() else []
     contexts = []
     for chunk in chunks:
@@ -160,7 +164,7 @@ def chunk_contexts(text: str, chunks: list[Chunk], label: str | None) -> list[st
         above = bisect.bisect_left(heading_starts, chunk.start)
         if above:
             parts.append(found[above - 1].group(1))
-        if chunk.start > 0 and first:
+        if chunk.start > first_start:  # the chunk does not hold the first sentence
             parts.append(first)
         contexts.append("\n".join(dict.fromkeys(parts))[:CONTEXT_CHARACTERS])
     return contexts

@@ -274,6 +274,8 @@ def unpack(packed: str) -> list[np.ndarray]:
     if not packed:
         return []
     count, _, data = packed.partition(":")
+    if not int(count):
+        return []
     rows = np.frombuffer(base64.b64decode(data), dtype=np.float16).astype(np.float32)
     return list(rows.reshape(int(count), -1))
 

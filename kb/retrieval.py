@@ -106,18 +106,21 @@ class KnowledgeRetriever:
         return self._lexical.search(account_id, ids, query)
 
 
-_NUMBERING = re.compile(r"\s*(?:[#(\[]\s*\d+\s*[)\]]?|\d+)$")
+_NUMBERING = re.compile(r"\s*(?:#\s*\d+|\(\s*\d+\s*\)|\[\s*\d+\s*\])$")
+"""A running number ("Shipping #2", "Shipping (2)"), not a number that names ("Windows 11")."""
 _FILE_WORDS = re.compile(r"[-_.\s]+")
 
 
 def topics(docs: Sequence[Document]) -> list[str]:
     """What documents are about, by their labels (a running number dropped: "Shipping #2"
-    is "Shipping"), or their file names when they have no label; each once, in the
-    persona's order."""
+    is "Shipping"), or their file names when they have no label or the label is only a
+    running number; each once, in the persona's order."""
     found: dict[str, str] = {}
     for doc in docs:
-        name = doc.label or _FILE_WORDS.sub(" ", (doc.original_file_name or "").rsplit(".", 1)[0])
-        name = _NUMBERING.sub("", name.strip()).strip()
+        name = _NUMBERING.sub("", (doc.label or "").strip()).strip()
+        if not name:
+            stem = (doc.original_file_name or "").rsplit(".", 1)[0]
+            name = _FILE_WORDS.sub(" ", stem).strip()
         if name:
             found.setdefault(name.casefold(), name)
     return list(found.values())

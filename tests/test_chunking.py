@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from kb.chunking import Chunk, chunk_text
+from kb.chunking import CONTEXT_CHARACTERS, Chunk, chunk_contexts, chunk_text, passage
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
 
@@ -202,3 +202,102 @@ def test_random_text_keeps_every_promise() -> None:
         assert bool(chunks) == bool(text.strip())
         assert_slices(text, chunks)
         assert_covers(text, chunks)
+
+
+GUIDE = """# Returns guide
+
+Items can be returned within 30 days. Keep the receipt safe.
+
+## Refunds
+
+Refunds reach your card in five working days. Cash refunds are paid in the shop.
+
+## Exchanges
+
+Exchanges are free in any of our shops. Sizes can be swapped too."""
+
+
+def test_a_chunk_is_read_with_its_label_heading_and_the_documents_first_sentence() -> None:
+    chunks = chunk_text(GUIDE, max_words=12, overlap_words=0)
+    first = "Items can be returned within 30 days."
+    assert [
+        (c.text, context)
+        for c, context in zip(chunks, chunk_contexts(GUIDE, chunks, "Returns"), strict=True)
+    ] == [
+        # The first chunk holds the first sentence already, and no heading is above it.
+        ("# Returns guide\n\nItems can be returned within 30 days.", "Returns"),
+        # The heading this chunk ends with is below its start: the one above counts.
+        ("Keep the receipt safe.\n\n## Refunds", f"Returns\nReturns guide\n{first}"),
+        ("Refunds reach your card in five working days.", f"Returns\nRefunds\n{first}"),
+        ("Cash refunds are paid in the shop.\n\n## Exchanges", f"Returns\nRefunds\n{first}"),
+        ("Exchanges are free in any of our shops.", f"Returns\nExchanges\n{first}"),
+        ("Sizes can be swapped too.", f"Returns\nExchanges\n{first}"),
+    ]
+
+
+def test_no_label_means_no_label_line() -> None:
+    chunks = chunk_text(GUIDE, max_words=12, overlap_words=0)
+    first = "Items can be returned within 30 days."
+    for label in (None, "", "   "):
+        contexts = chunk_contexts(GUIDE, chunks, label)
+        assert contexts[0] == ""
+        assert contexts[1] == f"Returns guide\n{first}"
+        assert contexts[-1] == f"Exchanges\n{first}"
+    # A label is trimmed.
+    assert chunk_contexts(GUIDE, chunks, "  Returns  ")[0] == "Returns"
+
+
+def test_without_headings_a_later_chunk_is_read_with_the_first_sentence() -> None:
+    text, written = sentences_text(seed=5, paragraphs=6)
+    chunks = chunk_text(text, max_words=30, overlap_words=0)
+    assert len(chunks) > 2
+    contexts = chunk_contexts(text, chunks, "Greek letters")
+    assert contexts[0] == "Greek letters"
+    assert contexts[1:] == [f"Greek letters\n{written[0]}"] * (len(chunks) - 1)
+    assert chunk_contexts(text, chunks, None)[1:] == [written[0]] * (len(chunks) - 1)
+
+
+def test_a_context_is_capped() -> None:
+    long_first = "Alpha " + "beta " * 200 + "gamma."
+    text = f"# Heading\n\n{long_first}\n\nSecond paragraph here. " + "More words. " * 40
+    chunks = chunk_text(text, max_words=60, overlap_words=0)
+    assert len(chunks) > 1
+    contexts = chunk_contexts(text, chunks, "A label " * 10)
+    assert all(len(c) <= CONTEXT_CHARACTERS for c in contexts)
+    assert contexts[-1].startswith("A label A label") and len(contexts[-1]) == CONTEXT_CHARACTERS
+    assert (
+        contexts[-1]
+        == ("A label " * 10).strip() + "\nHeading\n" + long_first[: CONTEXT_CHARACTERS - 88]
+    )
+
+
+@pytest.mark.parametrize(
+    ("context", "keywords", "expected"),
+    [
+        (
+            "Returns\nRefunds",
+            ["refund", "money back"],
+            "Returns\nRefunds\n\nBODY\nKeywords: refund, money back",
+        ),
+        ("Returns", [], "Returns\n\nBODY"),
+        ("", ["refund"], "BODY\nKeywords: refund"),
+        ("", [], "BODY"),
+    ],
+)
+def test_a_passage_is_context_text_and_keywords_with_the_texts_offset(
+    context: str, keywords: list[str], expected: str
+) -> None:
+    text = "Refunds reach your card in five working days. Cash is paid in the shop."
+    whole, offset = passage(context, text, keywords)
+    assert whole == expected.replace("BODY", text)
+    assert whole[offset : offset + len(text)] == text
+
+
+def test_a_chunk_that_holds_the_first_sentence_is_not_given_it_again() -> None:
+    # Extraction keeps leading blank lines, and a heading may open the text: the first
+    # chunk then starts before its first sentence, and still holds it.
+    for text in ("\n\n  Opening hours are nine to five. We close on Sundays.",
+                 "# Hours\n\nOpening hours are nine to five. We close on Sundays."):  # fmt: skip
+        chunks = chunk_text(text)
+        assert len(chunks) == 1
+        assert chunk_contexts(text, chunks, None) == [""]

@@ -13,7 +13,7 @@ import pytest
 
 from engine.config import Settings
 from engine.errors import IndexUnavailable
-from kb.index import VectorIndex
+from kb.index import VectorIndex, _hit, pack, unpack
 from tests.conftest import free_port
 
 VECTOR = np.full((1, 384), 384**-0.5, dtype=np.float32)
@@ -78,3 +78,89 @@ async def test_an_error_response_from_the_way_to_chroma_is_unavailable(
     index = VectorIndex(Settings(data_dir=str(tmp_path), chroma_url=bad_gateway))
     with pytest.raises(IndexUnavailable):
         await index.ping()
+
+
+def unit_rows(count: int, seed: int) -> np.ndarray:
+    rows = np.random.default_rng(seed).normal(size=(count, 384)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_packed_vectors_come_back_at_float16_precision() -> None:
+    vectors = unit_rows(6, seed=3)
+    packed = pack(list(vectors), 384)
+    assert isinstance(packed, str) and packed.startswith("6:")
+    back = np.array(unpack(packed))
+    assert back.shape == (6, 384) and back.dtype == np.float32
+    assert np.abs(back - vectors).max() < 1e-3  # float16 keeps ~3 decimal digits
+    # Cosines, between themselves and with another vector, are kept to 1e-3.
+    back_unit = back / np.linalg.norm(back, axis=1, keepdims=True)
+    assert np.abs(np.sum(back_unit * vectors, axis=1) - 1).max() < 1e-3
+    other = unit_rows(1, seed=4)[0]
+    assert np.abs(back_unit @ other - vectors @ other).max() < 1e-3
+    assert np.abs(back_unit @ back_unit.T - vectors @ vectors.T).max() < 1e-3
+
+
+def test_a_missing_vector_packs_as_zeros_and_comes_back_as_none() -> None:
+    vectors = unit_rows(2, seed=5)
+    packed = pack([vectors[0], None, vectors[1]], 384)
+    rows = unpack(packed)
+    assert len(rows) == 3 and not rows[1].any()
+    hit = _hit(
+        "faq@1#0",
+        "First. Second. Third.",
+        {
+            "external_id": "faq",
+            "context": "FAQ",
+            "document": pack([vectors[0]], 384),
+            "sentences": packed,
+        },
+        0.5,
+    )
+    assert hit.sentences[1] is None
+    assert hit.sentences[0] is not None and hit.sentences[2] is not None
+    assert float(hit.sentences[2] @ vectors[1]) > 1 - 1e-3
+    assert hit.document is not None and float(hit.document @ vectors[0]) > 1 - 1e-3
+    assert hit.context == "FAQ" and hit.external_id == "faq" and hit.score == 0.5
+
+
+def test_an_empty_pack_and_a_chunk_from_before_vectors_unpack_to_nothing() -> None:
+    assert unpack("") == []
+    old = _hit("faq@1#0", "Text.", {"external_id": "faq"}, 0.2)
+    assert old.document is None and old.sentences == [] and old.context == ""
+
+
+async def test_packed_vectors_survive_a_round_trip_through_chroma(tmp_path: Path) -> None:
+    index = VectorIndex(Settings(data_dir=str(tmp_path)))
+    chunk, document, sentence = unit_rows(3, seed=6)
+    await index.add(
+        "packs",
+        ids=["faq@1#0"],
+        vectors=chunk[None, :],
+        texts=["One sentence. Another one, past the model's reach."],
+        metadatas=[
+            {
+                "external_id": "faq",
+                "doc_gen": "faq@1",
+                "chunk": 0,
+                "context": "FAQ",
+                "document": pack([document], 384),
+                "sentences": pack([sentence, None], 384),
+            }
+        ],
+    )
+    for hit in [
+        *await index.query("packs", chunk, 1, ["faq@1#0"]),
+        *await index.chunks("packs", ["faq@1#0"], chunk),
+    ]:
+        assert hit.score == pytest.approx(1.0, abs=1e-5)
+        assert hit.context == "FAQ"
+        assert hit.document is not None and float(hit.document @ document) > 1 - 1e-3
+        assert len(hit.sentences) == 2 and hit.sentences[1] is None
+        assert hit.sentences[0] is not None and float(hit.sentences[0] @ sentence) > 1 - 1e-3
+    # Read without a vector, a chunk's text and metadata come back, scored 0.
+    (plain,) = await index.chunks("packs", ["faq@1#0"])
+    assert plain.score == 0.0 and plain.context == "FAQ" and len(plain.sentences) == 2
+
+
+def test_no_vectors_pack_and_unpack_to_nothing() -> None:
+    assert unpack(pack([], 384)) == []
