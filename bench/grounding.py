@@ -147,7 +147,7 @@ def dense_rankings(answers: list[str], questions: list[str]) -> list[list[int]]:
 
 def retrieval_parts(entries: Sequence[faq.Entry]) -> dict[str, list[list[str]]]:
     """Rapport's own retrieval, in this process, with each of its parts alone: the same
-    chunks, contexts, vectors (``Embedder.embed_passages``), lexical index and ``fuse`` as
+    chunks, contexts, vectors (chunk and document), lexical index and ``fuse`` as
     the server, but every chunk scored exactly instead of Chroma's top candidates."""
     from kb.chunking import chunk_contexts, chunk_text, passage
     from kb.documents import chunk_owner
@@ -208,7 +208,7 @@ def retrieval_parts(entries: Sequence[faq.Entry]) -> dict[str, list[list[str]]]:
                 document_weight=document_weight,
                 lexical_weight=lexical_weight or 0.0,
             )
-            out[name].append([s.external_id for s in ranked])
+            out[name].append([found[0].external_id for found in ranked])
     return out
 
 

@@ -8,7 +8,7 @@ Each Rapport figure is compared with a peer measured in the same run:
    ``PUT /api/knowledge/docs/by-external-id/{id}`` each (queued at once); the clock stops when
    the last one is ``ready``. Peer: ``Embedder(threads=2).embed`` in this process on exactly
    the same texts the worker embeds (``extract``, ``chunk_text``, each chunk with its
-   context), in the worker's batches (per
+   context; then each sentence of the document once, shortest first), in the worker's batches (per
    document, ``EMBED_BATCH`` at a time). Runs alternate raw, pipeline, raw, ..., raw
    (``--ingest-rounds`` pipeline runs), and each pipeline run is compared with the raw runs
    on either side. The server runs with wrappers that time its worker's steps (embed,
@@ -18,8 +18,10 @@ Each Rapport figure is compared with a peer measured in the same run:
    through ``kb.index.VectorIndex``. ``--real-chunks`` chunks are real (embedded); the rest
    are real vectors plus Gaussian noise, renormalised, carrying the source chunk's text.
    Chunks are spread over ``--index-docs`` documents; ``--active`` of them are the
-   persona's. Timed, per query: the retriever's work (embed the query in a thread, then
-   ``VectorIndex.query`` restricted to the active documents' chunk ids, k=5) against the
+   persona's. Each chunk carries metadata of the size the worker writes (context, document
+   vector, six packed sentence vectors). Timed, per query: the retriever's dense step (embed
+   the query in a thread, then ``VectorIndex.query`` restricted to the active documents'
+   chunk ids, for the 20 candidates ``kb.retrieval`` asks; recall is of its first 5) against the
    peer, the same Chroma query with no filter; plus the query embedding alone, each query
    alone and the id filter alone (``get(ids=...)``).
 3. recall@5 of the filtered Chroma query against exact search (numpy dot products over the
@@ -65,10 +67,12 @@ from bench.http_overhead import (
     stop,
 )
 from engine.config import Settings
+from engine.sentences import sentences
 from kb.chunking import chunk_contexts, chunk_text, passage
 from kb.embedder import DIMENSIONS, Embedder
 from kb.extract import extract
-from kb.index import VectorIndex
+from kb.index import VectorIndex, pack
+from kb.retrieval import DENSE_CANDIDATES
 from kb.worker import EMBED_BATCH
 
 DOCS = "/api/knowledge/docs"
@@ -76,6 +80,17 @@ DOC = DOCS + "/by-external-id/{}"
 HEALTHZ = "/healthz"
 ACCOUNT = "bench"
 K = 5  # engine.turns.KNOWLEDGE_K
+CANDIDATES = K * DENSE_CANDIDATES
+"""Chunks the retriever asks Chroma for (kb.retrieval)."""
+_unit_rows = np.random.default_rng(0).normal(size=(7, DIMENSIONS)).astype(np.float32)
+_unit_rows /= np.linalg.norm(_unit_rows, axis=1, keepdims=True)
+PAYLOAD = {
+    "context": "A label\nA heading\nThe document's first sentence, as long as most are.",
+    "document": pack([_unit_rows[0]], DIMENSIONS),
+    "sentences": pack(list(_unit_rows[1:]), DIMENSIONS),
+}
+"""What the worker stores besides (kb.worker.Processor._embed), at its usual size: a chunk of
+six sentences. Only the size matters to the query's time."""
 ADD_BATCH = 5000  # under Chroma's max batch size (5461 for the embedded store)
 LIST_BATCH = 100  # seed 000: up to 100 documents per batch call
 REQUEST_TIMEOUT_S = 30.0
@@ -190,6 +205,15 @@ def chunk_texts(text: str) -> list[str]:
     chunks = chunk_text(extracted.text)
     contexts = chunk_contexts(extracted.text, chunks, None)
     return [passage(c, k.text, [])[0] for c, k in zip(contexts, chunks, strict=True)]
+
+
+def sentence_batches(text: str) -> list[list[str]]:
+    """The worker's second embedding of a document: each sentence of its chunks once,
+    shortest first, EMBED_BATCH at a time (``kb.worker.Processor._embed``)."""
+    extracted = extract("txt", text.encode(), max_pages=500)
+    found = {s for chunk in chunk_text(extracted.text) for s in sentences(chunk.text)}
+    unique = sorted(found, key=len)
+    return [unique[i : i + EMBED_BATCH] for i in range(0, len(unique), EMBED_BATCH)]
 
 
 def batches(docs: list[list[str]]) -> list[list[str]]:
@@ -315,6 +339,7 @@ def ingest(
     texts = [document(rng) for _ in range(args.docs)]
     per_doc = [chunk_texts(t) for t in texts]
     work = batches(per_doc)
+    sentence_work = [b for t in texts for b in sentence_batches(t)]
     chunks = sum(len(d) for d in per_doc)
     words = sum(len(t.split()) for t in texts)
     tokens = sum(embedder.embed_counting(batch)[1] for batch in batches(per_doc))
@@ -342,6 +367,8 @@ def ingest(
         # raw, pipeline, raw, pipeline, ..., raw: each pipeline round sits between two raws.
         for r in range(args.ingest_rounds + 1):
             run, vectors = raw_embed(embedder, work)
+            more, _ = raw_embed(embedder, sentence_work)
+            run = RawRun(run.seconds + more.seconds, run.cpu + more.cpu)
             raws.append(run)
             print(f"raw embedder: {chunks / run.seconds:.1f} chunks/s", flush=True)
             if r == args.ingest_rounds:
@@ -550,14 +577,14 @@ async def measure_queries(
         measured = n >= warmup
         t0 = time.perf_counter()
         vector = (await anyio.to_thread.run_sync(embedder.embed, [query]))[0]
-        hits = await index.query(ACCOUNT, vector, K, active_ids)
+        hits = await index.query(ACCOUNT, vector, CANDIDATES, active_ids)
         t1 = time.perf_counter()
         vector = (await anyio.to_thread.run_sync(embedder.embed, [query]))[0]
         await anyio.to_thread.run_sync(unfiltered, vector)
         t2 = time.perf_counter()
         vector = embedder.embed([query])[0]
         t3 = time.perf_counter()
-        await index.query(ACCOUNT, vector, K, active_ids)
+        await index.query(ACCOUNT, vector, CANDIDATES, active_ids)
         t4 = time.perf_counter()
         await anyio.to_thread.run_sync(unfiltered, vector)
         t5 = time.perf_counter()
@@ -621,7 +648,9 @@ async def retrieval(
                 ids=[f"{tag}#{c}" for _, tag, c in meta],
                 vectors=all_vectors[lo:hi],
                 texts=all_texts[lo:hi],
-                metadatas=[{"external_id": e, "doc_gen": t, "chunk": c} for e, t, c in meta],
+                metadatas=[
+                    {"external_id": e, "doc_gen": t, "chunk": c, **PAYLOAD} for e, t, c in meta
+                ],
             )
         rate = (size - built) / (time.perf_counter() - started)
         built = size

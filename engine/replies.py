@@ -43,7 +43,8 @@ class Knowledge(msgspec.Struct, frozen=True):
     """What retrieval found for one message."""
 
     snippets: list[Snippet]
-    """One per document, best first."""
+    """The best documents' best chunks: documents best first, each document's chunks
+    together, best first."""
     topics: list[str]
     """What the persona's active documents are about, by their labels: what it can help
     with, whatever the message."""
@@ -119,7 +120,8 @@ class Retriever(Protocol):
     async def retrieve(
         self, account_id: str, active: Sequence[str], query: str, k: int
     ) -> Knowledge:
-        """The best snippets, one per document, of the ``k`` best among the ``active``
-        documents (external_ids, read with the turn's other state) that are ready, best
-        first (none for an empty ``query``), and the topics those documents cover."""
+        """The best chunks of the ``k`` best documents among the ``active`` ones
+        (external_ids, read with the turn's other state) that are ready (see
+        :attr:`Knowledge.snippets`; none for an empty ``query``), and the topics those
+        documents cover."""
         ...

@@ -2,13 +2,16 @@
 
 It answers the social part of a message (greetings, thanks, "who are you", "what's my
 name": :mod:`engine.smalltalk`) in the persona's voice, and the rest only with sentences
-taken from the persona's knowledge snippets. The retriever hands the snippets over best
-first, one per document; the first that answers is quoted. A snippet scored ``RELEVANT`` or
-more is about the message; below that, down to ``RELATED``, only its sentences that share half
-the message's words count ("Can I return my shoes?" scores 0.37 against a passage on returns
-that says "Returns are free for 30 days"). When no sentence is left, or none comes close to
-what is asked (``ANSWERS``), it says plainly that its knowledge does not cover it, names the
-topics it does cover, and invents nothing.
+taken from the persona's knowledge snippets. The retriever hands them over by document, best
+document first, each document's best chunks together; the first document that answers is
+quoted. A document whose best snippet scores ``RELEVANT`` or more is about the message; below
+that, down to ``RELATED``, only its sentences that share half the message's words count
+("Can I return my shoes?" scores 0.37 against a passage on returns that says "Returns are
+free for 30 days"). Lower would answer more of the Python FAQ (1.8 % more at 0.35, where no
+off-topic question comes closer than 0.28 to an answer) but would answer "Do you sell
+fishing rods?" from an outdoor shop's trekking poles (0.41). When no sentence is left, or
+none comes close to what is asked (``ANSWERS``), it says plainly that its knowledge does
+not cover it, names the topics it does cover, and invents nothing.
 
 Choosing the sentence takes both lexical and embedding evidence. The words the snippet
 repeats (in two of its sentences or more) name what it is about, say "Lumen backpack"; the
@@ -16,8 +19,8 @@ message less those words is what is asked about it ("which colours does the come
 sentence is compared in meaning with that question, so "It is available in rust red, ochre
 and plum" beats "The Lumen backpack is our choice for multi-day hikes", which a comparison
 with the whole message prefers because it repeats the name. Sentence vectors are made at
-ingest, from the chunk's own pass (``kb.embedder.Embedder.embed_passages``); only the
-question is embedded here. Other documents nearly as close as the quoted one are named
+ingest, each sentence embedded on its own (``kb.worker``); only what is asked and the
+message are embedded here. Other documents nearly as close as the quoted one are named
 after the quote and cited too, up to ``MAX_SOURCES``. BENCHMARKS.md ("Grounding") has the
 measurements behind these constants.
 
@@ -53,7 +56,7 @@ from engine.smalltalk import listed, named_topics, social
 from engine.words import STOPWORDS, WORD, stem, words
 
 MAX_SENTENCES = 2
-RELEVANT = 0.35
+RELEVANT = 0.45
 """A snippet this similar to the message (cosine) is about it."""
 RELATED = 0.3
 """A snippet between this and RELEVANT counts only through sentences sharing words."""
@@ -70,7 +73,7 @@ the Lumen backpack vegan?" against "The Lumen backpack is our choice for multi-d
 is 0.04 + 0.52 and is declined; "Can I return shoes I wore once?" against "Returned items
 must be unused" is 0.19 + 0.46 and answers."""
 SNIPPETS_READ = 3
-"""Only the most relevant snippets are read: the answer is in the top three for 99 % of the
+"""Only the most relevant documents are read: the answer is in the top three for 99 % of the
 answerable questions measured, and every sentence read is a sentence embedded."""
 SECOND_WITHIN = 0.05
 """A second sentence is quoted only when it scores nearly as well as the best."""
@@ -109,8 +112,11 @@ CAN_HELP = {
 NO_IMAGES = "I can't look at images, so I can only go by what you write."
 MAX_SOURCES = 3
 """Documents a reply cites: the one it quotes and up to two more that cover the question."""
-RELATED_WITHIN = 0.2
-"""A further document is cited when it is about the question and this close to the quoted."""
+RELATED_WITHIN = 0.3
+"""A further document is cited when it is this close to the quoted one..."""
+CITED = 0.3
+"""...and at least this close to the question. Lower than ``RELEVANT``: the reply already
+answers from a document that is about the question, and points to others beside it."""
 UNLABELLED = ("another document", "two other documents")
 
 
@@ -133,31 +139,47 @@ def asked_about(message: str, top: Snippet) -> str:
     return " ".join(kept) if any(stem(w.lower()) not in STOPWORDS for w in kept) else message
 
 
-def choose(
-    message: str, snippets: Sequence[Snippet], similarity: dict[str, np.ndarray]
-) -> tuple[Snippet, list[str]] | None:
-    """The first snippet, in the retriever's order, that answers, and the sentences of it
-    to quote, in reading order. ``similarity`` is each sentence's cosine to what is asked
-    (``asked_about``) and to the whole message: the first ranks the sentences, both say
-    whether a sentence answers at all (``ANSWERS``, ``ANSWERS_WITH_MESSAGE``)."""
-    asked = words(message)
+def by_document(snippets: Sequence[Snippet]) -> list[list[Snippet]]:
+    """The retriever's snippets as documents, in its order: each document's chunks come
+    together, its best first."""
+    documents: dict[str, list[Snippet]] = {}
     for snippet in snippets:
+        documents.setdefault(snippet.external_id, []).append(snippet)
+    return list(documents.values())
+
+
+def choose(
+    message: str, documents: Sequence[list[Snippet]], similarity: dict[str, np.ndarray]
+) -> tuple[Snippet, list[str]] | None:
+    """The first document, in the retriever's order, that answers (as its best snippet),
+    and the sentences of its snippets to quote, in reading order. ``similarity`` is each
+    sentence's cosine to what is asked (``asked_about``) and to the whole message: the first
+    ranks the sentences, both say whether a sentence answers at all (``ANSWERS``,
+    ``ANSWERS_WITH_MESSAGE``). Whether a document is about the question at all is its best
+    snippet's score: the chunk that holds the answer need not be the closest one."""
+    asked = words(message)
+    for chunks in documents:
+        best = chunks[0]
         scored = []
-        for position, sentence in enumerate(sentences(snippet.text)):
-            closeness = similarity[sentence]
-            answers = float(closeness[0])
-            shared = len(asked & words(sentence)) / len(asked) if asked else 0.0
-            about = snippet.score >= RELEVANT or (snippet.score >= RELATED and shared >= SHARED)
-            if about and (answers >= ANSWERS or float(closeness.sum()) >= ANSWERS_WITH_MESSAGE):
-                scored.append((-answers, position, sentence))
+        for rank, snippet in enumerate(chunks):
+            for position, sentence in enumerate(sentences(snippet.text)):
+                closeness = similarity[sentence]
+                answers = float(closeness[0])
+                shared = len(asked & words(sentence)) / len(asked) if asked else 0.0
+                about = best.score >= RELEVANT or (best.score >= RELATED and shared >= SHARED)
+                if about and (answers >= ANSWERS or float(closeness.sum()) >= ANSWERS_WITH_MESSAGE):
+                    scored.append((-answers, rank, position, sentence))
         if scored:
             scored.sort()
-            best = -scored[0][0]
-            picked = [
-                scored[0],
-                *(s for s in scored[1:MAX_SENTENCES] if -s[0] >= best - SECOND_WITHIN),
-            ]
-            return snippet, [sentence for _, _, sentence in sorted(picked, key=lambda p: p[1])]
+            top = -scored[0][0]
+            picked = dict.fromkeys(
+                (rank, position, sentence)
+                for answers, rank, position, sentence in scored[:MAX_SENTENCES]
+                if -answers >= top - SECOND_WITHIN
+            )
+            # Chunks overlap: a sentence they share is quoted once, in reading order.
+            said = dict.fromkeys(sentence for _, _, sentence in sorted(picked))
+            return best, list(said)
     return None
 
 
@@ -174,13 +196,13 @@ def asks(text: str) -> bool:
 
 
 def related(quoted: Snippet, snippets: Sequence[Snippet]) -> list[Snippet]:
-    """Other documents the reply points to: about the question, nearly as close as the one
-    quoted, in the retriever's order."""
+    """Other documents the reply points to (as their best snippets): about the question,
+    nearly as close as the one quoted, in the retriever's order."""
     return [
         s
-        for s in snippets
+        for s in (chunks[0] for chunks in by_document(snippets))
         if s.external_id != quoted.external_id
-        and s.score >= RELEVANT
+        and s.score >= CITED
         and s.score >= quoted.score - RELATED_WITHIN
     ][: MAX_SOURCES - 1]
 
@@ -225,11 +247,12 @@ class SentenceVectors:
 async def best_sentences(
     message: str, snippets: Sequence[Snippet], vectors: SentenceVectors
 ) -> tuple[Snippet, list[str]] | None:
-    relevant = [s for s in snippets[:SNIPPETS_READ] if s.score >= RELATED]
-    if not relevant or not words(message):
+    documents = [d for d in by_document(snippets)[:SNIPPETS_READ] if d[0].score >= RELATED]
+    if not documents or not words(message):
         return None
-    asked = asked_about(message, relevant[0])
-    return choose(message, relevant, await vectors.similarity([asked, message], relevant))
+    asked = asked_about(message, documents[0][0])
+    read = [snippet for chunks in documents for snippet in chunks]
+    return choose(message, documents, await vectors.similarity([asked, message], read))
 
 
 _ENDS_SENTENCE = re.compile(r"[.!?\u2026][\"')\]\u2019\u201d]*$")

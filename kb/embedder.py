@@ -102,21 +102,8 @@ class Embedder:
     def embed_counting(self, texts: list[str]) -> tuple[np.ndarray, int]:
         """The vectors, and how many tokens the model saw (special tokens included, after
         truncation): what knowledge units count, taken from the same tokenisation."""
-        vectors, _, tokens = self.embed_passages(texts, [[] for _ in texts])
-        return vectors, tokens
-
-    def embed_passages(
-        self, texts: list[str], spans: list[list[tuple[int, int]]]
-    ) -> tuple[np.ndarray, list[list[np.ndarray | None]], int]:
-        """Each text's vector, a vector for each of its (start, end) character spans, and
-        the tokens the model saw.
-
-        A span's vector pools the token vectors of the text's own pass that fall inside the
-        span ("late chunking"): a chunk's sentences get vectors at no extra model cost, each
-        read in the context of its chunk. A span past the truncation point has none.
-        """
         if not texts:
-            return np.zeros((0, self.model.dimensions), dtype=np.float32), [], 0
+            return np.zeros((0, self.model.dimensions), dtype=np.float32), 0
         with self._lock:
             encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
@@ -127,34 +114,8 @@ class Embedder:
         (hidden,) = self._session.run([self.model.token_vectors], feed)
         weights = mask[:, :, None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        span_vectors = [
-            _pool_spans(hidden[row], encoding.offsets, encoding.special_tokens_mask, wanted)
-            for row, (encoding, wanted) in enumerate(zip(encodings, spans, strict=True))
-        ]
-        return _unit(pooled), span_vectors, int(mask.sum())
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
-
-
-def _pool_spans(
-    hidden: np.ndarray,
-    offsets: list[tuple[int, int]],
-    special: list[int],
-    spans: list[tuple[int, int]],
-) -> list[np.ndarray | None]:
-    if not spans:
-        return []
-    starts = np.array([a for a, _ in offsets])
-    ends = np.array([b for _, b in offsets])
-    real = (np.array(special) == 0) & (ends > starts)  # not [CLS], [SEP] or padding
-    found: list[np.ndarray | None] = []
-    for start, end in spans:
-        inside = real & (starts >= start) & (ends <= end)
-        found.append(_unit(hidden[inside].mean(axis=0)) if inside.any() else None)
-    return found
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32), int(mask.sum())
 
 
 _shared: dict[tuple[str, int], Embedder] = {}

@@ -6,8 +6,9 @@ so is every other account's collection, and a document whose vectors are another
 embedding model's. The persona's active set is read by the turn's
 opening script with the rest of its state (:mod:`engine.turn_store`) and handed in.
 
-Documents are ranked, not chunks; each comes back as its best chunk. A document's score
-fuses three things (BENCHMARKS.md, "Grounding", has the measurements on the Python FAQ):
+Documents are ranked, not chunks; each comes back as its best chunks (up to
+``CHUNKS_PER_DOCUMENT``), best first. A document's score fuses three things (BENCHMARKS.md,
+"Grounding", has the measurements on the Python FAQ):
 
 - its best chunk's cosine to the question (Chroma's search, among the active chunks);
 - the cosine of the document's own vector, the mean of its chunks', which every chunk
@@ -17,8 +18,8 @@ fuses three things (BENCHMARKS.md, "Grounding", has the measurements on the Pyth
 
 Dense and lexical candidates are both scored: a document found only by its words has its
 chunks' vectors read so that it is scored like any other. A snippet's ``score`` stays the
-best chunk's cosine, the measure of "is this about the question" that the responder's cuts
-are set in; the list's order is the fused ranking.
+chunk's cosine, the measure of "is this about the question" that the responder's cuts are
+set in; the list's order is the fused ranking of the documents.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ DENSE_CANDIDATES = 4
 """Chunks asked of Chroma for each document wanted."""
 LEXICAL_CANDIDATES = 3
 """Best lexical chunks whose documents are scored even when the dense search missed them."""
+CHUNKS_PER_DOCUMENT = 3
+"""A document's chunks handed on, best first: the one closest to the question as a whole is
+not always the one that holds what is asked ("Which colours does the Umber rain jacket
+come in?" is closest to a chunk about the jacket's redesign)."""
 DOCUMENT_WEIGHT = 0.5
 """How much the document's own vector counts beside its best chunk's."""
 LEXICAL_WEIGHT = 0.1
@@ -94,7 +99,7 @@ class KnowledgeRetriever:
         more = [i for d in docs if d.external_id in owners for i in d.live_chunk_ids()]
         hits += await self._index.chunks(account_id, more, asked)
         labels = {d.external_id: d.label or "" for d in docs}
-        return fuse(hits, lexical, asked, labels)[:k]
+        return [chunk for found in fuse(hits, lexical, asked, labels)[:k] for chunk in found]
 
     async def _lexical_scores(
         self, account_id: str, ids: list[str], query: str
@@ -134,34 +139,40 @@ def fuse(
     *,
     document_weight: float = DOCUMENT_WEIGHT,
     lexical_weight: float = LEXICAL_WEIGHT,
-) -> list[Snippet]:
-    """One snippet per document, its best chunk, best document first. (The weights are
-    parameters so that the grounding bench can score each part alone.)"""
-    best: dict[str, Hit] = {}
+) -> list[list[Snippet]]:
+    """The documents, best first, each as its chunks among ``hits``, best first, at most
+    ``CHUNKS_PER_DOCUMENT``. (The weights are parameters so that the grounding bench can
+    score each part alone.)"""
+    chunks: dict[str, dict[str, Hit]] = {}
     for hit in hits:
-        held = best.get(hit.external_id)
-        if held is None or hit.score > held.score:
-            best[hit.external_id] = hit
+        chunks.setdefault(hit.external_id, {})[hit.chunk_id] = hit
     top_lexical = max(lexical.values(), default=0.0) or 1.0
     lexical_best: dict[str, float] = {}
     for chunk_id, score in lexical.items():
         owner = chunk_owner(chunk_id)
         lexical_best[owner] = max(lexical_best.get(owner, 0.0), score)
 
-    def fused(hit: Hit) -> float:
-        whole = hit.score if hit.document is None else float(hit.document @ asked)
-        dense = (hit.score + document_weight * whole) / (1 + document_weight)
-        return dense + lexical_weight * lexical_best.get(hit.external_id, 0.0) / top_lexical
+    def fused(best: Hit) -> float:
+        whole = best.score if best.document is None else float(best.document @ asked)
+        dense = (best.score + document_weight * whole) / (1 + document_weight)
+        return dense + lexical_weight * lexical_best.get(best.external_id, 0.0) / top_lexical
 
-    ranked = sorted(best.values(), key=lambda h: (-fused(h), h.external_id))
+    documents = [
+        sorted(held.values(), key=lambda h: (-h.score, h.chunk_id))[:CHUNKS_PER_DOCUMENT]
+        for held in chunks.values()
+    ]
+    documents.sort(key=lambda found: (-fused(found[0]), found[0].external_id))
     return [
-        Snippet(
-            external_id=h.external_id,
-            text=h.text,
-            score=h.score,
-            label=labels.get(h.external_id, ""),
-            context=h.context,
-            sentence_vectors=tuple(h.sentences),
-        )
-        for h in ranked
+        [
+            Snippet(
+                external_id=h.external_id,
+                text=h.text,
+                score=h.score,
+                label=labels.get(h.external_id, ""),
+                context=h.context,
+                sentence_vectors=tuple(h.sentences),
+            )
+            for h in found
+        ]
+        for found in documents
     ]

@@ -28,7 +28,7 @@ import msgspec
 import numpy as np
 
 from engine.errors import RapportError, UnavailableError, ValidationFailed
-from engine.sentences import sentence_spans
+from engine.sentences import sentences
 from kb.chunking import chunk_contexts, chunk_text, passage
 from kb.curation import extracted_links
 from kb.documents import (
@@ -285,34 +285,27 @@ class Processor:
         self, doc: Document, texts: list[str], contexts: list[str]
     ) -> tuple[Chunks, int]:
         """One generation's chunks embedded, with their sentences' and their document's
-        vectors, ready for the index; and the tokens the model saw."""
-        embedded: list[str] = []
-        spans: list[list[tuple[int, int]]] = []
-        for context, text in zip(contexts, texts, strict=True):
-            whole, offset = passage(context, text, doc.keywords)
-            embedded.append(whole)
-            spans.append([(offset + a, offset + b) for a, b in sentence_spans(text)])
-        vectors: list[np.ndarray] = []
-        sentences: list[list[np.ndarray | None]] = []
-        tokens = 0
-        for start in range(0, len(embedded), EMBED_BATCH):
-            end = start + EMBED_BATCH
-            batch, pooled, seen = await anyio.to_thread.run_sync(
-                self._embedder.embed_passages, embedded[start:end], spans[start:end]
-            )
-            vectors.append(batch)
-            sentences.extend(pooled)
-            tokens += seen
-        chunk_vectors = np.concatenate(vectors, axis=0)
+        vectors, ready for the index; and the tokens the model saw for the chunks.
+
+        Each sentence is embedded on its own, once a document (chunks overlap), shortest
+        first so that a batch pads little: the responder picks the sentence to quote by
+        these vectors, and vectors pooled from the chunk's own pass instead, which cost
+        nothing more, carry so much of the chunk that they pick the right sentence far
+        less often (BENCHMARKS.md, "Grounding")."""
+        embedded = [passage(c, t, doc.keywords)[0] for c, t in zip(contexts, texts, strict=True)]
+        vectors, tokens = await self._embed_batches(embedded)
+        said = [sentences(text) for text in texts]
+        unique = sorted({s for found in said for s in found}, key=len)
+        sentence_vectors = dict(zip(unique, (await self._embed_batches(unique))[0], strict=True))
+        dimensions = self._embedder.model.dimensions
         # The document's own vector, which every chunk carries: a question about the whole
         # answer finds a document whose chunks each hold only part of it.
-        dimensions = self._embedder.model.dimensions
-        mean = chunk_vectors.mean(axis=0)
+        mean = vectors.mean(axis=0)
         document = pack([mean / max(float(np.linalg.norm(mean)), 1e-12)], dimensions)
         tag = doc.chunk_tag(doc.generation)
         prepared = Chunks(
             ids=[doc.chunk_id(doc.generation, index) for index in range(len(texts))],
-            vectors=chunk_vectors,
+            vectors=vectors,
             texts=texts,
             metadatas=[
                 {
@@ -321,12 +314,25 @@ class Processor:
                     "chunk": index,
                     "context": context,
                     "document": document,
-                    "sentences": pack(pooled, dimensions),
+                    "sentences": pack([sentence_vectors[s] for s in found], dimensions),
                 }
-                for index, (context, pooled) in enumerate(zip(contexts, sentences, strict=True))
+                for index, (context, found) in enumerate(zip(contexts, said, strict=True))
             ],
         )
         return prepared, tokens
+
+    async def _embed_batches(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """``texts`` embedded ``EMBED_BATCH`` at a time, off the event loop."""
+        vectors: list[np.ndarray] = []
+        tokens = 0
+        for start in range(0, len(texts), EMBED_BATCH):
+            batch = texts[start : start + EMBED_BATCH]
+            embedded, seen = await anyio.to_thread.run_sync(self._embedder.embed_counting, batch)
+            vectors.append(embedded)
+            tokens += seen
+        if not vectors:
+            return np.zeros((0, self._embedder.model.dimensions), dtype=np.float32), 0
+        return np.concatenate(vectors, axis=0), tokens
 
     async def _settle(self, outcome: JobResult) -> bool:
         """Apply the job's result to the stored record if that still holds the content the

@@ -22,6 +22,7 @@ from engine.memory import Memory
 from engine.personas import Persona, Sociality, TemperamentName
 from engine.replies import Reply, Snippet, TurnContext
 from engine.responder import (
+    CITED,
     MAX_SOURCES,
     MORE_IN,
     NO_ANSWER,
@@ -262,8 +263,8 @@ async def test_a_related_document_is_cited_and_named() -> None:
 
 @pytest.mark.parametrize(
     "score",
-    [RELATED - 0.1, RELEVANT - 0.01, ABOUT - RELATED_WITHIN - 0.01],
-    ids=["unrelated", "not-relevant", "far-behind"],
+    [RELATED - 0.1, CITED - 0.01, ABOUT - RELATED_WITHIN - 0.01],
+    ids=["unrelated", "not-close-enough", "far-behind"],
 )
 async def test_a_less_relevant_document_is_not_cited(score: float) -> None:
     second = Snippet("couriers", COURIERS.text, score, label=COURIERS.label)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from engine.accounts import AccountStore
 from engine.config import Settings
+from engine.replies import Snippet
 from engine.sentences import sentences
 from kb.chunking import chunk_contexts, chunk_text
 from kb.documents import Document, DocumentStore, new_document
@@ -21,7 +22,13 @@ from kb.embedder import shared_embedder
 from kb.index import Hit, VectorIndex
 from kb.ingest import Incoming, Ingest
 from kb.queue import ProcessingQueue
-from kb.retrieval import DENSE_CANDIDATES, KnowledgeRetriever, fuse, topics
+from kb.retrieval import (
+    CHUNKS_PER_DOCUMENT,
+    DENSE_CANDIDATES,
+    KnowledgeRetriever,
+    fuse,
+    topics,
+)
 from kb.worker import Processor
 
 
@@ -140,21 +147,21 @@ async def test_a_rare_word_finds_a_document_dense_search_ranks_last(
     dense = await kb.dense(account.id, docs, query)
     assert "picnic" not in {h.external_id for h in dense[:DENSE_CANDIDATES]}
     by_meaning = fuse(dense, {}, kb.embed(query), {}, lexical_weight=0)
-    assert [s.external_id for s in by_meaning] == ["grinder", "espresso", "picnic"]
+    assert [found[0].external_id for found in by_meaning] == ["grinder", "espresso", "picnic"]
 
     # Its rare word brings it in, first, as its best chunk by meaning: the one with the word.
     for k in (1, 2):
         found = await kb.retriever.retrieve(account.id, list(SHOP), query, k)
         assert found.snippets[0].external_id == "picnic"
-        assert len(found.snippets) == k
-    (snippet,) = (await kb.retriever.retrieve(account.id, list(SHOP), query, 1)).snippets
+        assert len({s.external_id for s in found.snippets}) == k
+    snippet = (await kb.retriever.retrieve(account.id, list(SHOP), query, 1)).snippets[0]
     assert "XK-42" in snippet.text
     picnic = [h for h in dense if h.external_id == "picnic"]
     assert snippet.score == pytest.approx(max(h.score for h in picnic), abs=1e-5)
     assert snippet.score < dense[0].score  # the score stays the chunk's cosine
 
 
-async def test_one_snippet_per_document_its_best_chunk(
+async def test_a_document_comes_as_its_best_chunks_together_best_first(
     redis: aioredis.Redis, tmp_path: Path
 ) -> None:
     kb = KB(redis, tmp_path)
@@ -167,14 +174,20 @@ async def test_one_snippet_per_document_its_best_chunk(
     for k in (1, 2, 3, 10):
         found = await kb.retriever.retrieve(account.id, list(SHOP), query, k)
         ids = [s.external_id for s in found.snippets]
-        assert len(ids) == len(set(ids)) == min(k, 3)
-        assert ids[0] == "espresso"
-        for snippet in found.snippets:
-            best = max(
-                (h for h in dense if h.external_id == snippet.external_id), key=lambda h: h.score
-            )
-            assert snippet.text == best.text
-            assert snippet.score == pytest.approx(best.score, abs=1e-5)
+        documents = list(dict.fromkeys(ids))
+        assert len(documents) == min(k, 3) and documents[0] == "espresso"
+        for document in documents:
+            chunks = [s for s in found.snippets if s.external_id == document]
+            # Together, best first, at most CHUNKS_PER_DOCUMENT, each once.
+            start = ids.index(document)
+            assert ids[start : start + len(chunks)] == [document] * len(chunks)
+            assert 1 <= len(chunks) <= CHUNKS_PER_DOCUMENT
+            assert len({c.text for c in chunks}) == len(chunks)
+            assert [c.score for c in chunks] == sorted((c.score for c in chunks), reverse=True)
+            best = max((h for h in dense if h.external_id == document), key=lambda h: h.score)
+            assert chunks[0].text == best.text
+            assert chunks[0].score == pytest.approx(best.score, abs=1e-5)
+        assert ids.count("espresso") == CHUNKS_PER_DOCUMENT
 
 
 HOURS = (
@@ -260,33 +273,41 @@ def hit(external_id: str, score: float, document: float | None, index: int = 0) 
 QUESTION = np.array([1.0, 0.0, 0.0], dtype=np.float32)
 
 
+def firsts(ranked: list[list[Snippet]]) -> list[str]:
+    return [found[0].external_id for found in ranked]
+
+
 def test_fuse_counts_the_document_vector_and_the_words() -> None:
     # "whole": two chunks, each a part of the answer; "part": one chunk, a closer match.
     hits = [hit("whole", 0.50, 0.80, 0), hit("whole", 0.45, 0.80, 1), hit("part", 0.55, 0.55)]
     ranked = fuse(hits, {}, QUESTION, {})
-    assert [s.external_id for s in ranked] == ["whole", "part"]
-    assert [s.text for s in ranked] == ["whole 0", "part 0"]  # the best chunk, once
-    assert ranked[0].score == 0.50  # the chunk's cosine, not the fused score
+    assert firsts(ranked) == ["whole", "part"]
+    # Each document as its chunks, best first.
+    assert [[s.text for s in found] for found in ranked] == [["whole 0", "whole 1"], ["part 0"]]
+    assert ranked[0][0].score == 0.50  # the chunk's cosine, not the fused score
     chunks_only = fuse(hits, {}, QUESTION, {}, document_weight=0)
-    assert [s.external_id for s in chunks_only] == ["part", "whole"]
+    assert firsts(chunks_only) == ["part", "whole"]
     # A chunk indexed before documents had vectors counts its own cosine for its document.
     legacy = fuse([hit("whole", 0.50, None), hit("part", 0.55, 0.55)], {}, QUESTION, {})
-    assert [s.external_id for s in legacy] == ["part", "whole"]
+    assert firsts(legacy) == ["part", "whole"]
     # Words count as a share of the best BM25 score, up to the lexical weight.
     tied = [hit("a", 0.50, 0.50), hit("b", 0.55, 0.55)]
-    assert [s.external_id for s in fuse(tied, {"a@1#0": 4.0}, QUESTION, {})] == ["a", "b"]
+    assert firsts(fuse(tied, {"a@1#0": 4.0}, QUESTION, {})) == ["a", "b"]
     both = {"a@1#0": 4.0, "b@1#0": 3.0}
-    assert [s.external_id for s in fuse(tied, both, QUESTION, {})] == ["b", "a"]
-    # A document's best BM25 chunk counts for it even when another is its snippet.
+    assert firsts(fuse(tied, both, QUESTION, {})) == ["b", "a"]
+    # A document's best BM25 chunk counts for it even when another is its best snippet.
     split = [*tied, hit("a", 0.30, 0.50, 1)]
     ranked = fuse(split, {"a@1#1": 4.0}, QUESTION, {"b": "Beans"})
-    assert [(s.external_id, s.text, s.label) for s in ranked] == [
-        ("a", "a 0", ""),
-        ("b", "b 0", "Beans"),
+    assert [[(s.external_id, s.text, s.label) for s in found] for found in ranked] == [
+        [("a", "a 0", ""), ("a", "a 1", "")],
+        [("b", "b 0", "Beans")],
     ]
     # Its best BM25 chunk, not whichever of its chunks came last.
     ranked = fuse(split, {"a@1#1": 4.0, "a@1#0": 0.5}, QUESTION, {})
-    assert [s.external_id for s in ranked] == ["a", "b"]
+    assert firsts(ranked) == ["a", "b"]
+    # The same chunk found twice (by meaning and by its words) is handed on once.
+    twice = fuse([*tied, hit("a", 0.50, 0.50)], {}, QUESTION, {})
+    assert [len(found) for found in twice] == [1, 1]
 
 
 async def test_a_snippet_carries_its_label_context_and_sentence_vectors(
@@ -300,7 +321,8 @@ async def test_a_snippet_carries_its_label_context_and_sentence_vectors(
     assert docs[0].live_chunks == 2
     query = "Can I get a refund on a sale item?"
     found = await kb.retriever.retrieve(account.id, list(texts), query, 2)
-    first, second = found.snippets
+    first = found.snippets[0]
+    second = next(s for s in found.snippets if s.external_id != "guide")
     assert first.external_id == "guide" and first.label == "Store FAQ"
     assert second.external_id == "delivery" and second.label == ""
     # The chunk on returns, which starts with the overlap from the chunk before and holds its

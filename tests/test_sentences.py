@@ -110,20 +110,19 @@ async def test_the_responder_reads_a_chunk_as_the_sentences_the_chunker_kept_who
     assert [t for t in embedded if not t.lower().startswith("how much")] == QUOTED
 
 
-async def test_sentence_vectors_made_at_ingest_line_up_with_the_responders_sentences() -> None:
-    # The worker pools a vector for each span sentence_spans finds in a chunk; the responder
+async def test_sentence_vectors_made_at_ingest_are_used_not_made_again() -> None:
+    # The worker embeds each of sentences(chunk) and stores them in that order; the responder
     # reads them against sentences(chunk): where both agree, no sentence is embedded again.
     text = " ".join(QUOTED)
     embedder = shared_embedder()
-    _, pooled, _ = embedder.embed_passages([text], [sentence_spans(text)])
-    assert len(pooled[0]) == len(sentences(text)) and all(v is not None for v in pooled[0])
+    stored = tuple(embedder.embed(sentences(text)))
     embedded: list[str] = []
 
     def embed(texts: list[str]) -> np.ndarray:
         embedded.extend(texts)
         return embedder.embed(texts)
 
-    snippet = Snippet("doc", text, 0.9, sentence_vectors=tuple(pooled[0]))
+    snippet = Snippet("doc", text, 0.9, sentence_vectors=stored)
     chosen = await best_sentences("How much is the lamp?", [snippet], SentenceVectors(embed))
     assert not set(embedded) & set(QUOTED)
     assert chosen is not None and chosen[1] == ["The lamp costs 40 euros."]
