@@ -15,7 +15,17 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
-from api import conversation, docs, knowledge, pages, personas, sessions, subscription, system
+from api import (
+    conversation,
+    docs,
+    knowledge,
+    pages,
+    personas,
+    projects,
+    sessions,
+    subscription,
+    system,
+)
 from api.auth import ApiKeyAuth
 from api.bodylimit import DeclaredBodyLimit
 from api.logs import configure
@@ -42,6 +52,7 @@ OPERATIONS: list[Operation] = [
     *conversation.OPERATIONS,
     *knowledge.OPERATIONS,
     *personas.OPERATIONS,
+    *projects.OPERATIONS,
     *sessions.OPERATIONS,
     *pages.OPERATIONS,
 ]

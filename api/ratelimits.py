@@ -38,7 +38,7 @@ def is_persona_upload(method: str, path: str) -> bool:
     """Persona media and portraits (seed 000 PersonaUploads)."""
     return (
         method == "POST"
-        and path.startswith("/api/personas/")
+        and path.startswith(("/api/personas/", "/api/projects/"))
         and path.endswith(("/media", "/generate-image"))
     )
 
