@@ -16,6 +16,9 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from api import (
+    clone_admin,
+    clone_chat,
+    clone_kb,
     conversation,
     docs,
     knowledge,
@@ -51,6 +54,9 @@ OPERATIONS: list[Operation] = [
     *subscription.OPERATIONS,
     *conversation.OPERATIONS,
     *knowledge.OPERATIONS,
+    *clone_kb.OPERATIONS,
+    *clone_chat.OPERATIONS,
+    *clone_admin.OPERATIONS,
     *personas.OPERATIONS,
     *projects.OPERATIONS,
     *sessions.OPERATIONS,
@@ -105,7 +111,9 @@ def create_app(settings: Settings) -> ASGIApp:
         gc.freeze()
         log.info("ready on http://%s:%d", settings.host, settings.port)
         stop = asyncio.Event()
-        processing = asyncio.create_task(services.processor.run(stop))
+        processing = asyncio.create_task(
+            services.processor.run(stop) if settings.kb_worker else stop.wait()
+        )
         listeners = [
             asyncio.create_task(reembed(services, settings.embedding_model)),
             asyncio.create_task(services.hub.run()),

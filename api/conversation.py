@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.operations import Operation
-from api.problems import invalid_input, render
+from api.problems import invalid_input, nested_too_deeply, render
 from api.queries import parse_query
 from api.responses import JSON
 from api.services import Services
@@ -40,13 +40,15 @@ from engine.turn_runner import TurnFailure, TurnResult
 from engine.turns import TurnInput, Voice
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+MAX_MESSAGE = 4000
+Message = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MESSAGE)]
 # The two base64 payloads at their limits, plus room for every other field.
 BODY_LIMIT = MAX_IMAGE_B64 + MAX_VOICE_B64 + 256 * 1024
 
 
 class ConversationRequest(msgspec.Struct):
     user_id: UserId
-    message: Annotated[str, msgspec.Meta(min_length=1, max_length=4000)] | None = None
+    message: Message | None = None
     image_b64: Annotated[str, msgspec.Meta(max_length=MAX_IMAGE_B64)] | None = None
     image_mime: ImageMime | None = None
     voice_b64: Annotated[str, msgspec.Meta(max_length=MAX_VOICE_B64)] | None = None
@@ -102,6 +104,8 @@ def parse(body: bytes) -> ConversationRequest:
         raise invalid_input(exc) from None
     except msgspec.DecodeError:
         raise ValidationFailed("The body is not valid JSON.") from None
+    except RecursionError:
+        raise nested_too_deeply() from None
     # Seed 004's rules between fields.
     if request.message is None and request.image_b64 is None and request.voice_b64 is None:
         raise ValidationFailed(

@@ -331,9 +331,14 @@ async def delete_one(request: Request) -> Response:
     services: Services = request.state.services
     principal: Principal = request.state.principal
     doc = await _existing(services, principal.account_id, external_id_of(request))
-    await services.docs.delete(principal.account_id, doc)
-    await services.index.delete(principal.account_id, {"external_id": doc.external_id})
+    await remove_document(services, principal.account_id, doc)
     return Response(status_code=204)
+
+
+async def remove_document(services: Services, account_id: str, doc: Document) -> None:
+    """A document gone: its record, content and activations, then its chunks."""
+    await services.docs.delete(account_id, doc)
+    await services.index.delete(account_id, {"external_id": doc.external_id})
 
 
 async def process(request: Request) -> Response:

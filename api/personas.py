@@ -1,10 +1,10 @@
 """``/api/personas``: persona CRUD (seed 003), knowledge activation (seed 000), the default.
 
 Persona bodies use seed 003's field names (``systemPrompt``, ``imageUrl``, ``createdAt``),
-plus seed 004's traits and seed 000's ``publishSettings``; input may also be written in
-snake_case (``system_prompt``, ``publish_settings``). As in seed 003, PUT changes only the
-fields it is given, and so does PATCH. A name is unique within an account (409
-``resource.conflict``); another account's persona is 404 everywhere.
+plus seed 004's traits, seed 000's ``publishSettings`` and seed 002's ``configuration``;
+input may also be written in snake_case (``system_prompt``, ``publish_settings``). As in
+seed 003, PUT changes only the fields it is given, and so does PATCH. A name is unique
+within an account (409 ``resource.conflict``); another account's persona is 404 everywhere.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from starlette.responses import Response
 from api.forms import read_upload
 from api.knowledge import ExternalId
 from api.operations import Operation
-from api.problems import invalid_input
+from api.problems import invalid_input, nested_too_deeply
 from api.queries import Paging, parse_query
 from api.responses import JSON
 from api.services import Services
@@ -33,12 +33,13 @@ from engine.errors import (
     PreconditionFailed,
     ValidationFailed,
 )
-from engine.persona_media import EXTENSIONS, LIMITS, Kind, Media
+from engine.persona_media import EXTENSIONS, LIMITS, Kind, Media, VideoDetails, VoiceProfile
 from engine.personas import (
     Age,
     Archetype,
     Archetypes,
     Availability,
+    Configuration,
     Description,
     Gender,
     Headers,
@@ -85,6 +86,8 @@ class PersonaIn(msgspec.Struct, forbid_unknown_fields=True):
     sociality: Sociality | msgspec.UnsetType = msgspec.UNSET
     archetypes: Archetypes | msgspec.UnsetType = msgspec.UNSET
     publish_settings: PublishSettingsIn | msgspec.UnsetType = msgspec.UNSET
+    configuration: Configuration | msgspec.UnsetType = msgspec.UNSET
+    """Replaced whole; at most 16 KiB of JSON, 32 levels deep."""
 
     def changes(self) -> dict[str, Any]:
         """The given fields, under the engine's names (role, image)."""
@@ -122,6 +125,7 @@ class PersonaView(msgspec.Struct, rename="camel"):
     sociality: Sociality
     archetypes: list[Archetype]
     publish_settings: PublishSettingsView
+    configuration: Configuration
     is_default: bool
     media: list[MediaView]
     created_at: datetime
@@ -137,6 +141,17 @@ class MediaView(msgspec.Struct, rename="camel"):
     url: str
     """Where to fetch the bytes (GET, with the API key)."""
     created_at: datetime
+    voice_profile: VoiceProfile | None
+    """A voice sample's language, tone and pitch, when given (seed 002)."""
+    video_details: VideoDetailsView | None
+    """A video's title, description, duration and resolution, when given (seed 002)."""
+
+
+class VideoDetailsView(msgspec.Struct, rename="camel"):
+    title: str
+    description: str
+    duration_seconds: int
+    resolution: str
 
 
 class PersonaPage(msgspec.Struct):
@@ -158,12 +173,13 @@ class DefaultChoice(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
-# Header names are the caller's own: their spelling is kept as sent.
-_KEEP_KEYS_UNDER = frozenset({"headers"})
+# Header names and configuration keys are the caller's own: their spelling is kept as sent.
+_KEEP_KEYS_UNDER = frozenset({"headers", "configuration"})
 
 
 def snake_keys(value: Any) -> Any:
-    """``systemPrompt`` → ``system_prompt``, recursively, except inside ``headers``."""
+    """``systemPrompt`` → ``system_prompt``, recursively, except inside ``headers`` and
+    ``configuration``."""
     if isinstance(value, dict):
         return {
             (snake := _SNAKE.sub("_", key).lower()): (
@@ -181,6 +197,16 @@ def decode(body: bytes, kind: type[Any]) -> Any:
         return msgspec.convert(snake_keys(msgspec.json.decode(body)), kind)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise invalid_input(exc) from None
+    except RecursionError:
+        raise nested_too_deeply() from None
+
+
+def video_details_view(details: VideoDetails | None) -> VideoDetailsView | None:
+    if details is None:
+        return None
+    return VideoDetailsView(
+        details.title, details.description, details.duration_seconds, details.resolution
+    )
 
 
 def media_view(persona_id: str, media: Media) -> MediaView:
@@ -192,6 +218,8 @@ def media_view(persona_id: str, media: Media) -> MediaView:
         file_name=media.file_name,
         url=f"/api/personas/{persona_id}/media/{media.id}",
         created_at=media.created_at,
+        voice_profile=media.voice_profile,
+        video_details=video_details_view(media.video_details),
     )
 
 
@@ -218,6 +246,7 @@ def view(persona: Persona, default_id: str | None, media: list[Media]) -> Person
             else AvailabilityView(publish.availability.time_zone, publish.availability.windows),
             allowed_modes=publish.allowed_modes,
         ),
+        configuration=persona.configuration,
         is_default=persona.id == default_id,
         media=[media_view(persona.id, m) for m in media],
         created_at=persona.created_at,
@@ -284,15 +313,20 @@ async def update_persona(request: Request) -> Response:
 
 async def delete_persona(request: Request) -> Response:
     services, account_id = context(request)
+    await remove_persona(services, account_id, request.path_params["persona_id"])
+    return Response(status_code=204)
+
+
+async def remove_persona(services: Services, account_id: str, persona_id: str) -> None:
+    """A persona gone, with its activations and media (the default one is refused)."""
     await delete_persona_everywhere(
         services.accounts,
         services.personas,
         services.media,
         services.activations.forget_persona,
         account_id,
-        request.path_params["persona_id"],
+        persona_id,
     )
-    return Response(status_code=204)
 
 
 async def get_default(request: Request) -> Response:

@@ -121,8 +121,8 @@ async def refuse(scope: Scope, receive: Receive, send: Send, error: RapportError
     await render(scope, error)(scope, receive, send)
 
 
-# msgspec names a missing or unknown field of the top-level object in the text only.
-_TOP_LEVEL_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `([^`]+)`")
+# msgspec names a missing or unknown field in the text only; the path is its object's.
+_OBJECT_FIELD = re.compile(r"Object (?:missing required|contains unknown) field `([^`]+)`")
 
 
 def invalid_input(exc: msgspec.MsgspecError, prefix: str = "") -> ValidationFailed:
@@ -131,10 +131,15 @@ def invalid_input(exc: msgspec.MsgspecError, prefix: str = "") -> ValidationFail
     if not located:
         text, where = str(exc), ""
     field = where.rstrip("`").lstrip(".")
-    if not field and (named := _TOP_LEVEL_FIELD.fullmatch(text)):
-        field = named[1]
+    if named := _OBJECT_FIELD.fullmatch(text):
+        field = f"{field}.{named[1]}" if field else named[1]
     field = prefix + (field or "body")
     return ValidationFailed(f"{field}: {text}", errors={field: [text]})
+
+
+def nested_too_deeply() -> ValidationFailed:
+    """A body of arrays or objects some thousand deep: msgspec raises RecursionError."""
+    return ValidationFailed("body: nested too deeply.", errors={"body": ["nested too deeply"]})
 
 
 def from_http_exception(exc: HTTPException) -> RapportError:

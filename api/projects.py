@@ -10,6 +10,7 @@ answers a bare array of every persona, where ``/api/personas`` pages.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -42,6 +43,7 @@ async def check_project(request: Request) -> None:
 def in_project(handler: Handler) -> Handler:
     """``handler`` for a project's persona; an unknown persona is seed 003's 404."""
 
+    @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
         await check_project(request)
         try:

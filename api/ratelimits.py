@@ -22,24 +22,37 @@ from engine.ratelimit import RateLimits
 
 MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UPLOAD_PATHS = ("/api/knowledge/files", "/api/knowledge/docs")
+PAGE_WRITES = frozenset(
+    ("/api/kb/store-pages", "/api/kb/stream-pages", "/api/kb/training-data", "/api/kb/review-data")
+)
 # A turn counts its API key's window itself, in the turn's opening round trip
 # (engine.turn_runner); counted here as well, every turn would spend two hits.
 TURN_PATH = "/api/v1/conversation"
 
 
 def is_upload(method: str, path: str) -> bool:
-    """Document uploads: the file endpoint and both document upserts (PUT)."""
+    """Document uploads: the file endpoint, both document upserts (PUT), and seed 002's
+    writes of pages, training data and articles for review."""
     if path == UPLOAD_PATHS[0]:
         return method == "POST"
+    if path in PAGE_WRITES:
+        return method in ("POST", "PUT")
     return method == "PUT" and path.startswith(UPLOAD_PATHS[1])
 
 
+# Seed 002's voice samples and videos, which go to the default persona's media.
+CLONE_UPLOAD_PATHS = ("/api/admin/add_voice", "/api/admin/video")
+
+
 def is_persona_upload(method: str, path: str) -> bool:
-    """Persona media and portraits (seed 000 PersonaUploads)."""
-    return (
-        method == "POST"
-        and path.startswith(("/api/personas/", "/api/projects/"))
-        and path.endswith(("/media", "/generate-image"))
+    """Persona media, seed 002's voice samples and videos, and portraits (seed 000
+    PersonaUploads)."""
+    return method == "POST" and (
+        path in CLONE_UPLOAD_PATHS
+        or (
+            path.startswith(("/api/personas/", "/api/projects/"))
+            and path.endswith(("/media", "/generate-image"))
+        )
     )
 
 

@@ -149,14 +149,13 @@ class Services:
             workers=settings.stt_workers,
             max_seconds=settings.stt_max_seconds,
         )
+        self.retriever = KnowledgeRetriever(
+            docs=self.docs, index=self.index, embedder=self.embedder
+        )
         pipeline = TurnPipeline(
             personas=self.personas,
             memory=self.memory,
-            retriever=KnowledgeRetriever(
-                docs=self.docs,
-                index=self.index,
-                embedder=self.embedder,
-            ),
+            retriever=self.retriever,
             backend=self.backend,
             transcriber=self.transcriber,
             summariser=self.backend if isinstance(self.backend, OpenAICompatible) else None,

@@ -32,7 +32,7 @@ from api.responses import JSON
 from api.services import Services
 from engine.config import SESSION_FRAME_LIMIT
 from engine.errors import Failure, NotFound, OriginNotAllowed, RapportError, SessionGone
-from engine.personas import Mode
+from engine.personas import Mode, PersonaId
 from engine.ratelimit import Policy
 from sessions.capacity import Queued, Ready
 from sessions.frames import Budget, QueueUpdate
@@ -41,8 +41,6 @@ from sessions.waiting_room import SocketUrl
 
 UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 """Seed 004's user_id: 1..128, the same end user as the conversation API's."""
-# Rapport's ids are letters, digits, '-' and '_'; this keeps anything else out of Redis keys.
-PersonaId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class SessionIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -77,7 +77,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     llm_max_tokens: Annotated[int, msgspec.Meta(ge=1, le=32768)] = 512
     """Largest reply, in tokens, asked of the LLM."""
     key_rpm: Annotated[int, msgspec.Meta(ge=1)] = 60
-    """Conversation API requests per minute per API key (seed 004 default)."""
+    """Conversation API requests (and seed 002 chat turns) per minute per API key (seed 004
+    default)."""
     ip_rpm: Annotated[int, msgspec.Meta(ge=1)] = 360
     """Conversation API requests per minute per client IP (seed 004 default)."""
     uploads_rpm: Annotated[int, msgspec.Meta(ge=1)] = 60
@@ -113,6 +114,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Largest uploaded file (upload.file_too_large above)."""
     kb_lease_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
     """How long a processing job may run before another worker may take it over."""
+    kb_worker: bool = True
+    """Run a processing worker in this process; false on nodes that only serve, while other
+    nodes (on the same Redis and Chroma) process the queue."""
     redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
     """Seconds a Redis connect, command or pool wait may take before the request gets a 503."""
     session_max_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 3600

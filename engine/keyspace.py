@@ -106,6 +106,13 @@ class AccountKeys:
         """Hash: one end user's summary, known facts and byte count of the turns list."""
         return f"{self.base}:user:{_segment(user_id)}:meta"
 
+    @property
+    def memory_users(self) -> str:
+        """Sorted set: the account's end users who have a memory (user_id as given) -> the
+        time (ms) of their latest turn. Kept by the script that appends a turn, so it is
+        exact; a user leaves it when forgotten (:mod:`engine.memory`)."""
+        return f"{self.base}:users"
+
     def doc(self, external_id: str) -> str:
         """String: one knowledge document's record (msgspec JSON)."""
         return f"{self.base}:doc:{_segment(external_id)}"

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import openai
@@ -27,7 +29,7 @@ from openai import AsyncStream
 from openai.types.chat import ChatCompletion
 
 from engine.errors import UpstreamFailed, UpstreamTimeout
-from engine.prompt import build_messages, summary_messages
+from engine.prompt import build_messages, questions_messages, summary_messages
 from engine.replies import (
     Emit,
     Reply,
@@ -38,6 +40,7 @@ from engine.replies import (
     TurnContext,
     ignore,
 )
+from engine.sentences import sentences
 
 SUMMARY_TOKENS = 200
 
@@ -128,23 +131,36 @@ class OpenAICompatible:
 
     async def summarise(self, summary: str) -> str:
         """A condensed version of a memory summary (one short, non-streamed request)."""
+        text = await self._complete(summary_messages(summary))
+        if not text.strip():
+            raise UpstreamFailed("The model returned an empty summary.")
+        return text.strip()
+
+    async def questions(
+        self, topics: list[str], context: str | None, passages: list[str], count: int
+    ) -> list[str]:
+        """Questions the passages answer, written by the model (one short request): the
+        sentences of its answer that are questions, numbering and bullets dropped."""
+        text = await self._complete(questions_messages(topics, context, passages, count))
+        said = sentences(text, lowercase_starts=True)
+        asked = (_LIST_MARK.sub("", sentence).strip() for sentence in said)
+        return list(dict.fromkeys(q for q in asked if q.endswith("?")))[:count]
+
+    async def _complete(self, messages: list[dict[str, Any]]) -> str:
+        """One short, non-streamed completion's text ("" for none)."""
         with upstream_errors():
             completion = await self._client.post(
                 "/chat/completions",
                 cast_to=ChatCompletion,
-                body={
-                    "model": self._model,
-                    "messages": summary_messages(summary),
-                    "max_tokens": SUMMARY_TOKENS,
-                },
+                body={"model": self._model, "messages": messages, "max_tokens": SUMMARY_TOKENS},
             )
-        text = completion.choices[0].message.content if completion.choices else None
-        if not text or not text.strip():
-            raise UpstreamFailed("The model returned an empty summary.")
-        return text.strip()
+        return (completion.choices[0].message.content if completion.choices else None) or ""
 
     async def close(self) -> None:
         await self._client.close()
+
+
+_LIST_MARK = re.compile(r"^\s*(?:[-*\u2022]|\d{1,3}[.)])\s*")
 
 
 class OpenAIImages:

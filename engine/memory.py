@@ -1,11 +1,16 @@
 """Per-user memory: what one end user (``user_id``, seed 004's memory key) said before.
 
-Each (account, user_id) has two keys, both under the account's hash tag so a Lua script over
-them stays legal in Redis Cluster:
+Each (account, user_id) has two keys, and the account one index of its users, all under the
+account's hash tag so a Lua script over them stays legal in Redis Cluster:
 
 - ``memory_turns``: a list of :class:`Turn` as msgspec JSON, oldest first, appended at the right;
 - ``memory_meta``: a hash with ``bytes`` (the total size of the JSON in the list), ``summary``
-  and ``facts`` (a JSON object of what the user told us about themselves, e.g. their name).
+  and ``facts`` (a JSON object of what the user told us about themselves, e.g. their name);
+- ``memory_users``: a sorted set of the account's users who have a memory, scored by the time
+  of their latest turn. The script that appends a turn adds its user there, and ``forget``
+  removes the user with their keys in one transaction, so the index is exact under any
+  concurrency: a user is listed exactly when their meta hash exists (``remember`` creates it,
+  and nothing else writes one that is gone).
 
 Bounds. The stored turns of one user never exceed ``max_bytes`` once a ``remember`` returns:
 one script appends the turn, counts its bytes and pops the oldest turns while the total is
@@ -84,13 +89,16 @@ _decode_facts = msgspec.json.Decoder(dict[str, str]).decode
 
 # Append, count and trim in one step: the Lua function ``remember``, spliced into the
 # standalone script below and into the turn's closing script (engine/turn_store.py). The
-# turn's JSON, the byte bound, and facts to merge as a JSON object ('' for none). Lua's # is
-# a byte length, which is what the bound is in. Facts are merged here too, so "a later
-# statement replaces an earlier one" follows the order in which turns were stored. Returns
-# the popped turns' JSON.
+# turn's JSON, the byte bound, and facts to merge as a JSON object ('' for none), then the
+# user's member in the account's users index and the turn's time (ms). Lua's # is a byte
+# length, which is what the bound is in. Facts are merged here too, so "a later statement
+# replaces an earlier one" follows the order in which turns were stored. The index keeps a
+# user's latest time (GT: a turn stored late never moves its user back). Returns the popped
+# turns' JSON.
 REMEMBER = """
-local function remember(turns_key, meta_key, turn, bound, facts_json)
+local function remember(turns_key, meta_key, users_key, turn, bound, facts_json, member, at)
   redis.call('RPUSH', turns_key, turn)
+  redis.call('ZADD', users_key, 'GT', at, member)
   local total = redis.call('HINCRBY', meta_key, 'bytes', #turn)
   local trimmed = {}
   while total > bound do
@@ -121,7 +129,13 @@ local function recall(turns_key, meta_key, recent)
 end
 """
 
-_REMEMBER = REMEMBER + "return remember(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3])"
+NOTHING_TO_REMEMBER: tuple[str | int, ...] = ("", 0, "", "", 0)
+"""ARGV of ``remember`` that the turn's closing script reads as "nothing to remember"."""
+
+_REMEMBER = (
+    REMEMBER + "return remember(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), ARGV[3], "
+    "ARGV[4], tonumber(ARGV[5]))"
+)
 _RECALL = RECALL + "return recall(KEYS[1], KEYS[2], tonumber(ARGV[1]))"
 
 # Append digest lines to the summary and drop whole lines from the front until it fits.
@@ -178,9 +192,14 @@ class MemoryStore:
         return self.recalled(answer)
 
     def keys(self, account_id: str, user_id: str) -> list[str]:
-        """The user's turns list and meta hash: the keys of ``recall`` and ``remember``."""
+        """The user's turns list and meta hash: the keys of ``recall``."""
         keys = keyspace.AccountKeys(account_id)
         return [keys.memory_turns(user_id), keys.memory_meta(user_id)]
+
+    def remember_keys(self, account_id: str, user_id: str) -> list[str]:
+        """The keys of ``remember``: the user's turns list and meta hash, and the account's
+        users index."""
+        return [*self.keys(account_id, user_id), keyspace.AccountKeys(account_id).memory_users]
 
     @staticmethod
     def recalled(answer: list) -> Memory:
@@ -192,23 +211,30 @@ class MemoryStore:
             recent=[_decode_turn(raw) for raw in raws],
         )
 
-    def remember_args(self, turn: Turn) -> list[str | int]:
+    def remember_args(self, user_id: str, turn: Turn) -> list[str | int]:
         """ARGV of the Lua ``remember`` for ``turn``: its JSON (time in UTC), the byte bound,
-        and the facts its words tell (name, ...)."""
+        the facts its words tell (name, ...), the user's member in the users index and the
+        turn's time in ms."""
         if turn.at.tzinfo is None:
             turn = msgspec.structs.replace(turn, at=turn.at.replace(tzinfo=UTC))
         elif turn.at.utcoffset():
             turn = msgspec.structs.replace(turn, at=turn.at.astimezone(UTC))
         facts = extract_facts(turn.user)
-        return [_encode(turn).decode(), self._max_bytes, _encode(facts).decode() if facts else ""]
+        return [
+            _encode(turn).decode(),
+            self._max_bytes,
+            _encode(facts).decode() if facts else "",
+            user_id,
+            round(turn.at.timestamp() * 1000),
+        ]
 
     @redis_boundary
     async def remember(self, account_id: str, user_id: str, turn: Turn) -> bool:
         """Store one turn, learn facts from the user's words, fold what no longer fits.
 
         Returns whether the summary grew, so a caller with an LLM can condense it."""
-        keys = self.keys(account_id, user_id)
-        trimmed = await self._remember(keys=keys, args=self.remember_args(turn))
+        keys = self.remember_keys(account_id, user_id)
+        trimmed = await self._remember(keys=keys, args=self.remember_args(user_id, turn))
         return await self.fold(account_id, user_id, trimmed)
 
     @redis_boundary
@@ -248,10 +274,60 @@ class MemoryStore:
         return [_decode_turn(raw) for raw in reversed(raws)], total
 
     @redis_boundary
-    async def forget(self, account_id: str, user_id: str) -> bool:
-        """Erase everything remembered about the user; True if there was anything."""
+    async def conversation(self, account_id: str, user_id: str) -> list[Turn] | None:
+        """All the stored turns of one user, oldest first; None when the account has no
+        memory of that user."""
         keys = keyspace.AccountKeys(account_id)
-        return bool(await self._redis.delete(keys.memory_turns(user_id), keys.memory_meta(user_id)))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrange(keys.memory_turns(user_id), 0, -1)
+            pipe.exists(keys.memory_meta(user_id))
+            raws, known = await pipe.execute()
+        if not raws and not known:
+            return None
+        return [_decode_turn(raw) for raw in raws]
+
+    @redis_boundary
+    async def conversations(
+        self, account_id: str, *, limit: int, offset: int
+    ) -> tuple[list[tuple[str, list[Turn]]], int]:
+        """One page of the account's users who have a memory, the latest turn's first,
+        each with all their stored turns (oldest first), and how many such users there are.
+
+        Two round trips: the page of the users index, then their turns. A user forgotten in
+        between is left out of the page."""
+        if limit < 0 or offset < 0:
+            raise ValueError("limit and offset must be >= 0")
+        keys = keyspace.AccountKeys(account_id)
+        if limit == 0:
+            return [], await self._redis.zcard(keys.memory_users)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrevrange(keys.memory_users, offset, offset + limit - 1)
+            pipe.zcard(keys.memory_users)
+            users, total = await pipe.execute()
+        if not users:
+            return [], total
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for user_id in users:
+                pipe.lrange(keys.memory_turns(user_id), 0, -1)
+                pipe.exists(keys.memory_meta(user_id))
+            found = await pipe.execute()
+        page = [
+            (user_id, [_decode_turn(raw) for raw in raws])
+            for user_id, raws, known in zip(users, found[::2], found[1::2], strict=True)
+            if raws or known
+        ]
+        return page, total
+
+    @redis_boundary
+    async def forget(self, account_id: str, user_id: str) -> bool:
+        """Erase everything remembered about the user, and their place in the account's
+        users index; True if there was anything."""
+        keys = keyspace.AccountKeys(account_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.memory_turns(user_id), keys.memory_meta(user_id))
+            pipe.zrem(keys.memory_users, user_id)
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
 
 
 # --- the summary digest ---------------------------------------------------------------------

@@ -5,7 +5,8 @@ This module is the one place for a persona's fields and their limits: the stored
 types the ``/api/personas`` bodies are made of. Field limits come from seed 004 (the
 conversation API's ``persona`` object): name 1..64, age 1..120, gender, the twelve zodiac
 signs, temperament weights, sociality, up to 16 archetypes, role 1..1000. Names are unique
-within an account (seed 003: duplicate → 409).
+within an account (seed 003: duplicate → 409). Seed 002's instance ``configuration`` is any
+JSON object, kept as given and bounded (:func:`check_configuration`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from engine.ids import new_id
 from engine.persona_media import MediaStore
 from engine.state import redis_boundary
 
+PersonaId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""A persona id as a request names it. Rapport's ids are letters, digits, '-' and '_'; this
+keeps anything else out of Redis keys."""
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 """Seed 004: name 1..64."""
 ROLE_MAX_LENGTH = 1000
@@ -141,6 +145,40 @@ class Availability(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return any(w.day == day and w.start <= clock < w.end for w in self.windows)
 
 
+Configuration = dict[str, Any]
+"""Seed 002's instance ``configuration``: "Object, required, configuration settings"."""
+MAX_CONFIGURATION_BYTES = 16 * 1024
+"""Encoded as JSON. It is read with the persona, on every turn; seed 002 shows two settings."""
+MAX_CONFIGURATION_DEPTH = 32
+"""Objects and arrays inside one another. Far below what a JSON decoder can recurse into,
+so a stored persona always reads back, however deep the stack that reads it."""
+
+
+def _depth(value: Any) -> int:
+    """How many objects and arrays deep ``value`` (an object or array) goes; no recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                pending.append((child, level + 1))
+        deepest = max(deepest, level)
+    return deepest
+
+
+def check_configuration(configuration: Configuration, field: str = "configuration") -> None:
+    """400 ``validation.failed`` naming ``field`` for one over the size or nesting bound."""
+    size = len(_encode(configuration))
+    if size > MAX_CONFIGURATION_BYTES:
+        problem = f"{size} bytes of JSON, over {MAX_CONFIGURATION_BYTES}"
+    elif _depth(configuration) > MAX_CONFIGURATION_DEPTH:
+        problem = f"nested deeper than {MAX_CONFIGURATION_DEPTH} levels"
+    else:
+        return
+    raise ValidationFailed(f"{field}: {problem}.", errors={field: [problem]})
+
+
 SessionLimit = Annotated[int, msgspec.Meta(ge=1)]
 """Seed 000's SessionInteractionLimit and SessionDurationLimitSeconds; None = unlimited."""
 Modes = Annotated[list[Mode], msgspec.Meta(min_length=1)]
@@ -172,6 +210,8 @@ class Persona(msgspec.Struct, frozen=True, kw_only=True):
     headers: Headers = msgspec.field(default_factory=dict)
     image: ImageRef | None = None
     publish_settings: PublishSettings = msgspec.field(default_factory=PublishSettings)
+    configuration: Configuration = msgspec.field(default_factory=dict)
+    """Seed 002's instance configuration; Rapport keeps and shows it, and reads none of it."""
     created_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
     updated_at: datetime = msgspec.field(default_factory=lambda: datetime.now(UTC))
 
@@ -232,6 +272,7 @@ class PersonaStore:
     @redis_boundary
     async def create(self, account_id: str, **fields: object) -> Persona:
         persona = msgspec.convert({"id": new_id(), **fields}, Persona)
+        check_configuration(persona.configuration)
         persona = msgspec.structs.replace(_normalised(persona), updated_at=persona.created_at)
         keys = keyspace.AccountKeys(account_id)
         claimed = await self._create(
@@ -264,6 +305,7 @@ class PersonaStore:
             merged = msgspec.convert({**stored, **changes}, Persona)
         except msgspec.ValidationError as exc:
             raise ValidationFailed(f"persona: {exc}") from None
+        check_configuration(merged.configuration)
         merged = _normalised(merged)
         if merged == current:
             return current

@@ -64,6 +64,8 @@ def build_messages(context: TurnContext, *, vision: bool = False) -> list[dict[s
     text = context.message
     if context.voice_context:
         text += f"\n\n(The user also sent a voice note saying: {context.voice_context})"
+    if context.context:
+        text += f"\n\n(Additional context for this message: {context.context})"
     if context.image is None:
         messages.append({"role": "user", "content": text})
     elif vision:
@@ -100,4 +102,25 @@ def summary_messages(summary: str) -> list[dict[str, Any]]:
     return [
         {"role": "system", "content": SUMMARY_INSTRUCTION},
         {"role": "user", "content": summary},
+    ]
+
+
+QUESTIONS_INSTRUCTION = (
+    "Write questions a user could ask about the topics below that these passages answer. "
+    "Use only what the passages say. One question a line, at most {count}, nothing else."
+)
+
+
+def questions_messages(
+    topics: list[str], context: str | None, passages: list[str], count: int
+) -> list[dict[str, Any]]:
+    """What the model gets to write seed 002's prompts, grounded in retrieved passages."""
+    lines = [f"Topics: {'; '.join(topics)}"]
+    if context:
+        lines.append(f"Context: {context}")
+    lines.append("Passages:")
+    lines.extend(f"- {passage}" for passage in passages)
+    return [
+        {"role": "system", "content": QUESTIONS_INSTRUCTION.format(count=count)},
+        {"role": "user", "content": "\n".join(lines)},
     ]

@@ -65,6 +65,9 @@ class TurnContext(msgspec.Struct, frozen=True, kw_only=True):
     image: Image | None = None
     voice_context: str | None = None
     """A voice note's transcript sent along with a text message (seed 004: extra context)."""
+    context: str | None = None
+    """Extra context the caller sent with this turn (seed 002's chat ``context``). The LLM
+    reads it with the message; the embedded responder answers from knowledge only."""
 
 
 class Reply(msgspec.Struct, frozen=True):

@@ -39,7 +39,7 @@ from engine.errors import (
     StateUnavailable,
 )
 from engine.idempotency import CLAIM, SETTLE, Claim, Idempotency, IdempotencyKey
-from engine.memory import RECALL, REMEMBER, Memory, MemoryStore, Turn
+from engine.memory import NOTHING_TO_REMEMBER, RECALL, REMEMBER, Memory, MemoryStore, Turn
 from engine.personas import Persona
 from engine.ratelimit import HIT, WINDOW_MS, Quota, Window, now_ms
 from engine.state import unavailable_as
@@ -88,21 +88,22 @@ return {'open', quota, persona, recall(KEYS[5], KEYS[6], tonumber(ARGV[6])),
         redis.call('SMEMBERS', ARGV[7] .. persona_id .. ':docs'), budget and budget[2] or false}
 """
 
-# KEYS: 1 memory turns, 2 memory meta, 3 the idempotency key, 4 balance, 5 the caller's own
-# budget. ARGV: 1-3 the arguments of `remember` (1 is '' when nothing is remembered), 4-7
-# those of `settle` (4 is '' without a key), 8 '1' to give the request back, 9 the budget's
-# units to give back ('' : none). Returns the turns `remember` pushed out of the memory, for
-# the summary.
+# KEYS: 1 memory turns, 2 memory meta, 3 the account's users index, 4 the idempotency key,
+# 5 balance, 6 the caller's own budget. ARGV: 1-5 the arguments of `remember` (1 is '' when
+# nothing is remembered), 6-9 those of `settle` (6 is '' without a key), 10 '1' to give the
+# request back, 11 the budget's units to give back ('' : none). Returns the turns `remember`
+# pushed out of the memory, for the summary.
 _CLOSE = """
 local trimmed = {}
 if ARGV[1] ~= '' then
-  trimmed = remember(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), ARGV[3])
+  trimmed = remember(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4],
+                     tonumber(ARGV[5]))
 end
-if ARGV[4] ~= '' then
-  settle(KEYS[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]))
+if ARGV[6] ~= '' then
+  settle(KEYS[4], ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]))
 end
-if ARGV[8] == '1' then redis.call('INCR', KEYS[4]) end
-if ARGV[9] ~= '' then charge_budget(KEYS[5], -1, -tonumber(ARGV[9])) end
+if ARGV[10] == '1' then redis.call('INCR', KEYS[5]) end
+if ARGV[11] ~= '' then charge_budget(KEYS[6], -1, -tonumber(ARGV[11])) end
 return trimmed
 """
 _decode_persona = msgspec.json.Decoder(Persona).decode
@@ -254,11 +255,15 @@ class TurnStore:
         the request back when ``refund``, with ``budget``'s units. Returns whether the
         summary grew."""
         keys = keyspace.AccountKeys(account_id)
-        remember = self._memory.remember_args(turn) if turn is not None else ["", 0, ""]
+        remember = (
+            self._memory.remember_args(user_id, turn)
+            if turn is not None
+            else list(NOTHING_TO_REMEMBER)
+        )
         script = self._close if claim is None else self._close_settling
         trimmed = await script(
             keys=[
-                *self._memory.keys(account_id, user_id),
+                *self._memory.remember_keys(account_id, user_id),
                 claim.redis_key if claim else keys.idempotency("-"),
                 keys.balance,
                 budget.key if budget else keys.balance,

@@ -52,6 +52,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     voice: Voice | None = None
     persona_changes: dict[str, object] | None = None
     """Seed 004's ``persona`` object: merged into the account's default persona first."""
+    context: str | None = None
+    """Extra context for this turn from the caller (seed 002's chat ``context``)."""
 
 
 class Transcribed(msgspec.Struct, frozen=True, tag="transcript"):
@@ -129,6 +131,7 @@ class TurnPipeline:
             topics=knowledge.topics,
             image=turn.image,
             voice_context=voice_context,
+            context=turn.context or None,
         )
         reply = await self._backend.reply(context, emit)
         return TurnOutcome(message, reply, transcript)

@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import redis.asyncio as aioredis
@@ -101,6 +101,8 @@ class Document(msgspec.Struct, kw_only=True):
     content_hash: str = ""
     keywords: list[str] = msgspec.field(default_factory=list)
     """Seed 004's tags: embedded with every chunk, never shown or quoted."""
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    """Seed 002's page metadata (and a review's notes): kept and returned, never embedded."""
     generation: int = 0
     """Bumped by every content change; the newest content's number."""
     live_generation: int = 0

@@ -9,7 +9,7 @@ before anything is written, so an over-quota batch changes nothing.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -44,6 +44,8 @@ class Incoming(msgspec.Struct, frozen=True, kw_only=True):
     estimated_pages: int | None = None
     keywords: tuple[str, ...] = ()
     """Embedded with every chunk to help retrieval, never quoted (seed 004's ``tags``)."""
+    metadata: dict[str, Any] | None = None
+    """Seed 002's page metadata, kept and returned, never embedded; None leaves it as it is."""
 
 
 class UpsertResult(msgspec.Struct, frozen=True):
@@ -224,15 +226,18 @@ def requeue_for(model: str) -> Change:
 def plan(item: Incoming, current: Document | None, now: datetime, enqueue: bool) -> UpsertPlan:
     digest = content_hash(item.content_type, item.data + "\x00".join(item.keywords).encode())
     if current is not None and current.content_hash == digest:
-        if item.label is None or item.label == current.label:
+        label = current.label if item.label is None else item.label
+        metadata = current.metadata if item.metadata is None else item.metadata
+        if label == current.label and metadata == current.metadata:
             return UpsertPlan(item, current, None, 0, 0, False)
-        relabelled = msgspec.structs.replace(current, label=item.label)
-        return UpsertPlan(item, current, relabelled, 0, 0, False)
+        changed = msgspec.structs.replace(current, label=label, metadata=metadata)
+        return UpsertPlan(item, current, changed, 0, 0, False)
     estimated = knowledge_units(estimate_tokens(item.content_type, len(item.data)))
     base = current or new_document(item.external_id, now)
     document = msgspec.structs.replace(
         base,
         label=item.label if item.label is not None else base.label,
+        metadata=item.metadata if item.metadata is not None else base.metadata,
         original_file_name=item.original_file_name,
         content_type=item.content_type,
         content_size_bytes=len(item.data),
