@@ -51,6 +51,8 @@ def in_project(handler: Handler) -> Handler:
         except NotFound:
             raise NotFound("Persona not found") from None
 
+    # Its own name: the OpenAPI document names each operation after its endpoint.
+    endpoint.__name__ = f"project_{handler.__name__}"
     return endpoint
 
 

@@ -213,6 +213,8 @@ def test_openapi_describes_every_route(server: Server) -> None:
     routed -= {(path, "HEAD") for path, _ in routed}  # Starlette adds HEAD to every GET
     described = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
     assert described == routed
+    ids = [op["operationId"] for ops in spec["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))  # clients generate a method per operation id
     limits = spec["paths"][LIMITS]["get"]
     assert limits["security"]
     assert "auth.api_key_disabled" in limits["responses"]["401"]["description"]
