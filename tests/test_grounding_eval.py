@@ -78,3 +78,37 @@ def test_no_reply_invents_a_number_url_date_or_name(evaluation: tuple) -> None:
         if made_up := invented(reply["reply"], allowed):
             found[question] = made_up
     assert found == {}
+
+
+def test_the_issues_own_examples_through_the_whole_pipeline(server: Server) -> None:
+    # Issue 15 tried these on the embedded default and got the no-answer or glued templates.
+    key = server.new_tenant("returns-shop")
+    with server.client(timeout=60, headers={"X-Api-Key": key}) as client:
+        body = {
+            "content": "Items can be returned within 30 days. Returned items must be unused.",
+            "label": "Returns",
+        }
+        put = client.put("/api/knowledge/docs/by-external-id/returns", json=body)
+        assert put.status_code == 201
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while (
+            client.get("/api/knowledge/docs/by-external-id/returns").json()["processing_status"]
+            != "ready"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        persona = client.get("/api/personas/default").json()
+        active = {"external_ids": ["returns"]}
+        assert (
+            client.put(f"/api/personas/{persona['id']}/knowledge", json=active).status_code == 200
+        )
+
+        hello = ask(client, "ana", "Hi there")
+        assert hello["sources"] == [] and "don't have information" not in hello["reply"]
+        mixed = ask(client, "ana", "My name is Ana. Can I return shoes I wore once?")
+        quoted = ("Items can be returned within 30 days.", "Returned items must be unused.")
+        assert "Ana" in mixed["reply"] and any(q in mixed["reply"] for q in quoted)
+        assert mixed["sources"] == ["returns"]
+        assert ask(client, "ana", "What's my name?")["reply"].count("Ana") == 1
+        off = ask(client, "ana", "Who won the football World Cup in 2014?")
+        assert off["sources"] == [] and "Returns" in off["reply"]  # names what it covers
