@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from api.forms import read_upload
 from api.operations import Operation
-from api.problems import invalid_input
+from api.problems import invalid_input, nested_too_deeply
 from api.queries import DEFAULT_LIMIT, Limit, parse_query
 from api.responses import JSON
 from api.services import Services
@@ -152,6 +152,8 @@ async def upsert_batch(request: Request) -> Response:
         batch = _decode_batch(await request.body())
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise invalid_input(exc) from None
+    except RecursionError:  # skipping a value thousands deep runs out of stack
+        raise nested_too_deeply() from None
     accepted: list[Incoming] = []
     results: list[ItemResult | None] = []
     seen: set[str] = set()
