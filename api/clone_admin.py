@@ -28,7 +28,7 @@ silent (errors, limits) the ``/api/`` family's problem documents and limits appl
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 from starlette.requests import Request
@@ -36,7 +36,7 @@ from starlette.responses import Response
 
 from api.operations import Operation
 from api.personas import context, default_id, remove_persona
-from api.problems import invalid_input, nested_too_deeply
+from api.problems import decode_body
 from api.responses import JSON
 from api.services import Services
 from engine.errors import Conflict, Failure, FileTooLarge, NotFound
@@ -132,16 +132,6 @@ class InstanceDeleted(msgspec.Struct, kw_only=True):
     message: str = "Instance deleted successfully"
 
 
-def parse(body: bytes, kind: type[Any]) -> Any:
-    """The body as ``kind``; anything else is 400 ``validation.failed`` naming the field."""
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.DecodeError as exc:  # ValidationError is one
-        raise invalid_input(exc) from None
-    except RecursionError:
-        raise nested_too_deeply() from None
-
-
 async def default_persona(services: Services, account_id: str) -> str:
     chosen = await default_id(services, account_id)
     if chosen is None:
@@ -151,7 +141,7 @@ async def default_persona(services: Services, account_id: str) -> str:
 
 async def add_voice(request: Request) -> Response:
     services, account_id = context(request)
-    given: VoiceData = parse(await request.body(), AddVoice).voice_data
+    given: VoiceData = decode_body(await request.body(), AddVoice).voice_data
     mime, data = decode_file("voice", "voice_data.sample_audio", given.sample_audio)
     profile = VoiceProfile(given.language, given.tone, given.pitch)
     persona_id = await default_persona(services, account_id)
@@ -161,7 +151,7 @@ async def add_voice(request: Request) -> Response:
 
 async def add_video(request: Request) -> Response:
     services, account_id = context(request)
-    given: VideoData = parse(await request.body(), AddVideo).video_data
+    given: VideoData = decode_body(await request.body(), AddVideo).video_data
     mime, data = decode_file("video", "video_data.file", given.file)
     details = VideoDetails(
         title=given.title,
@@ -176,7 +166,7 @@ async def add_video(request: Request) -> Response:
 
 async def create_instance(request: Request) -> Response:
     services, account_id = context(request)
-    given: InstanceData = parse(await request.body(), NewInstance).instance_data
+    given: InstanceData = decode_body(await request.body(), NewInstance).instance_data
     check_configuration(given.configuration, "instance_data.configuration")
     try:
         persona = await services.personas.create(
@@ -198,7 +188,7 @@ async def create_admin_instance(request: Request) -> Response:
 
 async def delete_instance(request: Request) -> Response:
     services, account_id = context(request)
-    given: InstanceRef = parse(await request.body(), InstanceRef)
+    given: InstanceRef = decode_body(await request.body(), InstanceRef)
     await remove_persona(services, account_id, given.instance_id)
     return JSON(InstanceDeleted())
 

@@ -38,7 +38,7 @@ from starlette.responses import Response
 
 from api.knowledge import MAX_BATCH, external_id_of, remove_document
 from api.operations import Operation
-from api.problems import invalid_input, nested_too_deeply
+from api.problems import decode_body
 from api.queries import Paging, parse_query
 from api.responses import JSON, Duplex
 from api.services import Services
@@ -159,15 +159,6 @@ class Prompts(msgspec.Struct):
     prompts: list[str]
 
 
-def decode(body: bytes, kind: type[Any]) -> Any:
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise invalid_input(exc) from None
-    except RecursionError:
-        raise nested_too_deeply() from None
-
-
 def caller(request: Request) -> tuple[Services, str]:
     services: Services = request.state.services
     principal: Principal = request.state.principal
@@ -190,7 +181,7 @@ def results(pages: list[Page], outcomes: list[UpsertResult]) -> list[PageResult]
 
 async def store_pages(request: Request) -> Response:
     services, account_id = caller(request)
-    given = decode(await request.body(), PagesIn)
+    given = decode_body(await request.body(), PagesIn)
     outcomes = await store(services, account_id, [p.incoming() for p in given.pages])
     return JSON(Stored(SUCCESS, "Pages stored successfully", results(given.pages, outcomes)))
 
@@ -200,7 +191,7 @@ async def stream_pages(request: Request) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip() == NDJSON:
         stream_id = parse_query(request.query_params, StreamQuery).stream_id
         return Duplex(streamed(services, account_id, stream_id, request.stream()), NDJSON)
-    data = decode(await request.body(), StreamIn).stream_data
+    data = decode_body(await request.body(), StreamIn).stream_data
     outcomes = await store(services, account_id, [p.incoming(data.stream_id) for p in data.pages])
     return JSON(
         Streamed(
@@ -221,7 +212,7 @@ async def streamed(
         try:
             if line is None:
                 raise ValidationFailed(f"The line is longer than {MAX_LINE} bytes.")
-            page = decode(line, Page)
+            page = decode_body(line, Page)
             (outcome,) = await services.ingest.upsert(
                 account_id, [page.incoming(stream_id)], enqueue=True
             )
@@ -307,7 +298,7 @@ def joined(texts: list[str]) -> str:
 
 async def put_training_data(request: Request) -> Response:
     services, account_id = caller(request)
-    item = decode(await request.body(), TrainingIn).training_data
+    item = decode_body(await request.body(), TrainingIn).training_data
     incoming = Incoming(external_id=item.id, data=item.content.encode(), content_type="txt")
     (outcome,) = await services.ingest.upsert(account_id, [incoming], enqueue=True)
     return JSON(
@@ -327,7 +318,7 @@ async def delete_training_data(request: Request) -> Response:
 
 async def review_data(request: Request) -> Response:
     services, account_id = caller(request)
-    data = decode(await request.body(), ReviewIn).review_data
+    data = decode_body(await request.body(), ReviewIn).review_data
     items = {i.external_id: i for i in (article(text, data.notes) for text in data.articles)}
     await services.ingest.upsert(account_id, list(items.values()), enqueue=False)
     return JSON(Done(SUCCESS, "Data submitted for review", ids=list(items)))
@@ -335,7 +326,7 @@ async def review_data(request: Request) -> Response:
 
 async def auto_generate_prompts(request: Request) -> Response:
     services, account_id = caller(request)
-    data = decode(await request.body(), PromptsIn).data
+    data = decode_body(await request.body(), PromptsIn).data
     persona_id = (await services.accounts.get(account_id)).default_persona_id
     active = await services.activations.active(account_id, persona_id) if persona_id else []
     picked: dict[str, None] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TypeVar
 
 import msgspec
 from starlette.exceptions import HTTPException
@@ -137,9 +138,22 @@ def invalid_input(exc: msgspec.MsgspecError, prefix: str = "") -> ValidationFail
     return ValidationFailed(f"{field}: {text}", errors={field: [text]})
 
 
+T = TypeVar("T")
+
+
 def nested_too_deeply() -> ValidationFailed:
     """A body of arrays or objects some thousand deep: msgspec raises RecursionError."""
     return ValidationFailed("body: nested too deeply.", errors={"body": ["nested too deeply"]})
+
+
+def decode_body(body: bytes, kind: type[T]) -> T:
+    """A JSON body as ``kind``; anything else is 400 ``validation.failed`` naming the field."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.DecodeError as exc:  # a ValidationError is one too
+        raise invalid_input(exc) from None
+    except RecursionError:
+        raise nested_too_deeply() from None
 
 
 def from_http_exception(exc: HTTPException) -> RapportError:
