@@ -179,7 +179,12 @@ class TurnRunner:
         ``total_ms`` counts. Raises the turn's failure as a RapportError."""
         started = self._clock() if started is None else started
         opened = await self._store.open(
-            turn.account_id, turn.user_id, key_slot=key_slot, idempotency_key=key, budget=budget
+            turn.account_id,
+            turn.user_id,
+            key_slot=key_slot,
+            idempotency_key=key,
+            budget=budget,
+            persona_id=turn.persona_id,
         )
         if isinstance(opened, Replay):
             return Answer(_decode(opened.outcome), replayed=True, quota=opened.quota)

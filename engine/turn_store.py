@@ -1,11 +1,11 @@
 """What a turn reads and writes in Redis: one script to open it, one to close it.
 
 A turn needs, before the model: the API key's rate window, the idempotency claim, one
-request of the balance, the account's default persona, the user's memory and the
-persona's active documents; after it: the turn remembered, the key settled (and, when the
-turn failed, the request given back). Asked one by one, that was a dozen round trips and
-55 commands; here it is two scripts of about 15 commands in all (BENCHMARKS.md,
-"Conversation overhead").
+request of the balance, the turn's persona (a live session's, else the account's default),
+the user's memory and the persona's active documents; after it: the turn remembered, the
+key settled (and, when the turn failed, the request given back). Asked one by one, that
+was a dozen round trips and 55 commands; here it is two scripts of about 15 commands in
+all (BENCHMARKS.md, "Conversation overhead").
 
 Each rule stays where it lives: the scripts are put together from the Lua functions of
 :mod:`engine.ratelimit` (``window_hit``), :mod:`engine.idempotency` (``claim``,
@@ -15,7 +15,7 @@ too.
 
 Every key either script touches carries the account's hash tag, so both stay legal in Redis
 Cluster. The persona's key and its active set are named inside the opening script, from
-the default persona id it reads there (:meth:`engine.keyspace.AccountKeys.persona` and
+the persona id it is given or reads there (:meth:`engine.keyspace.AccountKeys.persona` and
 ``persona_docs`` are the same string plus the id): they are in the same cluster slot as the
 keys the script declares.
 """
@@ -34,6 +34,7 @@ from engine.errors import (
     IdempotencyUnavailable,
     InternalError,
     NoRequests,
+    NotFound,
     SessionGone,
     SessionInteractionLimit,
     StateUnavailable,
@@ -48,7 +49,7 @@ from engine.state import unavailable_as
 # 6 memory meta, 7 the caller's own budget. ARGV: 1 now (ms), 2 window (ms), 3 the key's limit
 # (0: not counted here), 4 the claim's in-flight record ('' without a key), 5 its lifetime
 # (s), 6 turns recalled, 7 the prefix of the account's persona keys, 8 the budget's limit
-# (-1: unlimited), 9 its units ('' : no budget).
+# (-1: unlimited), 9 its units ('' : no budget), 10 the persona's id ('': the account's default).
 _OPEN = """
 local quota = false
 local limit = tonumber(ARGV[3])
@@ -74,8 +75,11 @@ if ARGV[9] ~= '' then
     return {budget and 'budget_spent' or 'budget_gone', quota, budget and budget[2] or false}
   end
 end
-local account = redis.call('GET', KEYS[4])
-local persona_id = account and cjson.decode(account)['default_persona_id']
+local persona_id = ARGV[10]
+if persona_id == '' then
+  local account = redis.call('GET', KEYS[4])
+  persona_id = account and cjson.decode(account)['default_persona_id']
+end
 local persona = false
 if type(persona_id) == 'string' then persona = redis.call('GET', ARGV[7] .. persona_id) end
 if not persona then
@@ -175,6 +179,7 @@ class TurnStore:
         key_slot: str | None,
         idempotency_key: IdempotencyKey | None,
         budget: Budget | None = None,
+        persona_id: str | None = None,
     ) -> Opened | Replay:
         """Count the API key's request (``key_slot``: the slot of the key that sent it;
         None when the transport counted it already), claim ``idempotency_key``, spend a
@@ -183,7 +188,8 @@ class TurnStore:
 
         Raises RateLimited, IdempotencyKeyReused or IdempotencyInFlight, NoRequests,
         SessionInteractionLimit (the budget lacks the units), SessionGone (its session
-        ended)."""
+        ended), NotFound (``persona_id`` names no persona of the account; None reads the
+        account's default)."""
         keys = keyspace.AccountKeys(account_id)
         claim = None
         if idempotency_key is not None:
@@ -208,6 +214,7 @@ class TurnStore:
                 self._memory.recent_turns,
                 keys.persona(""),
                 *_budget_args(budget),
+                persona_id or "",
             ],
         )
         status, window = answer[0], answer[1]
@@ -228,6 +235,9 @@ class TurnStore:
                 )
             case "budget_gone":
                 raise SessionGone()
+            case "no_persona" if persona_id:
+                # Deleted since the session was minted: nothing to answer as.
+                raise NotFound("Persona not found.")
             case "no_persona":
                 raise InternalError(f"Account {account_id} has no default persona.")
         return Opened(

@@ -50,6 +50,8 @@ class TurnInput(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
     image: Image | None = None
     voice: Voice | None = None
+    persona_id: str | None = None
+    """The persona the turn runs as (a live session's); None: the account's default."""
     persona_changes: dict[str, object] | None = None
     """Seed 004's ``persona`` object: merged into the account's default persona first."""
     context: str | None = None

@@ -424,6 +424,10 @@ class Connection:
                     message=message.text or "",
                     request_id=f"{session.id}.{turn}",
                     voice=voice,
+                    # Every turn runs as the persona the session was minted for: its
+                    # knowledge, prompt and traits (issue 21: the default persona's
+                    # private documents answered another persona's session).
+                    persona_id=session.persona_id,
                 ),
                 emit=lambda event: inbox.put(Event(turn, event)),
                 key=None if message.id is None else self._key(message),
