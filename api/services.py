@@ -143,10 +143,12 @@ class Services:
             index=self.index,
             embedder=self.embedder,
             max_pages=settings.kb_max_pages,
+            document_seconds=settings.kb_document_seconds,
         )
         self.transcriber = Transcriber(
             Path(settings.stt_model) if settings.stt_model else None,
             workers=settings.stt_workers,
+            account_clips=settings.stt_account_clips,
             max_seconds=settings.stt_max_seconds,
         )
         self.retriever = KnowledgeRetriever(

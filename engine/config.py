@@ -108,12 +108,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Longest voice message transcribed; longer ones are refused before being decoded."""
     stt_workers: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
     """Transcriptions run at once (each in its own thread)."""
+    stt_account_clips: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 4
+    """Voice notes one account may have waiting or being transcribed in one process; the
+    next gets 429 rate_limited. Accounts take turns for the transcriber."""
     kb_max_pages: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
     """Pages a document may have to be ingested (upload.page_limit_exceeded above)."""
     kb_max_file_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 20 * 1024 * 1024
     """Largest uploaded file (upload.file_too_large above)."""
     kb_lease_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
-    """How long a processing job may run before another worker may take it over."""
+    """How long a processing job's lease lasts: its worker renews it every third of this
+    while it works; a worker that stops (killed, hung) loses the job to another after it."""
+    kb_document_seconds: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
+    """Time budget of one document's processing; past it the document is failed, with a
+    message saying so, and the worker moves on."""
     kb_worker: bool = True
     """Run a processing worker in this process; false on nodes that only serve, while other
     nodes (on the same Redis and Chroma) process the queue."""

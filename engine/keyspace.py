@@ -17,10 +17,32 @@ ACCOUNT_NAMES = f"{PREFIX}:account_names"
 """Hash: account name -> account id (names are unique)."""
 
 
-KB_QUEUE = f"{PREFIX}:kb:queue"
-"""List: documents waiting to be processed, as ``account\x00external_id\x00generation``."""
-KB_LEASES = f"{PREFIX}:kb:leases"
-"""Sorted set: jobs being processed, scored by the time their lease runs out."""
+class KbQueueKeys:
+    """The knowledge processing queue, fair between accounts (:mod:`kb.queue`). Every key
+    carries the hash tag ``{kb}``: one cluster slot, so the claim script may touch the ring,
+    the leases and any account's list at once. Jobs are ``account\x00external_id\x00
+    generation``; they are small, so one slot holds every account's."""
+
+    base = f"{PREFIX}:{{kb}}"
+    ring = f"{base}:ring"
+    """List: the accounts that have jobs waiting, each once; a claim takes the first and
+    moves it to the end (round robin)."""
+    leases = f"{base}:leases"
+    """Sorted set: jobs being processed, scored by the time their lease runs out."""
+    queue_prefix = f"{base}:queue:"
+    """Followed by an account id (as it is: it comes after the tag, so it cannot move the
+    key's slot, and nothing else is named under this prefix): the list of that account's
+    waiting jobs, oldest first."""
+
+    @classmethod
+    def queue(cls, account_id: str) -> str:
+        return cls.queue_prefix + account_id
+
+
+LEGACY_KB_QUEUE = f"{PREFIX}:kb:queue"
+"""List: the single FIFO queue of versions before the fair one; drained into it."""
+LEGACY_KB_LEASES = f"{PREFIX}:kb:leases"
+"""Sorted set: that version's leases; an expired one is drained into the fair queue."""
 
 SESSION_CONTROL = f"{PREFIX}:sessions:control"
 """Pub/sub channel: live-session control messages (a session replaced or ended), so the

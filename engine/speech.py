@@ -10,16 +10,23 @@ refused before the model is opened. The VAD filter is silero's ONNX file shipped
 faster-whisper wheel, run by onnxruntime (a faster-whisper dependency): no download either.
 
 Decoding and inference are CPU work, so both run in a small thread pool owned by the
-:class:`Transcriber`; the event loop only waits. A semaphore bounds how many clips may be
-handed to the pool at once, so a burst of voice turns queues in asyncio holding only their
-bytes, never a pile of decoded audio.
+:class:`Transcriber`; the event loop only waits. Clips wait in asyncio holding only their
+bytes, never a pile of decoded audio, one line per account, and accounts take turns for the
+pool (a ring, as :mod:`kb.queue`'s): a clip waits for at most one clip of each other account
+ahead of it, so three long voice notes of one tenant no longer all run before another
+tenant's short one (issue 21). An account may have ``account_clips`` clips waiting or running;
+the next is refused at once with 429 ``rate_limited``. A clip whose turn gave up (its
+deadline passed or its caller went away: the caller is cancelled either way) is dropped if
+it has not started, and stops at its next segment if it has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import functools
 import io
 import os
 import threading
@@ -31,7 +38,12 @@ import av
 import msgspec
 import numpy as np
 
-from engine.errors import InvalidVoiceFormat, InvalidVoiceMime, VoiceTranscriptionFailed
+from engine.errors import (
+    InvalidVoiceFormat,
+    InvalidVoiceMime,
+    RateLimited,
+    VoiceTranscriptionFailed,
+)
 from engine.media import VOICE_CONTAINERS, VOICE_MIMES, Container, base_mime
 
 if TYPE_CHECKING:
@@ -157,13 +169,36 @@ def decode(data: bytes, mime: str | None, max_seconds: float) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+RETRY_AFTER_SECONDS = 1
+"""A refused clip's Retry-After: a clip costs Whisper ~1 s at least (docs/architecture.md),
+so one of the account's places may be free by then."""
+
+
+class GaveUp(Exception):
+    """Raised in the pool's thread when the clip's turn gave up while it ran."""
+
+
+class _Clip:
+    """One clip waiting for, or in, the pool."""
+
+    __slots__ = ("data", "gave_up", "mime", "result")
+
+    def __init__(self, data: bytes, mime: str | None, result: asyncio.Future[Transcript]) -> None:
+        self.data = data
+        self.mime = mime
+        self.result = result
+        self.gave_up = threading.Event()
+        """Set when the caller stops waiting: the thread stops at the next segment."""
+
+
 class Transcriber:
     """One Whisper model, shared by every request of the process, behind a small pool.
 
     ``workers`` threads run clips at once (CTranslate2 gets as many inter-op workers, so they
-    really run in parallel); at most ``max_pending`` clips are in the pool, running or queued,
-    and later callers wait in asyncio. The model loads on first use, or at start via
-    :meth:`load`; decoding happens first, so bad input never pays for a model load.
+    really run in parallel); the others wait in asyncio, each account's in its own line, and
+    a free thread takes the next account's oldest clip in turn. The model loads on first
+    use, or at start via :meth:`load`; decoding happens first, so bad input never pays for a
+    model load.
     """
 
     def __init__(
@@ -172,7 +207,7 @@ class Transcriber:
         *,
         workers: int = 1,
         cpu_threads: int | None = None,
-        max_pending: int | None = None,
+        account_clips: int = 4,
         max_seconds: float = 120.0,
         language: str | None = None,
         vad: bool = True,
@@ -189,7 +224,12 @@ class Transcriber:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="rapport-stt"
         )
-        self._pending = asyncio.Semaphore(max_pending or 4 * workers)
+        self._account_clips = account_clips
+        self._lines: dict[str, collections.deque[_Clip]] = {}
+        """Waiting clips per account; the dict's order is the accounts' turn order."""
+        self._held: collections.Counter[str] = collections.Counter()
+        """Clips per account waiting or running."""
+        self._running = 0
         self._lock = threading.Lock()
         self._model: WhisperModel | None = None
 
@@ -228,9 +268,15 @@ class Transcriber:
             get_vad_model()  # silero ONNX from the faster-whisper wheel; cached process-wide
         return model
 
-    def transcribe_sync(self, data: bytes, mime: str | None) -> Transcript:
-        """Decode and transcribe on the calling thread (the pool's, via :meth:`transcribe`)."""
+    def transcribe_sync(
+        self, data: bytes, mime: str | None, gave_up: threading.Event | None = None
+    ) -> Transcript:
+        """Decode and transcribe on the calling thread (the pool's, via :meth:`transcribe`);
+        raises GaveUp at the next segment once ``gave_up`` is set."""
         audio = decode(data, mime, self.max_seconds)
+        gave_up = gave_up or threading.Event()
+        if gave_up.is_set():
+            raise GaveUp()
         model = self.load()
         language = self._language or (None if model.model.is_multilingual else "en")
         segments, info = model.transcribe(
@@ -241,33 +287,87 @@ class Transcriber:
             condition_on_previous_text=False,
             without_timestamps=True,
         )
-        text = " ".join(s.text.strip() for s in segments).strip()
+        said: list[str] = []
+        for segment in segments:  # faster-whisper decodes lazily, a window per step
+            if gave_up.is_set():
+                raise GaveUp()
+            said.append(segment.text.strip())
+        text = " ".join(said).strip()
         if not text:
             raise VoiceTranscriptionFailed()
         return Transcript(text=text, language=info.language, duration_s=len(audio) / SAMPLE_RATE)
 
-    async def transcribe(self, data: bytes, mime: str | None) -> Transcript:
-        """Transcribe one clip without blocking the event loop.
+    async def transcribe(self, data: bytes, mime: str | None, *, account: str = "") -> Transcript:
+        """Transcribe one clip of ``account`` without blocking the event loop.
 
-        Raises InvalidVoiceMime, InvalidVoiceFormat or VoiceTranscriptionFailed for bad input.
-        The pool slot is released when the thread is done, not when the caller gives up, so
-        ``max_pending`` holds even for cancelled calls; a cancelled clip that has not started
-        is dropped from the pool's queue.
+        Raises InvalidVoiceMime, InvalidVoiceFormat or VoiceTranscriptionFailed for bad input,
+        and RateLimited (429) when the account already has ``account_clips`` clips here. A
+        running clip keeps its account's place until its thread is done, even when the
+        caller gave up, so the cap holds for cancelled calls too.
         """
-        loop = asyncio.get_running_loop()
-        await self._pending.acquire()
+        if self._held[account] >= self._account_clips:
+            raise RateLimited(
+                f"This account already has {self._account_clips} voice notes waiting to be"
+                f" transcribed; retry after {RETRY_AFTER_SECONDS} s.",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                scope="user",
+            )
+        clip = _Clip(data, mime, asyncio.get_running_loop().create_future())
+        self._held[account] += 1
+        self._lines.setdefault(account, collections.deque()).append(clip)
+        self._dispatch()
         try:
-            job = self._pool.submit(self.transcribe_sync, data, mime)
-        except BaseException:
-            self._pending.release()
-            raise
+            # A cancelled caller (its turn's deadline passed, or its client left) cancels
+            # ``result`` too: _dispatch then skips the clip.
+            return await clip.result
+        finally:
+            clip.gave_up.set()
 
-        def release(_: concurrent.futures.Future[Transcript]) -> None:
-            with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to wait
-                loop.call_soon_threadsafe(self._pending.release)
+    def _dispatch(self) -> None:
+        """Hand clips to free threads, taking accounts in turn."""
+        while self._running < self._workers and self._lines:
+            account, line = next(iter(self._lines.items()))
+            clip = line.popleft()
+            del self._lines[account]
+            if line:
+                self._lines[account] = line  # to the back of the turn order
+            if clip.result.done():  # its turn gave up while it waited: never transcribed
+                self._release(account)
+                continue
+            try:
+                job = self._pool.submit(self.transcribe_sync, clip.data, clip.mime, clip.gave_up)
+            except RuntimeError:  # closed: the process is stopping
+                self._release(account)
+                clip.result.cancel()
+                continue
+            self._running += 1
+            job.add_done_callback(functools.partial(self._thread_done, account, clip))
 
-        job.add_done_callback(release)
-        return await asyncio.wrap_future(job)
+    def _thread_done(
+        self, account: str, clip: _Clip, job: concurrent.futures.Future[Transcript]
+    ) -> None:
+        """In the pool's thread: hand the outcome to the clip's event loop."""
+        with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
+            clip.result.get_loop().call_soon_threadsafe(self._finished, account, clip, job)
+
+    def _finished(
+        self, account: str, clip: _Clip, job: concurrent.futures.Future[Transcript]
+    ) -> None:
+        self._running -= 1
+        self._release(account)
+        if not clip.result.done():
+            if job.cancelled():  # the pool was shut down
+                clip.result.cancel()
+            elif (error := job.exception()) is not None:
+                clip.result.set_exception(error)
+            else:
+                clip.result.set_result(job.result())
+        self._dispatch()
+
+    def _release(self, account: str) -> None:
+        self._held[account] -= 1
+        if self._held[account] <= 0:
+            del self._held[account]
 
     def close(self) -> None:
         """Stop the pool: queued clips are dropped, running ones finish in the background."""

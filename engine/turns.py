@@ -111,7 +111,11 @@ class TurnPipeline:
         transcript = None
         message = turn.message
         if turn.voice is not None:
-            transcript = (await self._transcriber.transcribe(turn.voice.data, turn.voice.mime)).text
+            transcript = (
+                await self._transcriber.transcribe(
+                    turn.voice.data, turn.voice.mime, account=turn.account_id
+                )
+            ).text
             emit(Transcribed(transcript))
         # Seed 004: text wins; voice alone is the question, voice beside text is context.
         voice_context = transcript if message else None

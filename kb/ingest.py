@@ -32,6 +32,12 @@ from kb.queue import Job, ProcessingQueue
 
 UpsertStatus = Literal["created", "updated", "no_op"]
 
+TOKENS_PER_PAGE = 500
+"""What a page of a pdf, docx or html document is estimated to hold (a page of prose runs to
+~400-700 tokens): a file's size says little about its text once compressed, so a 23 KB
+PDF of 100 pages is estimated as 100 pages, not as 23 KB (issue 21). Processing charges what
+the pages really held."""
+
 
 class Incoming(msgspec.Struct, frozen=True, kw_only=True):
     """One document as accepted, whatever route it came by."""
@@ -232,7 +238,12 @@ def plan(item: Incoming, current: Document | None, now: datetime, enqueue: bool)
             return UpsertPlan(item, current, None, 0, 0, False)
         changed = msgspec.structs.replace(current, label=label, metadata=metadata)
         return UpsertPlan(item, current, changed, 0, 0, False)
-    estimated = knowledge_units(estimate_tokens(item.content_type, len(item.data)))
+    estimated = knowledge_units(
+        max(
+            estimate_tokens(item.content_type, len(item.data)),
+            (item.estimated_pages or 0) * TOKENS_PER_PAGE,
+        )
+    )
     base = current or new_document(item.external_id, now)
     document = msgspec.structs.replace(
         base,

@@ -8,8 +8,12 @@ and if the content changed, the job's chunks are dropped and the newer job wins.
 chunks are deleted only after the flip, and retrieval asks for the live generation's
 chunks only, so a reader sees the old content or the new, never a mix.
 
-A failure of the document itself (a corrupt file, no text) marks it ``failed`` with a
-message and refunds its knowledge units. A failure of Redis or Chroma leaves the job's
+A failure of the document itself (a corrupt file, no text, or processing that outlasts its
+time budget, ``RAPPORT_KB_DOCUMENT_SECONDS``) marks it ``failed`` with a message and refunds
+its knowledge units. The budget is checked between steps (after extraction, before each
+batch of chunks is embedded), so a document stops at the next step once it is spent. While
+the worker holds jobs it renews their leases every third of the lease, so a long document is
+never claimed by a second worker (issue 21). A failure of Redis or Chroma leaves the job's
 lease to run out, so the job comes back once they do.
 """
 
@@ -89,6 +93,10 @@ class JobResult(msgspec.Struct, frozen=True):
         return 0 if self.chunks is None else len(self.chunks.ids)
 
 
+class OverBudget(ValidationFailed):
+    """A document's processing ran past its time budget: it fails, the worker moves on."""
+
+
 class Processor:
     def __init__(
         self,
@@ -98,12 +106,16 @@ class Processor:
         index: VectorIndex,
         embedder: Embedder,
         max_pages: int,
+        document_seconds: float = 300.0,
     ) -> None:
         self._docs = docs
         self._queue = queue
         self._index = index
         self._embedder = embedder
         self._max_pages = max_pages
+        self._document_seconds = document_seconds
+        self._held: set[Job] = set()
+        """Jobs claimed and not yet done: their leases are renewed while they are here."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process jobs until ``stop`` is set; never dies of one job's failure.
@@ -118,6 +130,7 @@ class Processor:
         group: list[JobResult] = []
         started = 0.0
         writing: asyncio.Task[None] | None = None
+        renewing = asyncio.create_task(self._renew_leases())
         try:
             while not stop.is_set():
                 try:
@@ -125,8 +138,11 @@ class Processor:
                 except UnavailableError:
                     job = None
                 if job is not None:
+                    self._held.add(job)
                     outcome = await self._guarded([job], self.prepare(job))
-                    if outcome is not None:
+                    if outcome is None:
+                        self._held.discard(job)
+                    else:
                         started = started if group else time.monotonic()
                         group.append(outcome)
                 if group and (
@@ -136,8 +152,7 @@ class Processor:
                 ):
                     if writing is not None:
                         await writing
-                    jobs = [o.job for o in group]
-                    writing = asyncio.create_task(self._guarded(jobs, self.commit(group)))
+                    writing = asyncio.create_task(self._write(group))
                     group = []
                 if job is None:
                     await self._queue.idle(IDLE_POLL_SECONDS)
@@ -145,7 +160,23 @@ class Processor:
             if writing is not None:
                 await writing
             if group:
-                await self._guarded([o.job for o in group], self.commit(group))
+                await self._write(group)
+            renewing.cancel()
+
+    async def _write(self, group: list[JobResult]) -> None:
+        jobs = [o.job for o in group]
+        try:
+            await self._guarded(jobs, self.commit(group))
+        finally:
+            self._held.difference_update(jobs)
+
+    async def _renew_leases(self) -> None:
+        """Keep the leases of the jobs this worker holds from running out, however long a
+        document takes, so no other worker claims one while this one works on it."""
+        while True:
+            await asyncio.sleep(self._queue.lease_seconds / 3)
+            with contextlib.suppress(UnavailableError):  # the lease may run out: harmless
+                await self._queue.renew(list(self._held))
 
     async def _guarded(self, jobs: list[Job], step: Awaitable[T]) -> T | None:
         """Run one stage of ``jobs``; a failure ends the jobs, never the worker."""
@@ -171,11 +202,12 @@ class Processor:
             await self._queue.done(job)  # deleted, replaced or already done
             return None
         data = await self._docs.content(job.account_id, job.external_id)
+        deadline = time.monotonic() + self._document_seconds
         try:
             if data is not None:
-                return await self._embed_content(job, doc, data)
+                return await self._embed_content(job, doc, data, deadline)
             if doc.live_generation:  # queued to be embedded again (kb.ingest.requeue_for)
-                return await self._reembed(job, doc)
+                return await self._reembed(job, doc, deadline)
             raise ValidationFailed("The document's content is missing; upload it again.")
         except UnavailableError:
             raise
@@ -233,16 +265,27 @@ class Processor:
             # Chroma's $or takes two clauses or more.
             await self._index.delete(account_id, unread[0] if len(unread) == 1 else {"$or": unread})
 
-    async def _embed_content(self, job: Job, doc: Document, data: bytes) -> JobResult:
+    def _within_budget(self, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise OverBudget(
+                f"Processing took longer than {self._document_seconds:g} seconds"
+                " (RAPPORT_KB_DOCUMENT_SECONDS) and was stopped; split the document into"
+                " smaller ones and upload them again."
+            )
+
+    async def _embed_content(
+        self, job: Job, doc: Document, data: bytes, deadline: float
+    ) -> JobResult:
         extracted = await anyio.to_thread.run_sync(
             lambda: extract(doc.content_type, data, max_pages=self._max_pages)
         )
+        self._within_budget(deadline)
         chunks = chunk_text(extracted.text)
         if not chunks:
             raise ValidationFailed("The document has no text to index.")
         texts = [chunk.text for chunk in chunks]
         contexts = chunk_contexts(extracted.text, chunks, doc.label)
-        prepared, tokens = await self._embed(doc, texts, contexts)
+        prepared, tokens = await self._embed(doc, texts, contexts, deadline)
         units = knowledge_units(tokens)
         ready = {
             "processing_status": "ready",
@@ -259,7 +302,7 @@ class Processor:
         links = extracted_links(extracted.links)
         return JobResult(job=job, read=doc, changes=ready, links=links, chunks=prepared)
 
-    async def _reembed(self, job: Job, doc: Document) -> JobResult:
+    async def _reembed(self, job: Job, doc: Document, deadline: float) -> JobResult:
         """The live generation's chunks (text and context, as the collection of the model
         that embedded them holds them), embedded again with this process's model: the
         content itself was dropped once it was first processed. Nothing is charged again."""
@@ -271,7 +314,9 @@ class Processor:
                 "The document's chunks are missing from the index; upload it again."
             )
         held.sort(key=lambda hit: int(hit.chunk_id.rsplit("#", 1)[1]))
-        prepared, _ = await self._embed(doc, [h.text for h in held], [h.context for h in held])
+        prepared, _ = await self._embed(
+            doc, [h.text for h in held], [h.context for h in held], deadline
+        )
         ready = {
             "processing_status": "ready",
             "processed_at": datetime.now(UTC),
@@ -282,7 +327,7 @@ class Processor:
         return JobResult(job=job, read=doc, changes=ready, links=[], chunks=prepared)
 
     async def _embed(
-        self, doc: Document, texts: list[str], contexts: list[str]
+        self, doc: Document, texts: list[str], contexts: list[str], deadline: float
     ) -> tuple[Chunks, int]:
         """One generation's chunks embedded, with their sentences' and their document's
         vectors, ready for the index; and the tokens the model saw for the chunks.
@@ -293,10 +338,12 @@ class Processor:
         nothing more, carry so much of the chunk that they pick the right sentence far
         less often (BENCHMARKS.md, "Grounding")."""
         embedded = [passage(c, t, doc.keywords)[0] for c, t in zip(contexts, texts, strict=True)]
-        vectors, tokens = await self._embed_batches(embedded)
+        vectors, tokens = await self._embed_batches(embedded, deadline)
         said = [sentences(text) for text in texts]
         unique = sorted({s for found in said for s in found}, key=len)
-        sentence_vectors = dict(zip(unique, (await self._embed_batches(unique))[0], strict=True))
+        sentence_vectors = dict(
+            zip(unique, (await self._embed_batches(unique, deadline))[0], strict=True)
+        )
         dimensions = self._embedder.model.dimensions
         # The document's own vector, which every chunk carries: a question about the whole
         # answer finds a document whose chunks each hold only part of it.
@@ -321,11 +368,13 @@ class Processor:
         )
         return prepared, tokens
 
-    async def _embed_batches(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        """``texts`` embedded ``EMBED_BATCH`` at a time, off the event loop."""
+    async def _embed_batches(self, texts: list[str], deadline: float) -> tuple[np.ndarray, int]:
+        """``texts`` embedded ``EMBED_BATCH`` at a time, off the event loop, within the
+        document's time budget."""
         vectors: list[np.ndarray] = []
         tokens = 0
         for start in range(0, len(texts), EMBED_BATCH):
+            self._within_budget(deadline)
             batch = texts[start : start + EMBED_BATCH]
             embedded, seen = await anyio.to_thread.run_sync(self._embedder.embed_counting, batch)
             vectors.append(embedded)
