@@ -31,6 +31,7 @@ from api import (
 )
 from api.auth import ApiKeyAuth
 from api.bodylimit import DeclaredBodyLimit
+from api.headers import JsonBodies, SecurityHeaders
 from api.logs import configure
 from api.metrics import HttpMetrics
 from api.operations import Operation
@@ -147,12 +148,16 @@ def create_app(settings: Settings) -> ASGIApp:
         else Route(op.path, op.endpoint, methods=[op.method], max_body_size=op.body_limit)
         for op in OPERATIONS
     ]
+    json_routes = {
+        (op.method, op.path): op.other_bodies for op in OPERATIONS if op.request is not None
+    }
     app = Starlette(
         routes=routes,
         middleware=[
             Middleware(ApiKeyAuth),
             Middleware(V1RateLimits),
             Middleware(ApiRateLimits),
+            Middleware(JsonBodies, routes=routes, json_routes=json_routes),
         ],
         exception_handlers={
             RapportError: handle_rapport_error,
@@ -168,7 +173,7 @@ def create_app(settings: Settings) -> ASGIApp:
         op.path: (op.body_limit, op.too_large) for op in OPERATIONS if op.body_limit is not None
     }
     bounded = DeclaredBodyLimit(app, app.routes, settings.max_body_bytes, limits)
-    return Telemetry(bounded, app.routes, metrics)
+    return Telemetry(SecurityHeaders(bounded), app.routes, metrics)
 
 
 def create_app_from_env() -> ASGIApp:

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.problems import V1_PREFIX, refuse
 from engine.apikeys import KeyStore, Principal
-from engine.errors import MissingApiKey, RapportError
+from engine.errors import AuthError, MissingApiKey, RapportError
 from engine.state import redis_boundary
 
 if TYPE_CHECKING:
@@ -41,6 +41,10 @@ def presented_key(headers: Headers) -> str | None:
     key = headers.get("x-api-key", "").strip()
     if key:
         return key
+    return bearer_token(headers)
+
+
+def bearer_token(headers: Headers) -> str | None:
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     # RFC 9110 §11.1: the auth scheme is case-insensitive.
     if scheme.lower() == "bearer" and credentials.strip():
@@ -71,6 +75,18 @@ async def authenticate_counting_ip(services: Services, key: str, ip: str) -> Pri
     return principal
 
 
+async def failed(services: Services, scope: Scope, error: AuthError) -> RapportError:
+    """What a failed authentication outside ``/api/v1/`` is answered: it spends its IP's
+    ``Global`` window, as it would have in :mod:`api.ratelimits` had it passed, so a
+    key-guessing flood gets 429 once the window is spent (issue 21); until then, the 401.
+    Under ``/api/v1/`` the key lookup counts the IP itself."""
+    try:
+        await services.rate_limits.enforce(services.api_policies.global_ip, client_ip(scope))
+    except RapportError as limited:  # 429, or 503 with the limiter's Redis down
+        return limited
+    return error
+
+
 class ApiKeyAuth:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -89,6 +105,12 @@ class ApiKeyAuth:
                 principal = await authenticate_counting_ip(services, key, client_ip(scope))
             else:
                 principal = await services.keys.authenticate(key)
+        except AuthError as error:
+            if scope["path"].startswith(V1_PREFIX):
+                await refuse(scope, receive, send, error)
+            else:
+                await refuse(scope, receive, send, await failed(services, scope, error))
+            return
         except RapportError as error:
             await refuse(scope, receive, send, error)
             return

@@ -23,6 +23,7 @@ import msgspec
 import redis.asyncio as aioredis
 import uvicorn
 
+from api.transport import protocols
 from engine.accounts import Account, AccountStore
 from engine.apikeys import SLOTS, KeyStore, Slot
 from engine.balance import Balance
@@ -130,8 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     key_commands = keys.add_subparsers(title="key commands", required=True)
     actions = {
         "create": "fill an empty slot with a new key (printed once)",
-        "regenerate": "replace a slot's key with a new one (printed once); the old one dies",
-        "disable": "stop a slot's key from authenticating",
+        "regenerate": "replace a slot's key with a new one (printed once); the old one dies, "
+        "and the live sessions it minted end (close 4001)",
+        "disable": "stop a slot's key from authenticating; the live sessions it minted end "
+        "(close 4001)",
         "enable": "let a disabled slot's key authenticate again",
     }
     kb = commands.add_parser("kb", help="knowledge base")
@@ -175,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
             default="primary" if action == "create" else None,
             required=action != "create",
         )
-        _add_setting_flags(sub, STATE_FLAGS)
+        _add_setting_flags(sub, _key_flags(action))
         sub.set_defaults(run=_keys, action=action)
 
     add_loadtest_commands(commands)
@@ -227,12 +230,23 @@ def _serve(args: argparse.Namespace) -> int:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=10,
-            **ws_options(settings),
+            **proxy_options(settings),
+            # Our own HTTP and WebSocket protocols (api/transport.py): header size, header
+            # timeout and connection limits, and frame limits chosen per socket (issue 21).
+            **{**ws_options(settings), **protocols(settings.ws_impl)},
         )
     finally:
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """Believe X-Forwarded-* only from RAPPORT_FORWARDED_ALLOW_IPS: uvicorn's own default
+    believes any peer on 127.0.0.1, so a client on the host (or a local proxy that does not
+    overwrite the header) could pick the IP that per-IP limits count (issue 21)."""
+    allowed = settings.forwarded_allow_ips.strip()
+    return {"proxy_headers": bool(allowed), "forwarded_allow_ips": allowed or None}
 
 
 def ws_options(settings: Settings) -> dict[str, Any]:
@@ -286,6 +300,16 @@ def _accounts_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def shown(text: str) -> str:
+    """Tenant text (names, user_ids) as a list prints it: a backslash and every character
+    that is not printable (controls such as ESC and newline, bidirectional and zero-width
+    format characters) written as its Python escape, so no terminal sequence runs and no
+    line break forges a row."""
+    return "".join(
+        c.encode("unicode_escape").decode() if c == "\\" or not c.isprintable() else c for c in text
+    )
+
+
 def _sessions_list(args: argparse.Namespace) -> int:
     settings = _settings(args, SESSION_FLAGS)
 
@@ -305,7 +329,8 @@ def _sessions_list(args: argparse.Namespace) -> int:
                     status = f"live since {session.connected_at:%Y-%m-%d %H:%M:%S}Z"
                 left = session.interactions_left()
                 lines.append(
-                    f"{session.id}  {account.name:<16} user {session.user_id:<20} "
+                    f"{shown(session.id)}  {shown(account.name):<16} "
+                    f"user {shown(session.user_id):<20} "
                     f"{session.mode:<4} {status}  "
                     f"units left {'-' if left is None else left}, "
                     f"{session.seconds_left(now)} s left"
@@ -324,13 +349,16 @@ def _accounts_list(args: argparse.Namespace) -> int:
             persona = "-"
             if account.default_persona_id is not None:
                 with contextlib.suppress(NotFound):
-                    persona = (await personas.get(account.id, account.default_persona_id)).name
+                    persona = shown(
+                        (await personas.get(account.id, account.default_persona_id)).name
+                    )
             slots = ", ".join(
                 f"{s.slot} {s.hint} {'disabled' if s.disabled else 'active'}"
                 for s in await keys.slots(account.id)
             )
             lines.append(
-                f"{account.id}  {account.name:<20} created {account.created_at:%Y-%m-%d}  "
+                f"{shown(account.id)}  {shown(account.name):<20} "
+                f"created {account.created_at:%Y-%m-%d}  "
                 f"persona {persona}  keys: {slots or 'none'}"
             )
         return lines
@@ -424,24 +452,43 @@ def _progress(done: int, total: int, width: int = 30) -> None:
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", end="", file=sys.stderr)
 
 
+REVOKING = ("regenerate", "disable")
+"""Key commands that revoke the slot's credential, and with it the sessions it minted."""
+
+
+def _key_flags(action: str) -> tuple[str, ...]:
+    """Ending sessions reads their windows and frees their slots: the session settings."""
+    return SESSION_FLAGS if action in REVOKING else STATE_FLAGS
+
+
 def _keys(args: argparse.Namespace) -> int:
     slot: Slot = args.slot
+    names = _key_flags(args.action)
+    settings = _settings(args, names)
 
-    async def act(redis: aioredis.Redis) -> str | None:
+    async def act(redis: aioredis.Redis) -> tuple[str | None, list[str]]:
         account = await AccountStore(redis).resolve(args.account)
         keys = KeyStore(redis)
+        key = None
         if args.action == "create":
-            return await keys.create(account.id, slot)
-        if args.action == "regenerate":
-            return await keys.regenerate(account.id, slot)
-        await keys.set_disabled(account.id, slot, disabled=args.action == "disable")
-        return None
+            key = await keys.create(account.id, slot)
+        elif args.action == "regenerate":
+            key = await keys.regenerate(account.id, slot)
+        else:
+            await keys.set_disabled(account.id, slot, disabled=args.action == "disable")
+        if args.action not in REVOKING:
+            return key, []
+        # The slot's sessions (and tickets in line) were minted on the credential just
+        # revoked: they end too, their sockets closed 4001 on whichever node holds them.
+        return key, await session_store(redis, settings).revoke(account.id, slot)
 
-    key = _with_state(args, act)
+    key, ended = _with_state(args, act, names)
     if key is None:
         print(f"{args.action}d the {slot} key of {args.account}")
     else:
         print(f"{slot} key of {args.account} (shown once, store it now):\n{key}")
+    if args.action in REVOKING:
+        print(f"ended {len(ended)} live session(s) the {slot} key minted", file=sys.stderr)
     return 0
 
 

@@ -48,7 +48,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.conversation import MAX_MESSAGE, Message, UserId
+from api.conversation import MAX_MESSAGE, Message
 from api.operations import Operation
 from api.problems import invalid_input
 from api.queries import Paging, parse_query
@@ -56,12 +56,12 @@ from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
 from engine.errors import Failure, NotFound, ValidationFailed
+from engine.ids import UserId, is_user_id
 from engine.memory import Turn
 from engine.turn_runner import TurnResult
 from engine.turns import TurnInput
 
 CHAT_PREFIX = "chat_"
-MAX_USER_ID = 128
 _BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -120,7 +120,7 @@ def user_id_of(chat_id: str) -> str | None:
         user_id = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
-    if not 1 <= len(user_id) <= MAX_USER_ID or chat_id_of(user_id) != chat_id:
+    if not is_user_id(user_id) or chat_id_of(user_id) != chat_id:
         return None
     return user_id
 

@@ -10,7 +10,9 @@ What each is in Rapport (``kb/pages.py`` holds the rules):
   pages, one a line, read and stored one at a time, so the server holds one line at a time
   whatever the length; the answer is NDJSON too, a result line per page as it is stored,
   then a summary line. A client that sends a long stream should read the answer as it
-  sends, as for any full-duplex HTTP exchange.
+  sends, as for any full-duplex HTTP exchange. The route's body limit is the NDJSON
+  stream's (none); a JSON body is held to ``store-pages``' (``BODY_LIMIT``), and the
+  stream's pages count against KnowledgeUploadsRate as batches of them would (``streamed``).
 - ``training-data``: the account's documents by external_id (GET pages them with their
   text; PUT upserts one text document; DELETE removes one with its chunks).
 - ``review-data``: each article a staged document with the submission's notes in its
@@ -36,6 +38,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.bodylimit import read_within
 from api.knowledge import MAX_BATCH, external_id_of, remove_document
 from api.operations import Operation
 from api.problems import decode_body
@@ -43,7 +46,7 @@ from api.queries import Paging, parse_query
 from api.responses import JSON, Duplex
 from api.services import Services
 from engine.apikeys import Principal
-from engine.errors import Failure, NotFound, RapportError, ValidationFailed
+from engine.errors import Failure, NotFound, RapportError, RateLimited, ValidationFailed
 from engine.llm import OpenAICompatible
 from engine.replies import Snippet
 from engine.responder import RELATED
@@ -59,7 +62,8 @@ Note = Annotated[str, msgspec.Meta(max_length=4000)]
 MAX_LINE = 1_100_000
 """The longest NDJSON line: a page of the largest text a JSON document may have."""
 BODY_LIMIT = 16 * 1024 * 1024
-"""A JSON body of up to 100 pages (the knowledge API's batch)."""
+"""A JSON body of up to 100 pages (the knowledge API's batch); stream-pages' JSON body too,
+though its route takes an NDJSON body of any length."""
 NDJSON = "application/x-ndjson"
 PROMPTS_PER_TOPIC = 3
 SUCCESS = "success"
@@ -191,7 +195,7 @@ async def stream_pages(request: Request) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip() == NDJSON:
         stream_id = parse_query(request.query_params, StreamQuery).stream_id
         return Duplex(streamed(services, account_id, stream_id, request.stream()), NDJSON)
-    data = decode_body(await request.body(), StreamIn).stream_data
+    data = decode_body(await read_within(request, BODY_LIMIT), StreamIn).stream_data
     outcomes = await store(services, account_id, [p.incoming(data.stream_id) for p in data.pages])
     return JSON(
         Streamed(
@@ -206,19 +210,33 @@ async def stream_pages(request: Request) -> Response:
 async def streamed(
     services: Services, account_id: str, stream_id: str, body: AsyncIterator[bytes]
 ) -> AsyncIterator[bytes]:
-    """One result line per page line, as each is stored, then the summary."""
-    stored = failed = 0
+    """One result line per page line, as each is stored, then the summary. The request
+    counted once against KnowledgeUploadsRate (api.ratelimits), as a JSON batch of up to
+    ``MAX_BATCH`` pages does; each further ``MAX_BATCH`` pages count once more, so a stream
+    costs what its pages sent as batches would. Once the policy refuses, every further
+    page fails with its 429 message, unstored; a page over the account's quota fails too."""
+    uploads = services.api_policies.uploads
+    stored = failed = pages = 0
+    refused: str | None = None
     async for number, line in numbered_lines(body):
         try:
             if line is None:
                 raise ValidationFailed(f"The line is longer than {MAX_LINE} bytes.")
             page = decode_body(line, Page)
+            pages += 1
+            if refused is None and pages > MAX_BATCH and pages % MAX_BATCH == 1:
+                try:
+                    await services.rate_limits.enforce(uploads, account_id)
+                except RateLimited as error:
+                    refused = error.message
+            if refused is not None:
+                raise RateLimited(refused)
             (outcome,) = await services.ingest.upsert(
                 account_id, [page.incoming(stream_id)], enqueue=True
             )
             result = PageResult(outcome.external_id, page.title, outcome.status)
         except RapportError as error:
-            if error.failure not in (Failure.VALIDATION_FAILED, Failure.KNOWLEDGE_QUOTA_EXCEEDED):
+            if error.failure not in PAGE_FAILURES:
                 raise  # Redis down or the like: the stream ends; what was stored stays
             result = PageResult("", "", "failed", f"line {number}: {error.message}")
         stored += result.status != "failed"
@@ -228,6 +246,12 @@ async def streamed(
         SUCCESS, "Pages streamed successfully", stream_id, pages=stored, failed=failed
     )
     yield msgspec.json.encode(summary) + b"\n"
+
+
+PAGE_FAILURES = (
+    Failure.VALIDATION_FAILED, Failure.KNOWLEDGE_QUOTA_EXCEEDED, Failure.RATE_LIMITED
+)  # fmt: skip
+"""What fails one page of a stream; anything else ends it."""
 
 
 async def numbered_lines(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, bytes | None]]:
@@ -371,7 +395,7 @@ OPERATIONS = [
     Operation("POST", "/api/kb/stream-pages", stream_pages,
               "Pages under a stream_id, each queued as it arrives: a JSON batch, or an NDJSON "
               "body of any length (stream_id in the query) answered in NDJSON, a line a page.",
-              "digital clone", Streamed, request=StreamIn,
+              "digital clone", Streamed, request=StreamIn, other_bodies=(NDJSON,),
               failures=WRITES,
               body_limit=2**62),
     Operation("GET", "/api/kb/training-data", training_data,

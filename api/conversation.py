@@ -25,6 +25,7 @@ from api.services import Services
 from engine.apikeys import Principal
 from engine.errors import Failure, NotFound, ValidationFailed
 from engine.idempotency import MAX_KEY_LENGTH, IdempotencyKey
+from engine.ids import UserId, is_user_id
 from engine.media import (
     MAX_IMAGE_B64,
     MAX_VOICE_B64,
@@ -39,7 +40,6 @@ from engine.replies import Image
 from engine.turn_runner import TurnFailure, TurnResult
 from engine.turns import TurnInput, Voice
 
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 MAX_MESSAGE = 4000
 Message = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MESSAGE)]
 # The two base64 payloads at their limits, plus room for every other field.
@@ -204,8 +204,8 @@ def reply_body(result: TurnResult) -> ConversationReply:
 
 def user_id_of(request: Request) -> str:
     user_id: str = request.path_params["user_id"]
-    if not 1 <= len(user_id) <= 128:
-        raise NotFound("No such user: user_id is 1 to 128 characters.")
+    if not is_user_id(user_id):
+        raise NotFound("No such user: a user_id is 1 to 128 characters, none of them a control.")
     return user_id
 
 

@@ -139,8 +139,8 @@ def external_id_of(request: Request) -> str:
     external_id: str = request.path_params["external_id"]
     if not EXTERNAL_ID.match(external_id):
         raise ValidationFailed(
-            "external_id must match ^[A-Za-z0-9._:\\-]{1,128}$.",
-            errors={"external_id": ["must match ^[A-Za-z0-9._:\\-]{1,128}$"]},
+            "external_id must be 1 to 128 letters, digits, '.', '_', ':' or '-'.",
+            errors={"external_id": ["1 to 128 letters, digits, '.', '_', ':' or '-'"]},
         )
     return external_id
 

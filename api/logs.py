@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import UTC, datetime
 
 import msgspec
@@ -12,6 +13,11 @@ import msgspec
 FIELDS = ("request_id", "method", "route", "path", "status", "latency_ms", "client")
 
 _encode = msgspec.json.Encoder().encode
+
+UPGRADE_REFUSED: ContextVar[bool] = ContextVar("upgrade_refused", default=False)
+"""Set (by :class:`api.telemetry.Telemetry`) in the task of a socket whose upgrade was
+answered with an HTTP refusal (403 origin, 429 rate limit): normal traffic, logged once, at
+info, by Telemetry."""
 
 
 class JsonFormatter(logging.Formatter):
@@ -35,10 +41,18 @@ class JsonFormatter(logging.Formatter):
 class SocketLines(logging.Filter):
     """Drops uvicorn's own lines about each WebSocket ('"WebSocket /path?query" [accepted]',
     'connection open', 'connection closed'): the query carries the session's token, which
-    must not reach a log, and Telemetry already writes one line per socket without it."""
+    must not reach a log, and Telemetry already writes one line per socket without it.
+
+    Also uvicorn's error "ASGI callable returned without completing handshake." after a
+    refused upgrade: its websockets-sansio protocol (0.54) never counts an ASGI
+    ``websocket.http.response`` refusal as a finished handshake, so it logs that error for
+    every refusal. The same line without a refusal (an app that answered nothing) is a bug,
+    and stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.msg if isinstance(record.msg, str) else ""
+        if message.startswith("ASGI callable returned without") and UPGRADE_REFUSED.get():
+            return False
         return not ('"WebSocket ' in message or message in ("connection open", "connection closed"))
 
 

@@ -27,6 +27,9 @@ class Operation:
     status: int = 200
     request: type | None = None
     """The msgspec type of a JSON request body, if the operation takes one."""
+    other_bodies: tuple[str, ...] = ()
+    """Media types besides JSON that the operation reads itself (seed 002's NDJSON stream);
+    any other declared type is 415 (:class:`api.headers.JsonBodies`)."""
     media_type: str = "application/json"
     failures: tuple[Failure, ...] = ()
     """Failures this operation itself may answer, beyond the ones every route may."""

@@ -29,7 +29,7 @@ PLAYGROUND_CSS = (_WEB / "playground.css").read_bytes()
 WIDGET_JS = (_WEB / "widget.js").read_bytes()
 
 # Host header: a name or an IP literal and a port; anything else stays out of the policy.
-_SANE_HOST = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
+_SANE_HOST = re.compile(r"\A(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?\Z")
 
 COMMON = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
 

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.forms import read_upload
-from api.knowledge import ExternalId
+from api.knowledge import ExternalId, external_id_of
 from api.operations import Operation
 from api.problems import invalid_input, nested_too_deeply
 from api.queries import Paging, parse_query
@@ -33,6 +33,7 @@ from engine.errors import (
     PreconditionFailed,
     ValidationFailed,
 )
+from engine.ids import OwnId, own_id
 from engine.persona_media import EXTENSIONS, LIMITS, Kind, Media, VideoDetails, VoiceProfile
 from engine.personas import (
     Age,
@@ -169,7 +170,7 @@ class Added(msgspec.Struct):
 
 
 class DefaultChoice(msgspec.Struct, forbid_unknown_fields=True):
-    persona_id: str
+    persona_id: OwnId
 
 
 _SNAKE = re.compile(r"(?<!^)(?=[A-Z])")
@@ -293,15 +294,20 @@ async def create_persona(request: Request) -> Response:
     return JSON(await full_view(services, account_id, persona), status_code=201)
 
 
+def persona_id_of(request: Request) -> str:
+    """The path's persona id; one that cannot be an id is 404 like an unknown one."""
+    return own_id(request.path_params["persona_id"], "persona")
+
+
 async def get_persona(request: Request) -> Response:
     services, account_id = context(request)
-    persona = await services.personas.get(account_id, request.path_params["persona_id"])
+    persona = await services.personas.get(account_id, persona_id_of(request))
     return JSON(await full_view(services, account_id, persona))
 
 
 async def update_persona(request: Request) -> Response:
     services, account_id = context(request)
-    persona_id = request.path_params["persona_id"]
+    persona_id = persona_id_of(request)
     await services.personas.get(account_id, persona_id)  # 404 before reading the body
     given = decode(await request.body(), PersonaIn)
     try:
@@ -313,7 +319,7 @@ async def update_persona(request: Request) -> Response:
 
 async def delete_persona(request: Request) -> Response:
     services, account_id = context(request)
-    await remove_persona(services, account_id, request.path_params["persona_id"])
+    await remove_persona(services, account_id, persona_id_of(request))
     return Response(status_code=204)
 
 
@@ -348,7 +354,7 @@ async def set_default(request: Request) -> Response:
 
 
 async def _persona_id(services: Services, account_id: str, request: Request) -> str:
-    return (await services.personas.get(account_id, request.path_params["persona_id"])).id
+    return (await services.personas.get(account_id, persona_id_of(request))).id
 
 
 async def get_knowledge(request: Request) -> Response:
@@ -376,7 +382,7 @@ async def add_knowledge(request: Request) -> Response:
 async def remove_knowledge(request: Request) -> Response:
     services, account_id = context(request)
     persona_id = await _persona_id(services, account_id, request)
-    await services.activations.remove(account_id, persona_id, request.path_params["external_id"])
+    await services.activations.remove(account_id, persona_id, external_id_of(request))
     return Response(status_code=204)
 
 
@@ -402,7 +408,7 @@ async def get_media(request: Request) -> Response:
     services, account_id = context(request)
     persona_id = await _persona_id(services, account_id, request)
     media, data = await services.media.content(
-        account_id, persona_id, request.path_params["media_id"]
+        account_id, persona_id, own_id(request.path_params["media_id"], "media file")
     )
     return Response(data, media_type=media.mime)
 
@@ -410,7 +416,8 @@ async def get_media(request: Request) -> Response:
 async def delete_media(request: Request) -> Response:
     services, account_id = context(request)
     persona_id = await _persona_id(services, account_id, request)
-    if not await services.media.delete(account_id, persona_id, request.path_params["media_id"]):
+    media_id = own_id(request.path_params["media_id"], "media file")
+    if not await services.media.delete(account_id, persona_id, media_id):
         raise NotFound("No such media on this persona.")
     return Response(status_code=204)
 
@@ -418,7 +425,7 @@ async def delete_media(request: Request) -> Response:
 async def generate_image(request: Request) -> Response:
     """Seed 003: a portrait from the persona's system prompt, stored as its image."""
     services, account_id = context(request)
-    persona = await services.personas.get(account_id, request.path_params["persona_id"])
+    persona = await services.personas.get(account_id, persona_id_of(request))
     if services.images is None:
         raise PreconditionFailed("No LLM provider configured")
     if not persona.role.strip():

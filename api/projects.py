@@ -19,6 +19,7 @@ from starlette.responses import Response
 from api import personas
 from api.operations import Operation
 from api.responses import JSON
+from engine.accounts import ACCOUNT_NAME
 from engine.errors import Failure, NotFound
 
 PAGE = 200
@@ -32,6 +33,8 @@ async def check_project(request: Request) -> None:
     project = request.path_params["project_id"]
     if project == account_id:
         return
+    if not ACCOUNT_NAME.match(project):  # neither an account's id nor its name
+        raise NotFound("Project not found")
     try:
         named = await services.accounts.resolve(project)
     except NotFound:

@@ -44,6 +44,15 @@ from sessions.waiting_room import QueueHub, QueueSocket, WaitingRoom
 CLAIM_MARGIN_SECONDS = 30
 
 
+class ApiPolicies(NamedTuple):
+    """Seed 000's policies on the /api/ routes (:mod:`api.ratelimits`)."""
+
+    global_ip: Policy
+    uploads: Policy
+    mutations: Policy
+    persona_uploads: Policy
+
+
 class SessionPolicies(NamedTuple):
     """Seed 000's policies on live sessions: upgrades of the session and queue sockets per
     IP, joins and leaves of the waiting room per end user."""
@@ -74,7 +83,7 @@ class Services:
     activations: Activations = field(init=False)
     embedder: Embedder = field(init=False)
     processor: Processor = field(init=False)
-    api_policies: tuple[Policy, Policy, Policy, Policy] = field(init=False)
+    api_policies: ApiPolicies = field(init=False)
     session_policies: SessionPolicies = field(init=False)
     media: MediaStore = field(init=False)
     transcriber: Transcriber = field(init=False)
@@ -95,7 +104,7 @@ class Services:
         self.memory = MemoryStore(self.redis, max_bytes=settings.memory_bytes)
         self.balance = Balance(self.redis)
         self.rate_limits = RateLimits(self.redis, key_rpm=settings.key_rpm, ip_rpm=settings.ip_rpm)
-        self.api_policies = (
+        self.api_policies = ApiPolicies(
             Policy("Global", settings.global_ip_rpm, "ip"),
             Policy("KnowledgeUploadsRate", settings.uploads_rpm, "user"),
             Policy("MutationDefault", settings.mutations_rpm, "user"),

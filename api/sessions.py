@@ -10,12 +10,16 @@ deployment is full it gets a ticket instead, and the browser waits with it (queu
 the account's allowed origins) are checked here, before any session state is read, and a
 refusal is the upgrade's HTTP answer (403, 429 with ``Retry-After``). Another account's
 session, or one that ended, is 404 like an unknown one.
+
+The account's allowed origins cover what a browser does with the account's credentials here:
+its sockets, and a mint sent with an ``Origin`` (a page holding the key). A page of this
+server itself (the playground at ``/``) is always allowed: see :func:`check_origin`.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import quote
 
 import msgspec
@@ -30,8 +34,17 @@ from api.personas import context
 from api.problems import invalid_input, render
 from api.responses import JSON
 from api.services import Services
+from engine.accounts import Plan, normalise_origin
 from engine.config import SESSION_FRAME_LIMIT
-from engine.errors import Failure, NotFound, OriginNotAllowed, RapportError, SessionGone
+from engine.errors import (
+    Failure,
+    NotFound,
+    OriginNotAllowed,
+    RapportError,
+    SessionGone,
+    ValidationFailed,
+)
+from engine.ids import UserId, own_id
 from engine.personas import Mode, PersonaId
 from engine.ratelimit import Policy
 from sessions.capacity import Queued, Ready
@@ -39,12 +52,10 @@ from sessions.frames import Budget, QueueUpdate
 from sessions.store import Session, token_account
 from sessions.waiting_room import SocketUrl
 
-UserId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-"""Seed 004's user_id: 1..128, the same end user as the conversation API's."""
-
 
 class SessionIn(msgspec.Struct, forbid_unknown_fields=True):
     user_id: UserId
+    """Seed 004's user_id, the same end user as the conversation API's."""
     mode: Mode
     persona_id: PersonaId | None = None
     """The persona to talk to; the account's default persona when left out."""
@@ -126,6 +137,27 @@ FRAME_LIMIT = SESSION_FRAME_LIMIT
 QUEUE_FRAME_LIMIT = 4096
 
 
+def check_origin(plan: Plan, origin: str | None, reached: URL, what: str) -> None:
+    """Raise OriginNotAllowed unless ``origin`` may use the account for ``what``: no Origin
+    (not a browser), one in the account's allowed origins (any when none are set), or this
+    server's own origin, the scheme and Host the request ``reached`` (RFC 6454 §7: the
+    playground's page and its sockets, which an operator must not have to list).
+
+    The last cannot be abused: the list protects browsers from other sites' pages, and a
+    browser writes both Origin and Host itself, so another site's page never matches. A
+    client that forges both is no browser and could as well send no Origin. A DNS-rebound
+    name gets a page nothing: it has no key or token of the account but its own."""
+    if origin is None or plan.allows_origin(origin):
+        return
+    scheme = "https" if reached.scheme in ("https", "wss") else "http"
+    try:
+        if normalise_origin(origin) == normalise_origin(f"{scheme}://{reached.netloc}"):
+            return
+    except ValidationFailed:
+        pass  # an Origin or Host that is no origin (``null``) matches nothing
+    raise OriginNotAllowed(f"Origin {origin!r} may not {what}.")
+
+
 async def guarded(websocket: WebSocket, policy: Policy, credential: str) -> bool:
     """The handshake guards of a socket: ``policy`` per client IP (seed 000
     SessionWebSocket, WaitingRoomQueueWs), then the account's allowed origins when the
@@ -142,8 +174,7 @@ async def guarded(websocket: WebSocket, policy: Policy, credential: str) -> bool
                 plan = (await services.accounts.get(account_id)).plan
             except NotFound:
                 return True  # the socket refuses the token itself (4001)
-            if not plan.allows_origin(origin):
-                raise OriginNotAllowed(f"Origin {origin!r} may not open this account's sockets.")
+            check_origin(plan, origin, websocket.url, "open this account's sockets")
     except RapportError as error:
         await websocket.send_denial_response(render(websocket.scope, error))
         return False
@@ -200,6 +231,7 @@ async def mint(request: Request) -> Response:
     except msgspec.MsgspecError as exc:
         raise invalid_input(exc) from None
     account = await services.accounts.get(account_id)
+    check_origin(account.plan, request.headers.get("origin"), request.url, "mint its sessions")
     persona_id = given.persona_id or account.default_persona_id
     if persona_id is None:
         raise NotFound("The account has no default persona.")
@@ -213,6 +245,7 @@ async def mint(request: Request) -> Response:
         persona,
         given.mode,
         account_cap=account.plan.max_concurrent_sessions,
+        key_slot=request.state.principal.slot,
     )
     match place:
         case Queued(position=position):
@@ -261,7 +294,7 @@ async def list_sessions(request: Request) -> Response:
 async def found(services: Services, account_id: str, session_id: str) -> Session:
     """The session, or seed 000's 404 (``session.not_found`` is the socket's close reason)."""
     try:
-        return await services.sessions.get(account_id, session_id)
+        return await services.sessions.get(account_id, own_id(session_id, "session"))
     except SessionGone:
         raise NotFound(f"No session {session_id!r}.") from None
 
@@ -300,11 +333,13 @@ OPERATIONS = [
               "Outside the persona's opening hours: 409 limits.session_time_limit. At the "
               "account's max_concurrent_sessions: 429 limits.concurrent_session. The "
               "deployment full: 202 with a ticket, a place in line, queue_ws_url and "
-              "poll_url; the waiting room full too: 503 limits.waiting_room_full.",
+              "poll_url; the waiting room full too: 503 limits.waiting_room_full. Sent "
+              "with a browser Origin the account does not allow: 403 "
+              "auth.origin_not_allowed.",
               "sessions", Minted, status=201, request=SessionIn,
               failures=(Failure.VALIDATION_FAILED, Failure.SESSION_TIME_LIMIT,
                         Failure.CONCURRENT_SESSION, Failure.WAITING_ROOM_FULL,
-                        Failure.RATE_LIMITED)),
+                        Failure.RATE_LIMITED, Failure.ORIGIN_NOT_ALLOWED)),
     Operation("GET", "/api/sessions", list_sessions,
               "The account's sessions that have not ended, oldest first.", "sessions",
               SessionPage),
@@ -318,7 +353,8 @@ OPERATIONS = [
               "The live session (WebSocket): open ws_url as given; add last_seq=N to resume. "
               "JSON frames tagged by type (README, 'The socket'). Closes: 1000 ended, 1008 "
               "malformed or flooding frames, 1009 frame too big, 4001 bad, expired or "
-              "foreign token, 4004 unknown or ended session, 4005 interaction budget spent, "
+              "foreign token (whether or not the session exists) or one whose API key was "
+              "disabled or regenerated, 4004 ended session, 4005 interaction budget spent, "
               "4006 duration spent, 4009 replaced by a newer connection. Refused upgrades: "
               "403 auth.origin_not_allowed, 429 limits.rate_exceeded (SessionWebSocket).",
               "sessions", status=101, body_limit=FRAME_LIMIT, websocket=True),
@@ -334,7 +370,8 @@ OPERATIONS = [
               failures=(Failure.SESSION_TOKEN_INVALID, Failure.RATE_LIMITED)),
     Operation("GET", QUEUE_SOCKET_PATH, queue_socket,
               "A queued session's socket (queue_ws_url as given): queue.position on every "
-              "change, then queue.admitted and a close 1000. Closes: 4001 bad ticket, 4004 "
+              "change, then queue.admitted and a close 1000. Closes: 4001 bad ticket (whether "
+              "or not the place exists), 4004 "
               "place lost. Refused upgrades: 403 auth.origin_not_allowed, 429 "
               "limits.rate_exceeded (WaitingRoomQueueWs).",
               "sessions", status=101, body_limit=QUEUE_FRAME_LIMIT, websocket=True),

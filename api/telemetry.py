@@ -25,6 +25,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.logs import UPGRADE_REFUSED
 from api.metrics import HttpMetrics
 from api.problems import close_message, refuse
 from api.routes import template_of
@@ -34,7 +35,7 @@ log = logging.getLogger("rapport.http")
 
 REQUEST_ID_HEADER = "x-request-id"
 # An incoming id is kept only if it is short and plain: it is echoed into logs and bodies.
-SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+SANE_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:\-]{1,128}\Z")
 UNMATCHED = "<unmatched>"
 # Status of a socket accepted and ended by the client (RFC 9110 §15.2.2, Switching Protocols).
 ACCEPTED = 101
@@ -112,6 +113,8 @@ class Telemetry:
                 ended = True
                 status = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), id_header]}
+                # uvicorn, in this same task, then takes the refusal for a missing handshake.
+                UPGRADE_REFUSED.set(True)
             await send(message)
 
         error: Exception | None = None

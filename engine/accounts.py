@@ -18,7 +18,7 @@ from engine.errors import Conflict, NotFound, ValidationFailed
 from engine.ids import new_id
 from engine.state import redis_boundary
 
-ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+ACCOUNT_NAME = re.compile(r"\A[A-Za-z0-9._-]{1,64}\Z")
 BYTES_PER_STORAGE_UNIT = 1_048_576
 """Seed 000 counts storage units in MB; Rapport's MB is the binary one."""
 DEFAULT_PORTS = {"http": 80, "https": 443}

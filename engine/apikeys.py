@@ -27,7 +27,7 @@ from engine.state import redis_boundary
 KEY_PREFIX = "rk_live_"
 RANDOM_LENGTH = 44
 LOOKUP_LENGTH = 12
-KEY_SHAPE = re.compile(rf"^{KEY_PREFIX}[A-Za-z0-9]{{{RANDOM_LENGTH}}}$")
+KEY_SHAPE = re.compile(rf"\A{KEY_PREFIX}[A-Za-z0-9]{{{RANDOM_LENGTH}}}\Z")
 _ALPHABET = string.ascii_letters + string.digits
 
 Slot = Literal["primary", "secondary"]

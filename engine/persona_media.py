@@ -51,7 +51,7 @@ EXTENSIONS = {"image/jpeg": "jpg", "image/jpg": "jpg", "image/png": "png", "imag
 
 
 Language = Annotated[
-    str, msgspec.Meta(min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")
+    str, msgspec.Meta(min_length=2, max_length=35, pattern=r"\A[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*\Z")
 ]
 """Seed 002's "language code": a BCP 47 tag (``en``, ``pt-BR``); 35 is RFC 5646's length
 every tag fits in (§4.4.1)."""

@@ -5,12 +5,14 @@ This module is the one place for a persona's fields and their limits: the stored
 types the ``/api/personas`` bodies are made of. Field limits come from seed 004 (the
 conversation API's ``persona`` object): name 1..64, age 1..120, gender, the twelve zodiac
 signs, temperament weights, sociality, up to 16 archetypes, role 1..1000. Names are unique
-within an account (seed 003: duplicate → 409). Seed 002's instance ``configuration`` is any
-JSON object, kept as given and bounded (:func:`check_configuration`).
+within an account (seed 003: duplicate → 409), compared as :func:`name_key` folds them.
+Seed 002's instance ``configuration`` is any JSON object, kept as given and bounded
+(:func:`check_configuration`).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
@@ -18,19 +20,42 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from engine import keyspace
 from engine.accounts import AccountStore
 from engine.errors import Conflict, NotFound, ValidationFailed
-from engine.ids import new_id
+from engine.ids import UNSEEN, ZERO_WIDTH, OwnId, new_id
 from engine.persona_media import MediaStore
 from engine.state import redis_boundary
 
-PersonaId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-"""A persona id as a request names it. Rapport's ids are letters, digits, '-' and '_'; this
-keeps anything else out of Redis keys."""
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-"""Seed 004: name 1..64."""
+PersonaId = OwnId
+"""A persona id as a request names it (:data:`engine.ids.OwnId`)."""
+NAME_MAX_LENGTH = 64
+StoredName = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX_LENGTH)]
+"""A stored persona's name: read as it was written, whatever rules names had then."""
+Name = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        # At least one character that shows: a name of only zero-width characters or spaces
+        # would read as no name (and fold to "" in :func:`name_key`).
+        pattern=rf"\A[^{UNSEEN}]*[^{UNSEEN}{ZERO_WIDTH}\s\u00ad][^{UNSEEN}]*\Z",
+    ),
+]
+"""Seed 004: name 1..64; no control or bidirectional-control character
+(:data:`engine.ids.UNSEEN`), and not only invisible ones."""
+
+
+def name_key(name: str) -> str:
+    """What two names are compared by, so that names that read the same are one name: NFKC
+    (compatibility forms: a fullwidth "NORA" is "NORA"), then without format characters (Unicode
+    category Cf: zero-width ones, soft hyphens), then casefolded ("NORA" is "nora")."""
+    folded = unicodedata.normalize("NFKC", name)
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf").casefold()
+
+
 ROLE_MAX_LENGTH = 1000
 Role = Annotated[str, msgspec.Meta(min_length=1, max_length=ROLE_MAX_LENGTH)]
 """Seed 004: role 1..1000, whichever API gives it (seed 003's ``systemPrompt`` is this field).
@@ -46,8 +71,8 @@ ImageRef = Annotated[str, msgspec.Meta(max_length=2048)]
 """Seed 003's ``imageUrl``: an image id (``<media id>.png``) or a URL."""
 # RFC 9110 §5.1: a field name is a token; a value may not hold CR or LF (§5.5), or it would
 # smuggle a header of its own into the connector's request (seed 003: persona headers).
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")]
-HeaderValue = Annotated[str, msgspec.Meta(max_length=1024, pattern=r"^[^\r\n]*$")]
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"\A[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}\Z")]
+HeaderValue = Annotated[str, msgspec.Meta(max_length=1024, pattern=r"\A[^\r\n]*\Z")]
 Headers = Annotated[dict[HeaderName, HeaderValue], msgspec.Meta(max_length=32)]
 
 Gender = Literal["male", "female"]
@@ -109,7 +134,7 @@ class TemperamentWeights(msgspec.Struct, forbid_unknown_fields=True):
 
 
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-Clock = Annotated[str, msgspec.Meta(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
+Clock = Annotated[str, msgspec.Meta(pattern=r"\A([01]\d|2[0-3]):[0-5]\d\Z")]
 
 
 class Window(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -197,7 +222,7 @@ class PublishSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 class Persona(msgspec.Struct, frozen=True, kw_only=True):
     id: str
-    name: Name
+    name: StoredName
     description: Description = ""
     role: Annotated[str, msgspec.Meta(max_length=ROLE_MAX_LENGTH)] = ""
     """A :data:`Role`, or "" for none."""
@@ -236,28 +261,72 @@ class PersonaPatch(msgspec.Struct, forbid_unknown_fields=True):
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Persona).decode
 
+
+class _Named(msgspec.Struct):
+    """What re-indexing reads of a stored persona."""
+
+    id: str
+    name: str
+
+
+_decode_named = msgspec.json.Decoder(_Named).decode
+
+NAMES_VERSION = "1"
+"""Which rules the account's ``persona_names`` hash is keyed by: "1" is :func:`name_key`.
+An account whose marker (``persona_names_version``) is absent or another value keeps its names
+some other way (before "1", as spelt), and its hash is rebuilt from its personas before the
+next name check (:meth:`PersonaStore._reindex`). Change it whenever :func:`name_key` changes,
+and every account re-indexes itself on its next create, rename or delete."""
+NAME_TRIES = 3
+"""A name change meeting an index that is not at :data:`NAMES_VERSION` re-indexes and tries
+again. Only a node keying names by other rules (a rolling upgrade) can leave it stale again."""
+_STALE = -1
+
+# Every script that reads or writes the names hash first checks it is keyed by the current
+# rules, and changes nothing otherwise (_STALE): so while an account's index is stale, its
+# personas and their names do not change, and the snapshot _reindex takes stays true until its
+# script runs. KEYS: names, names version, ... ARGV: NAMES_VERSION, ...
+_CURRENT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+"""
 # Claim the name and write the record in one step, so two creators racing for a name
-# cannot both win. Both keys carry the account's hash tag (one cluster slot).
-_CREATE = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('SET', KEYS[2], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+# cannot both win. All keys carry the account's hash tag (one cluster slot).
+# KEYS: names, version, record, listing. ARGV: version, name key, id, record, created at.
+_CREATE = f"""{_CURRENT}
+if redis.call('HSETNX', KEYS[1], ARGV[2], ARGV[3]) == 0 then return 0 end
+redis.call('SET', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[3])
 return 1
 """
-# KEYS: names, record, listing. ARGV: name, id.
-_DELETE = """
-redis.call('DEL', KEYS[2])
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return redis.call('ZREM', KEYS[3], ARGV[2])
+# KEYS: names, version, record, listing. ARGV: version, name key, id.
+_DELETE = f"""{_CURRENT}
+redis.call('DEL', KEYS[3])
+if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[3] then redis.call('HDEL', KEYS[1], ARGV[2]) end
+return redis.call('ZREM', KEYS[4], ARGV[3])
 """
 # Rename-safe replace: the new name is claimed (unless it is already this persona's) before
-# the old one is released, so no moment leaves two personas with one name.
-_REPLACE = """
-local owner = redis.call('HGET', KEYS[1], ARGV[1])
-if owner and owner ~= ARGV[2] then return 0 end
-if ARGV[3] ~= ARGV[1] then redis.call('HDEL', KEYS[1], ARGV[3]) end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[4])
+# the old one is released, so no moment leaves two personas with one name. The old name is
+# released only if it is this persona's: two personas stored before names were folded may
+# share a key, and the one that lost it at re-indexing must not free the other's.
+# KEYS: names, version, record. ARGV: version, new name key, id, old name key, record.
+_REPLACE = f"""{_CURRENT}
+local owner = redis.call('HGET', KEYS[1], ARGV[2])
+if owner and owner ~= ARGV[3] then return 0 end
+if ARGV[4] ~= ARGV[2] and redis.call('HGET', KEYS[1], ARGV[4]) == ARGV[3] then
+  redis.call('HDEL', KEYS[1], ARGV[4])
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[5])
+return 1
+"""
+# The names hash rebuilt from a snapshot of the personas, unless another node has already
+# done it (and names may have changed since). KEYS: names, version. ARGV: version, then a
+# name key and an id for each persona, oldest first.
+_REINDEX = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -268,6 +337,38 @@ class PersonaStore:
         self._create = redis.register_script(_CREATE)
         self._replace = redis.register_script(_REPLACE)
         self._delete = redis.register_script(_DELETE)
+        self._reindex_script = redis.register_script(_REINDEX)
+
+    async def _with_names(
+        self, script: AsyncScript, account_id: str, keys: list[str], args: list[object]
+    ) -> int:
+        """Run ``script`` (one of those starting with ``_CURRENT``) on the account's names
+        hash, re-indexing it first if it is not keyed by :data:`NAMES_VERSION`."""
+        names = keyspace.AccountKeys(account_id)
+        for _ in range(NAME_TRIES):
+            result = await script(
+                keys=[names.persona_names, names.persona_names_version, *keys],
+                args=[NAMES_VERSION, *args],
+            )
+            if result != _STALE:
+                return int(result)
+            await self._reindex(account_id)
+        raise Conflict("Persona names are being re-indexed by another version; try again.")
+
+    async def _reindex(self, account_id: str) -> None:
+        """Rebuild the account's names hash from its personas (an account has few). Where two
+        stored before names were folded now read as one, the older keeps the name."""
+        keys = keyspace.AccountKeys(account_id)
+        ids = await self._redis.zrange(keys.personas, 0, -1)
+        raws = await self._redis.mget([keys.persona(i) for i in ids]) if ids else []
+        pairs: list[str] = []
+        for raw in raws:
+            if raw is not None:
+                persona = _decode_named(raw)
+                pairs += [name_key(persona.name), persona.id]
+        await self._reindex_script(
+            keys=[keys.persona_names, keys.persona_names_version], args=[NAMES_VERSION, *pairs]
+        )
 
     @redis_boundary
     async def create(self, account_id: str, **fields: object) -> Persona:
@@ -275,9 +376,16 @@ class PersonaStore:
         check_configuration(persona.configuration)
         persona = msgspec.structs.replace(_normalised(persona), updated_at=persona.created_at)
         keys = keyspace.AccountKeys(account_id)
-        claimed = await self._create(
-            keys=[keys.persona_names, keys.persona(persona.id), keys.personas],
-            args=[persona.name, persona.id, _encode(persona), persona.created_at.timestamp()],
+        claimed = await self._with_names(
+            self._create,
+            account_id,
+            [keys.persona(persona.id), keys.personas],
+            [
+                name_key(persona.name),
+                persona.id,
+                _encode(persona),
+                persona.created_at.timestamp(),
+            ],
         )
         if not claimed:
             raise Conflict(f"A persona named {persona.name!r} already exists.")
@@ -311,9 +419,11 @@ class PersonaStore:
             return current
         merged = msgspec.structs.replace(merged, updated_at=datetime.now(UTC))
         keys = keyspace.AccountKeys(account_id)
-        replaced = await self._replace(
-            keys=[keys.persona_names, keys.persona(persona_id)],
-            args=[merged.name, persona_id, current.name, _encode(merged)],
+        replaced = await self._with_names(
+            self._replace,
+            account_id,
+            [keys.persona(persona_id)],
+            [name_key(merged.name), persona_id, name_key(current.name), _encode(merged)],
         )
         if not replaced:
             raise Conflict(f"A persona named {merged.name!r} already exists.")
@@ -333,9 +443,11 @@ class PersonaStore:
     @redis_boundary
     async def delete(self, account_id: str, persona: Persona) -> None:
         keys = keyspace.AccountKeys(account_id)
-        await self._delete(
-            keys=[keys.persona_names, keys.persona(persona.id), keys.personas],
-            args=[persona.name, persona.id],
+        await self._with_names(
+            self._delete,
+            account_id,
+            [keys.persona(persona.id), keys.personas],
+            [name_key(persona.name), persona.id],
         )
 
 

@@ -35,7 +35,7 @@ from engine.errors import Conflict
 from engine.state import redis_boundary
 from kb.listing import Listing, ListingRow, Status
 
-EXTERNAL_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+EXTERNAL_ID = re.compile(r"\A[A-Za-z0-9._:\-]{1,128}\Z")
 """Seed 000: 1-128 characters of letters, digits, '.', '_', ':' and '-'."""
 TOKENS_PER_KNOWLEDGE_UNIT = 1000
 """A knowledge unit is 1,000 embedded tokens, rounded up per document (at least 1)."""

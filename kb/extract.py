@@ -4,7 +4,7 @@ Seed 001 names the document types (``content_type``: txt, md, html, pdf, docx), 
 counts (``estimated_pages`` at accept time, ``actual_pages`` after processing, null for plain
 text) and ``has_extracted_text`` (true only when the bytes were transformed); seed 000 names
 the upload failures. Every byte string a client sends ends here, so every parser call is
-fenced: whatever pypdf, python-docx or ``html.parser`` throw on hostile or broken input comes
+fenced: whatever pypdf, lxml, zipfile or ``html.parser`` throw on hostile or broken input comes
 out as :class:`InvalidSignature` (400), never as a 500. The type is trusted from the file's
 name or declared mime only as far as its bytes agree (an ``.exe`` renamed ``.pdf`` is refused).
 """
@@ -16,13 +16,13 @@ import io
 import logging
 import math
 import re
+import threading
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from html.parser import HTMLParser
 from typing import Any, Final, cast, get_args
 from urllib.parse import urlsplit
 
-import docx
 import msgspec
 import pypdf
 from lxml import etree
@@ -56,10 +56,20 @@ _SUPPORTED = "txt, md, html, pdf or docx"
 # A docx page is estimated as 1 + its hard page and section breaks, or ~3000 characters a
 # page, whichever is more: without laying the document out, that is all the bytes tell us.
 CHARS_PER_DOCX_PAGE: Final = 3000
-# python-docx reads every part into memory and lxml parses the XML ones; DEFLATE packs up to
-# ~1000:1, so a small upload could claim gigabytes. zipfile never inflates a member past its
-# declared size, so summing the declared sizes is a sound bound.
-MAX_DOCX_UNPACKED_BYTES: Final = 128 * 1024 * 1024
+# Of a docx, only its text (word/document.xml) and that part's relationships (the links'
+# targets) are read, as a stream of parse events, never as a tree (_DocxText). DEFLATE packs
+# dense XML ~1000:1, so a 400 KB upload can unpack to 128 MiB: parsing that costs seconds of
+# CPU even streamed (and cost 1.9 GB as a tree, issue 21). 32 MiB leaves a document of 500
+# pages (RAPPORT_KB_MAX_PAGES) of 3000 characters ~20 bytes of markup a character. zipfile
+# never inflates a member past its declared size, so summing the declared sizes is a sound
+# bound.
+MAX_DOCX_UNPACKED_BYTES: Final = 32 * 1024 * 1024
+# Parses at once in this process (upload estimates and the worker's extractions alike);
+# others wait their turn. Each is bounded in memory; this bounds the CPU and memory of many.
+DOCX_PARSES: Final = 2
+_DOCX_PARSES = threading.BoundedSemaphore(DOCX_PARSES)
+_DOCX_MAIN: Final = "word/document.xml"
+_DOCX_RELS: Final = "word/_rels/document.xml.rels"
 MAX_LINK_LENGTH: Final = 2048  # seed 001: DocLink.url max length
 
 
@@ -436,6 +446,22 @@ def _pdf_links(page: Any) -> list[str]:
 # -- docx --
 
 _W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_W_BODY = f"{_W}body"
+_W_BR = f"{_W}br"
+_W_CR = f"{_W}cr"
+_W_CUSTOM_XML = f"{_W}customXml"
+_W_HYPERLINK = f"{_W}hyperlink"
+_W_P = f"{_W}p"
+_W_P_PR = f"{_W}pPr"
+_W_SDT = f"{_W}sdt"
+_W_SDT_CONTENT = f"{_W}sdtContent"
+_W_SECT_PR = f"{_W}sectPr"
+_W_T = f"{_W}t"
+_W_TAB = f"{_W}tab"
+_W_TBL = f"{_W}tbl"
+_W_TC = f"{_W}tc"
+_W_TR = f"{_W}tr"
+_W_TYPE = f"{_W}type"
 _R_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
 # Word writes a text box twice: as DrawingML and as a VML fallback for old readers.
 _MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fallback"
@@ -443,107 +469,157 @@ _MC_FALLBACK = "{http://schemas.openxmlformats.org/markup-compatibility/2006}Fal
 
 def _read_docx(data: bytes) -> Extracted:
     members = _check_docx(data)
-    unpacked = sum(info.file_size for info in members.values())
+    parsed = [members[name] for name in (_DOCX_MAIN, _DOCX_RELS) if name in members]
+    unpacked = sum(info.file_size for info in parsed)
     if unpacked > MAX_DOCX_UNPACKED_BYTES:
         raise FileTooLarge(
-            f"The docx unpacks to {unpacked // (1024 * 1024)} MiB; at most "
+            f"The docx's text unpacks to {unpacked // (1024 * 1024)} MiB; at most "
             f"{MAX_DOCX_UNPACKED_BYTES // (1024 * 1024)} MiB are accepted."
         )
+    read, rels = _DocxText(), _DocxRels()
     try:
-        document = docx.Document(io.BytesIO(data))
-        body = document.element.body
-        blocks: list[str] = []
-        breaks = 0
-        hrefs: list[str] = []
-        if body is not None:
-            _docx_blocks(body, blocks)
-            breaks = _docx_breaks(body)
-            rels = document.part.rels
-            for link in body.iter(f"{_W}hyperlink"):
-                rel = rels.get(link.get(_R_ID) or "")
-                if rel is not None and rel.is_external:
-                    hrefs.append(rel.target_ref)
-    except Exception as exc:  # python-docx, lxml and zipfile all raise on broken packages
+        with _DOCX_PARSES, zipfile.ZipFile(io.BytesIO(data)) as archive:
+            _parse(archive, _DOCX_MAIN, read)
+            if _DOCX_RELS in members:
+                _parse(archive, _DOCX_RELS, rels)
+    except Exception as exc:  # lxml and zipfile raise many types on broken packages
         log.info("unreadable docx: %s: %s", type(exc).__name__, exc)
         raise InvalidSignature(
             "The docx could not be read: it is damaged or not a Word document."
         ) from None
-    text = _tidy("\n\n".join(blocks))
-    pages = max(1 + breaks, math.ceil(len(text) / CHARS_PER_DOCX_PAGE))
+    hrefs = [rels.targets[rid] for rid in read.link_ids if rid in rels.targets]
+    text = _tidy("\n\n".join(read.blocks))
+    pages = max(1 + read.breaks, math.ceil(len(text) / CHARS_PER_DOCX_PAGE))
     return Extracted(text=text, pages=pages, has_extracted_text=True, links=_https_links(hrefs))
 
 
-def _docx_blocks(container: etree._Element, out: list[str]) -> None:
-    """Paragraphs and tables in document order. Walked by hand rather than with
-    ``Document.iter_inner_content()``, which skips content controls (w:sdt) and
-    tracked insertions."""
-    for child in container:
-        if child.tag == f"{_W}p":
-            text = _docx_paragraph(child)
-            if text.strip():
-                out.append(text)
-        elif child.tag == f"{_W}tbl":
-            rows = list(_docx_table(child))
-            if rows:
-                out.append("\n".join(rows))
-        elif child.tag != f"{_W}sectPr":
-            _docx_blocks(child, out)  # w:sdt, w:sdtContent, w:customXml, w:ins ...
+def _parse(archive: zipfile.ZipFile, name: str, target: object) -> None:
+    """Feed a member, as it inflates, to a parser that calls ``target`` at each tag and text
+    and builds no tree. python-docx's settings: no entities, no network."""
+    parser = etree.XMLParser(target=target, resolve_entities=False, no_network=True)
+    with archive.open(name) as member:
+        while chunk := member.read(64 * 1024):
+            parser.feed(chunk)
+    parser.close()
 
 
-def _docx_table(table: etree._Element) -> Iterator[str]:
-    """One line a row, cells joined by ' | ', so a price stays beside its product."""
-    for row in _docx_children(table, f"{_W}tr"):
-        cells: list[str] = []
-        for cell in _docx_children(row, f"{_W}tc"):
-            blocks: list[str] = []
-            _docx_blocks(cell, blocks)
-            text = " ".join(" ".join(blocks).split())
-            if text:
-                cells.append(text)
-        if cells:
-            yield " | ".join(cells)
+class _DocxRels:
+    """Parser target: the external relationships of a part (hyperlinks' targets), by id."""
+
+    def __init__(self) -> None:
+        self.targets: dict[str, str] = {}
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        if attrib.get("TargetMode") == "External" and attrib.get("Id"):
+            self.targets[attrib["Id"]] = attrib.get("Target", "")
+
+    def close(self) -> None:
+        """lxml asks a target for its result; the relationships are read from ``targets``."""
 
 
-def _docx_children(parent: etree._Element, tag: str) -> Iterator[etree._Element]:
-    """``tag`` children of ``parent``, looking through content-control wrappers."""
-    for child in parent:
-        if child.tag == tag:
-            yield child
-        elif child.tag in (f"{_W}sdt", f"{_W}sdtContent", f"{_W}customXml"):
-            yield from _docx_children(child, tag)
+# What an open element of word/document.xml is to the text (_DocxText._stack's frames).
+(_ROOT, _SKIP, _BLOCKS, _PARAGRAPH, _RUNS, _T,
+ _TABLE, _TABLE_WRAP, _ROW, _ROW_WRAP, _CELL) = range(11)  # fmt: skip
+_WRAPPERS: Final = frozenset((_W_SDT, _W_SDT_CONTENT, _W_CUSTOM_XML))
+_RUN_MARKS: Final = {_W_TAB: "\t", _W_BR: "\n", _W_CR: "\n"}
 
 
-def _docx_paragraph(paragraph: etree._Element) -> str:
-    parts: list[str] = []
-    _docx_runs(paragraph, parts)
-    return "".join(parts)
+class _DocxText:
+    """Parser target for word/document.xml: its text as paragraphs and tables in document
+    order, read from the parser's events without a tree (a 35-byte
+    ``<w:p><w:r><w:t>x</w:t></w:r></w:p>`` is ~500 bytes as an lxml tree: 128 MiB of it
+    was 1.9 GB, issue 21), so what is held is the open elements' path and the text.
 
+    Walked by hand rather than with python-docx's ``Document.iter_inner_content()``, which
+    skips content controls (w:sdt) and tracked insertions. A table is one line a row, its
+    cells joined by ' | ', so a price stays beside its product; rows and cells are found
+    through content-control wrappers. w:delText (deleted by tracked changes) and
+    w:instrText (field codes) are not w:t, so they are left out, as Word leaves them off
+    the page; Word writes a text box twice, as DrawingML and as a VML fallback
+    (mc:Fallback), which is skipped."""
 
-def _docx_runs(node: etree._Element, parts: list[str]) -> None:
-    # w:delText (deleted by tracked changes) and w:instrText (field codes) are not w:t, so
-    # they are left out, as Word leaves them off the page.
-    for child in node:
-        tag = child.tag
-        if tag == f"{_W}t":
-            parts.append(child.text or "")
-        elif tag == f"{_W}tab":
-            parts.append("\t")
-        elif tag in (f"{_W}br", f"{_W}cr"):
-            parts.append("\n")
-        elif tag == _MC_FALLBACK:
-            continue
-        else:
-            if tag == f"{_W}p":  # a paragraph in a text box: its own line
+    def __init__(self) -> None:
+        self.blocks: list[str] = []
+        self.breaks = 0
+        """Hard page breaks plus section breaks (a w:sectPr in a paragraph's properties ends
+        a section; the body's last w:sectPr is the final section's, not a break)."""
+        self.link_ids: list[str] = []
+        """The relationship ids of w:hyperlink elements, in document order."""
+        # An open element: [what it is, its tag, then what it collects into].
+        self._stack: list[list[Any]] = []
+
+    def start(self, tag: str, attrib: dict[str, str]) -> None:
+        if (tag == _W_BR and attrib.get(_W_TYPE) == "page") or (
+            tag == _W_SECT_PR and self._stack and self._stack[-1][1] == _W_P_PR
+        ):
+            self.breaks += 1
+        elif tag == _W_HYPERLINK:
+            self.link_ids.append(attrib.get(_R_ID, ""))
+        self._stack.append(self._frame(tag) if self._stack else [_ROOT, tag])
+
+    def _frame(self, tag: str) -> list[Any]:
+        parent = self._stack[-1]
+        kind = parent[0]
+        if kind in (_BLOCKS, _CELL):
+            out = parent[2]
+            if tag == _W_P:
+                return [_PARAGRAPH, tag, [], out]
+            if tag == _W_TBL:
+                return [_TABLE, tag, [], out]
+            return [_SKIP, tag] if tag == _W_SECT_PR else [_BLOCKS, tag, out]
+        if kind in (_PARAGRAPH, _RUNS):
+            parts = parent[2]
+            if tag == _W_T:
+                return [_T, tag, parts, []]
+            if tag in _RUN_MARKS:
+                parts.append(_RUN_MARKS[tag])
+                return [_SKIP, tag]
+            if tag == _MC_FALLBACK:
+                return [_SKIP, tag]
+            if tag == _W_P:  # a paragraph in a text box: its own line
                 parts.append("\n")
-            _docx_runs(child, parts)
+            return [_RUNS, tag, parts]
+        if kind in (_TABLE, _TABLE_WRAP):
+            if tag == _W_TR:
+                return [_ROW, tag, [], parent[2]]
+            return [_TABLE_WRAP, tag, parent[2]] if tag in _WRAPPERS else [_SKIP, tag]
+        if kind in (_ROW, _ROW_WRAP):
+            if tag == _W_TC:
+                return [_CELL, tag, [], parent[2]]
+            return [_ROW_WRAP, tag, parent[2]] if tag in _WRAPPERS else [_SKIP, tag]
+        if kind == _ROOT and tag == _W_BODY and len(self._stack) == 1:
+            return [_BLOCKS, tag, self.blocks]
+        if kind == _T:
+            parent[0] = _SKIP  # a w:t's text is what comes before anything inside it
+            parent[2].append("".join(parent[3]))
+        return [_SKIP, tag]
 
+    def data(self, text: str) -> None:
+        if self._stack and self._stack[-1][0] == _T:
+            self._stack[-1][3].append(text)
 
-def _docx_breaks(body: etree._Element) -> int:
-    """Hard page breaks plus section breaks (a w:sectPr in a paragraph's properties ends a
-    section; the body's last w:sectPr is the final section's, not a break)."""
-    breaks = sum(1 for br in body.iter(f"{_W}br") if br.get(f"{_W}type") == "page")
-    sections = sum(1 for s in body.iter(f"{_W}sectPr") if s.getparent().tag == f"{_W}pPr")
-    return breaks + sections
+    def end(self, tag: str) -> None:
+        frame = self._stack.pop()
+        kind = frame[0]
+        if kind == _PARAGRAPH:
+            text = "".join(frame[2])
+            if text.strip():
+                frame[3].append(text)
+        elif kind == _T:
+            frame[2].append("".join(frame[3]))
+        elif kind == _TABLE:
+            if frame[2]:
+                frame[3].append("\n".join(frame[2]))
+        elif kind == _ROW:
+            if frame[2]:
+                frame[3].append(" | ".join(frame[2]))
+        elif kind == _CELL:
+            text = " ".join(" ".join(frame[2]).split())
+            if text:
+                frame[3].append(text)
+
+    def close(self) -> None:
+        """lxml asks a target for its result; the text is read from ``blocks``."""
 
 
 # -- html --

@@ -299,7 +299,12 @@ class SessionProtocol:
         return self._close(4006, Failure.SESSION_DURATION_LIMIT.code, ends=True)
 
     def ended_elsewhere(self, code: int) -> list[Action]:
-        """The session was ended from outside (the business's DELETE): close with ``code``."""
+        """The session was ended from outside (the business's DELETE): close with ``code``.
+        A live socket is only ever ended 4001 from outside when the API key slot that minted
+        it was disabled or regenerated (:meth:`sessions.store.SessionStore.revoke`): the
+        closing names that, so the client knows not to resume."""
+        if code == Failure.SESSION_TOKEN_INVALID.close_code:
+            return self._close(code, "API key revoked", ends=False)
         return self._close(code, "session ended", ends=False)
 
     def replaced(self) -> list[Action]:

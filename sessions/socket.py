@@ -30,7 +30,9 @@ from typing import Generic, TypeVar
 import msgspec
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from engine.config import CHAT_FRAME_LIMIT, SESSION_FRAME_LIMIT
 from engine.errors import (
+    BodyTooLarge,
     IdempotencyInFlight,
     RapportError,
     SessionGone,
@@ -40,10 +42,11 @@ from engine.errors import (
 )
 from engine.idempotency import IdempotencyKey
 from engine.media import decode_base64
+from engine.personas import Mode
 from engine.replies import ReplyDelta
 from engine.turn_runner import TurnFailure, TurnResult, TurnRunner
 from engine.turns import Transcribed, TurnEvent, TurnInput, Voice
-from sessions.frames import PersonaRef, UserMessage, encode
+from sessions.frames import Audio, PersonaRef, UserMessage, encode
 from sessions.protocol import (
     Action,
     CancelTurn,
@@ -57,6 +60,18 @@ from sessions.store import Control, Session, SessionStore
 
 T = TypeVar("T")
 log = logging.getLogger("rapport.sessions")
+
+FRAME_LIMITS: dict[Mode, int] = {"chat": CHAT_FRAME_LIMIT, "full": SESSION_FRAME_LIMIT}
+"""The largest frame a session takes, by its mode: only full mode sends voice notes."""
+VOICE_DECODES = 2
+"""Voice notes decoded at once in one process (issue 21, finding 5): each is up to 35 MB of
+base64 that decodes to 26 MB, so ten sessions sending one together would hold both copies
+of all ten; the others wait their turn, holding only the frame they sent."""
+FRAME_LIMIT_EXTENSION = "rapport.frame_limit"
+"""A scope extension of the server's WebSocket protocol (api/transport.py): a callable that
+sets the connection's frame limit, so that a bigger frame is refused from its header, before
+its payload is read. Without it (wsproto, an app under test) the session checks each message
+itself, once the server has read it."""
 
 
 class Frame(msgspec.Struct, frozen=True):
@@ -182,6 +197,7 @@ class SessionSocket:
         self._runner = runner
         self._hub = hub
         self._clock = clock
+        self._voice_decodes = asyncio.Semaphore(VOICE_DECODES)
 
     async def serve(self, socket: WebSocket) -> None:
         await socket.accept()
@@ -195,6 +211,10 @@ class SessionSocket:
             await close_with(socket, error.failure.close_code, error.message)
             return
         connection = Connection(socket, session, owner, self)
+        limit_frames = socket.scope.get("extensions", {}).get(FRAME_LIMIT_EXTENSION)
+        if limit_frames is not None:
+            limit_frames(FRAME_LIMITS[session.mode])
+            connection.frame_limit = None
         self._hub.hold(connection)
         try:
             await connection.run(socket.query_params.get("last_seq"))
@@ -212,6 +232,7 @@ class Connection:
         self.store = served._store
         self.runner = served._runner
         self.clock = served._clock
+        self.voice_decodes = served._voice_decodes
         self.inbox: Inbox[Input] = Inbox()
         ends_at = session.ends_at()
         assert ends_at is not None, "attach sets the first connect"
@@ -225,6 +246,8 @@ class Connection:
             now=self.clock(),
         )
         self.turns: dict[int, asyncio.Task[None]] = {}
+        self.frame_limit: int | None = FRAME_LIMITS[session.mode]
+        """Checked on each message here, unless the server's socket layer enforces it."""
         self.closed = False
         self.ended = False
         self.replaced = False
@@ -282,7 +305,15 @@ class Connection:
         actions: list[Action] = []
         replayed: list[bytes] | None = None
         if last_seq is not None:
-            if last_seq.isdigit() and int(last_seq) <= self.session.seq:
+            # ASCII digits only (str.isdigit() is true of "²", which int() refuses), and no
+            # more of them than a seq, a Redis integer (< 2**63), has: 19. int() of thousands
+            # of digits raises.
+            if (
+                last_seq.isascii()
+                and last_seq.isdigit()
+                and len(last_seq) <= 19
+                and int(last_seq) <= self.session.seq
+            ):
                 replayed = await self.store.replay(self.session, int(last_seq))
             else:
                 error = ValidationFailed(
@@ -413,8 +444,7 @@ class Connection:
         try:
             voice = None
             if message.audio is not None:
-                data = decode_base64("audio.data_b64", message.audio.data_b64)
-                voice = Voice(data, message.audio.mime)
+                voice = await decode_voice(message.audio, self.voice_decodes)
             # The session's units are spent in the turn's opening round trip, with the
             # request balance; a failed turn gives both back, a cancelled one neither.
             answer = await self.runner.run(
@@ -468,8 +498,32 @@ class Connection:
                 break
             if message["type"] == "websocket.disconnect":
                 break
-            self.inbox.put(Frame(message.get("text"), message.get("bytes")))
+            frame = Frame(message.get("text"), message.get("bytes"))
+            if self.frame_limit is not None and _over(frame, self.frame_limit):
+                error = BodyTooLarge(
+                    f"A frame may be at most {self.frame_limit} bytes in {self.session.mode} mode."
+                )
+                await close_with(self.socket, error.failure.close_code, error.message)
+                break
+            self.inbox.put(frame)
         self.inbox.put(Gone())
+
+
+async def decode_voice(audio: Audio, gate: asyncio.Semaphore) -> Voice:
+    """A voice note's bytes, decoded off the event loop (tens of milliseconds for a large
+    one) and only while ``gate`` lets it."""
+    async with gate:
+        data = await asyncio.to_thread(decode_base64, "audio.data_b64", audio.data_b64)
+    return Voice(data, audio.mime)
+
+
+def _over(frame: Frame, limit: int) -> bool:
+    """Whether a message is over ``limit`` bytes as sent (text in UTF-8)."""
+    if frame.text is None:
+        return len(frame.data or b"") > limit
+    # UTF-8 takes 1 to 4 bytes a character: most texts are judged without encoding them.
+    chars = len(frame.text)
+    return chars > limit or (chars * 4 > limit and len(frame.text.encode()) > limit)
 
 
 async def close_with(socket: WebSocket, code: int, reason: str) -> None:

@@ -18,6 +18,11 @@ the same script that reads it: a token not used within ``RAPPORT_SESSION_CONNECT
 (close 4001), a socket gone longer than ``RAPPORT_SESSION_RESUME_SECONDS`` (1000), the
 duration spent (4006). An ended session stays readable for :data:`KEEP_ENDED_SECONDS`, so
 ``GET`` can say how it ended; its events go at once (no resume after an end).
+
+A session remembers the API key slot that minted it: disabling or regenerating that slot
+(:meth:`SessionStore.revoke`) ends its live and queued sessions with 4001, as a revoked
+credential, and their tokens stop working. One minted before slots were recorded has none,
+and lives on.
 """
 
 from __future__ import annotations
@@ -99,6 +104,10 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     """Waiting in line for a slot of the deployment: no connect window yet."""
     ended: int | None = None
     """The close code, once ended."""
+    key_slot: str | None = None
+    """The API key slot that minted the session; None for one minted before it was kept."""
+    revoked: bool = False
+    """Ended because that slot was disabled or regenerated: its token is no longer valid."""
 
     def budget(self, units: int) -> Budget:
         """The interaction budget a turn of ``units`` spends as it opens (:data:`CHARGE`)."""
@@ -158,6 +167,8 @@ class _Record(msgspec.Struct, frozen=True, kw_only=True):
     duration_limit_s: int
     digest: str
     """SHA-256 (hex) of the token's secret; the secret itself is never stored."""
+    key_slot: str | None = None
+    """The API key slot that minted the session (absent from records minted before)."""
 
 
 _encode = msgspec.json.Encoder().encode
@@ -266,11 +277,17 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[7])
 redis.call('ZADD', KEYS[3], ARGV[11], ARGV[7])
 return {{1, ended}}
 """
-# KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 id. A mint undone (the
-# waiting room was full), a queued session whose end user queued again or who left the line:
-# as if never made. Never one a socket has connected to (0): that one ends, it is not undone.
+# KEYS: 1 session, 2 the live set, 3 slots, 4 events, 5 left. ARGV: 1 id, 2 how long to keep
+# its token's digest at `left` (s; 0: not at all). A mint undone (the waiting room was full),
+# a queued session whose end user queued again or who left the line: as if never made, but
+# for a ticket that was handed out, whose digest is kept (:meth:`SessionStore.verify`).
+# Never one a socket has connected to (0): that one ends, it is not undone.
 _DISCARD = """
 if redis.call('HEXISTS', KEYS[1], 'connected') == 1 then return 0 end
+local record = redis.call('HGET', KEYS[1], 'record')
+if record and tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[5], cjson.decode(record)['digest'], 'EX', ARGV[2])
+end
 redis.call('DEL', KEYS[1], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
@@ -300,6 +317,23 @@ if f[3] then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 end
 return redis.call('HGETALL', KEYS[1])
+"""
+# KEYS: 1 the live set, 2 slots. ARGV: 1 prefix, 2-6 as _READ's, 7 the API key slot. Every
+# session not ended that this slot minted (queued ones too) is marked revoked and ended 4001:
+# the ids ended. A record without a slot (minted before slots were kept) matches none.
+_REVOKE = f"""{_FUNCTIONS}
+local ended = {{}}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local session = ARGV[1] .. id
+  local record = redis.call('HGET', session, 'record')
+  if record and redis.call('HEXISTS', session, 'ended') == 0
+      and cjson.decode(record)['key_slot'] == ARGV[7] then
+    redis.call('HSET', session, 'revoked', 1)
+    finish(session, KEYS[1], KEYS[2], session .. ':events', id, ARGV[2], 4001, ARGV[5], ARGV[6])
+    table.insert(ended, id)
+  end
+end
+return ended
 """
 # KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 id, 2 account, 3 code,
 # 4 keep (s), 5 channel.
@@ -416,6 +450,7 @@ class SessionStore:
         self._queued = redis.register_script(_QUEUED)
         self._claim = redis.register_script(_CLAIM)
         self._end = redis.register_script(_END)
+        self._revoke = redis.register_script(_REVOKE)
         self._attach = redis.register_script(_ATTACH)
         self._detach = redis.register_script(_DETACH)
         self._append = redis.register_script(_APPEND)
@@ -425,10 +460,18 @@ class SessionStore:
 
     @redis_boundary
     async def mint(
-        self, account_id: str, user_id: str, persona: Persona, mode: Mode, *, account_cap: int
+        self,
+        account_id: str,
+        user_id: str,
+        persona: Persona,
+        mode: Mode,
+        *,
+        account_cap: int,
+        key_slot: str | None = None,
     ) -> Minting:
         """A new session with ``persona`` in ``mode`` and its token: ready, or queued for a
-        slot of the deployment.
+        slot of the deployment. ``key_slot``, the API key slot minting it, is kept so that
+        disabling or regenerating the slot ends the session (:meth:`revoke`).
 
         The contract's checks, in its order (DESIGN.md, "Live sessions"): ValidationFailed
         when the persona does not allow the mode, SessionTimeLimit outside its opening hours,
@@ -456,6 +499,7 @@ class SessionStore:
             interaction_limit=publish.session_interaction_limit,
             duration_limit_s=publish.session_duration_limit_seconds or self._max_seconds,
             digest=_digest(secret),
+            key_slot=key_slot,
         )
         keys = keyspace.AccountKeys(account_id)
         # The account's slot first, then the deployment's; the first given back when the
@@ -482,12 +526,12 @@ class SessionStore:
         except BaseException:
             # Redis went away meanwhile: the slot's lease (the connect window) frees it anyway.
             with contextlib.suppress(RapportError, RedisConnectionError, RedisTimeoutError):
-                await self._undo(account_id, record.id)
+                await self._undo(account_id, record.id, handed_out=False)
             raise
         fields = {"record": _encode(record).decode()}
         match place:
             case Full():
-                await self._undo(account_id, record.id)
+                await self._undo(account_id, record.id, handed_out=False)
                 raise WaitingRoomFull(headers={"Retry-After": str(FULL_RETRY_AFTER_SECONDS)})
             case Queued(replaced=replaced):
                 await self._queued(
@@ -496,7 +540,7 @@ class SessionStore:
                 )
                 if replaced is not None:
                     # The end user queued again: the new ticket took the old one's place.
-                    await self._undo(account_id, replaced)
+                    await self._undo(account_id, replaced, handed_out=True)
                 fields["queued"] = "1"
         return Minting(_session(fields)[0], f"{account_id}.{record.id}.{secret}", place)
 
@@ -505,9 +549,16 @@ class SessionStore:
         (Relative, not PEXPIREAT: Redis's clock decides expiry, ours may be a test's.)"""
         return self._connect_seconds + duration_limit_s + KEEP_ENDED_SECONDS
 
-    async def _undo(self, account_id: str, session_id: str) -> bool:
+    async def _undo(self, account_id: str, session_id: str, *, handed_out: bool) -> bool:
+        """Discard a session never connected to; ``handed_out``: its ticket was given to a
+        client, whose later use must still be told the place is gone."""
         keys = keyspace.AccountKeys(account_id)
-        return bool(await self._discard(keys=_ending_keys(keys, session_id), args=[session_id]))
+        return bool(
+            await self._discard(
+                keys=[*_ending_keys(keys, session_id), keys.session_left(session_id)],
+                args=[session_id, KEEP_ENDED_SECONDS if handed_out else 0],
+            )
+        )
 
     async def _release(self, account_id: str, ended: list[str]) -> None:
         """The deployment's slots of sessions just ended: the queue moves on."""
@@ -532,7 +583,7 @@ class SessionStore:
         """A queued client gave its place up (or the slot offered to it, unused): the
         session is as if never minted. Raises SessionGone once a socket has connected to it:
         then it is a live session, ended like any other."""
-        if not await self._undo(account_id, session_id):
+        if not await self._undo(account_id, session_id, handed_out=True):
             raise SessionGone("The session is live: end it, it has left the waiting room.")
         await self.capacity.release(account_id, session_id)
 
@@ -593,12 +644,27 @@ class SessionStore:
         return True
 
     @redis_boundary
+    async def revoke(self, account_id: str, key_slot: str) -> list[str]:
+        """End every session of the account that ``key_slot`` minted and that has not ended
+        (queued ones included), as ``DELETE`` ends one but with 4001: the slot was disabled
+        or regenerated, so the credential behind them is revoked. Their sockets close
+        wherever they are held, and their tokens are refused from then on. The ids ended."""
+        keys = keyspace.AccountKeys(account_id)
+        ended = await self._revoke(
+            keys=[keys.sessions, keys.session_slots],
+            args=[keys.session(""), *self._end_args(account_id), key_slot],
+        )
+        await self._release(account_id, ended)
+        return ended
+
+    @redis_boundary
     async def admit(self, token: str, session_id: str) -> Session:
         """The session a socket may attach to with ``token``.
 
         Raises SessionTokenInvalid for a malformed token, another session's, a wrong secret,
-        or one not used in time (the session then ends, 4001); SessionGone for an unknown or
-        ended session, or one whose socket was gone past the resume window."""
+        an unknown session, a revoked one, or one not used in time (the session then ends,
+        4001); SessionGone for an ended session (the token proved genuine), or one whose
+        socket was gone past the resume window."""
         session = await self.verify(token, session_id)
         if session.ended is not None:
             if session.ended == 4001 and session.connected_at is None:
@@ -613,14 +679,29 @@ class SessionStore:
     @redis_boundary
     async def verify(self, token: str, session_id: str) -> Session:
         """The session ``token`` was minted for, if it is ``session_id``'s (ended or not).
-        Raises SessionTokenInvalid otherwise, SessionGone for an unknown session."""
+        Raises SessionTokenInvalid otherwise, the same for an unknown session as for a wrong
+        secret: a caller without the secret must not learn which session ids exist
+        (DESIGN.md's 4001, "whether or not the session exists"). A revoked session's token
+        is refused too."""
         parsed = _TOKEN.fullmatch(token)
         if parsed is None or parsed[2] != session_id:
             raise SessionTokenInvalid()
         account_id, _, secret = parsed.groups()
-        session, digest = _session(await self._fetch(account_id, session_id))
+        try:
+            session, digest = _session(await self._fetch(account_id, session_id))
+        except SessionGone:
+            # A place given up keeps its ticket's digest a while: the genuine ticket is told
+            # the place is gone.
+            left = await self._redis.get(keyspace.AccountKeys(account_id).session_left(session_id))
+            if left is not None and hmac.compare_digest(left, _digest(secret)):
+                raise
+            raise SessionTokenInvalid() from None
         if not hmac.compare_digest(digest, _digest(secret)):
             raise SessionTokenInvalid()
+        if session.revoked:
+            raise SessionTokenInvalid(
+                "The session was ended: the API key that minted it was disabled or regenerated."
+            )
         return session
 
     @redis_boundary
@@ -819,5 +900,7 @@ def _session(fields: dict[str, str]) -> tuple[Session, str]:
         connected_at=None if connected is None else _datetime(int(connected)),
         ended=None if ended is None else int(ended),
         queued="queued" in fields,
+        key_slot=record.key_slot,
+        revoked="revoked" in fields,
     )
     return session, record.digest

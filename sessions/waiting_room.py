@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from engine import keyspace
-from engine.errors import RapportError, SessionGone
+from engine.errors import RapportError, SessionGone, SessionTokenInvalid
 from engine.state import subscribe
 from sessions.capacity import Gone, Offered, Standing, Waiting, decode_moved
 from sessions.frames import QueueAdmitted, QueuePosition, QueueUpdate
@@ -77,13 +77,29 @@ class WaitingRoom:
             case Waiting(position, estimated_wait_s):
                 return QueuePosition(position=position, estimated_wait_s=estimated_wait_s)
             case Offered(offer_by_ms):
-                claimed = await self._store.claim(session.account_id, session.id, offer_by_ms)
+                try:
+                    claimed = await self._store.claim(session.account_id, session.id, offer_by_ms)
+                except SessionGone:
+                    await self._refuse_if_revoked(session)
+                    raise
                 return _admitted(claimed, ticket, url)
         # Evicted for silence, or an offer that lapsed: the session goes with the place
         # (unless its socket connected meanwhile, by another way than this one).
+        await self._refuse_if_revoked(session)
         with contextlib.suppress(SessionGone):
             await self._store.leave(session.account_id, session.id)
         raise left_the_line()
+
+    async def _refuse_if_revoked(self, session: Session) -> None:
+        """Raise SessionTokenInvalid (4001) if the session lost its place because the API
+        key slot that minted it was disabled or regenerated: the ticket itself is revoked,
+        not merely out of line. The ended session is kept, so the ticket stays refused."""
+        with contextlib.suppress(SessionGone):
+            if (await self._store.get(session.account_id, session.id)).revoked:
+                raise SessionTokenInvalid(
+                    "The ticket was revoked: the API key that minted it was disabled or "
+                    "regenerated."
+                )
 
     async def leave(self, session: Session) -> None:
         """The client gives its place up (or the slot offered to it, before connecting)."""

@@ -242,10 +242,11 @@ async def test_admission_checks_the_token(store) -> None:
     ):
         with pytest.raises(SessionTokenInvalid):
             await store.admit(malformed, session.id)
+    # An unknown session answers as a wrong secret does: no telling which ids exist.
     unknown = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
-    with pytest.raises(SessionGone):
+    with pytest.raises(SessionTokenInvalid):
         await store.admit(f"{account_id}.{unknown}.{secret}", unknown)
-    with pytest.raises(SessionGone):
+    with pytest.raises(SessionTokenInvalid):
         await store.admit(f"{OTHER}.{session_id}.{secret}", session.id)  # not that account's
 
     assert await store.end(ACCOUNT, other.id, 1000)

@@ -573,13 +573,15 @@ async def test_a_frame_over_the_size_limit_closes_1009(http: httpx.AsyncClient) 
 async def test_a_frame_under_the_routes_limit_reaches_the_session(
     http: httpx.AsyncClient,
 ) -> None:
-    minted = await mint(http)
+    # Full mode: a chat session's frames are limited to a text message's size.
+    minted = await mint(http, mode="full")
     audio = {"data_b64": "A" * (UVICORN_WS_MAX_SIZE + 1024 * 1024), "mime": "audio/wav"}
     async with opened(minted["ws_url"]) as live:
         await live.next()
         await live.send("user.message", audio=audio)
         refused = await live.next()
-    assert refused["type"] == "error" and refused["code"] == "validation.failed"
+    # It reached the session, which found no audio in it.
+    assert refused["type"] == "error" and refused["code"] == "voice.invalid_format"
 
 
 async def test_malformed_frames_get_error_events_and_five_in_a_row_close_1008(
@@ -674,11 +676,12 @@ async def test_bad_socket_urls_get_a_close_code_never_1011(http: httpx.AsyncClie
         assert ready["type"] == "session.ready" and ready["resumed"] is False
 
 
-async def test_an_unknown_or_ended_session_closes_4004(http: httpx.AsyncClient) -> None:
+async def test_an_ended_session_closes_4004_an_unknown_one_4001(http: httpx.AsyncClient) -> None:
     minted = await mint(http)
-    # A well-formed token for a session that does not exist (or expired long ago).
+    # A well-formed token for a session that does not exist (or expired long ago): 4001,
+    # as for a wrong secret (tests/test_session_security.py).
     unknown = minted["ws_url"].replace(minted["session_id"], str(uuid.uuid4()))
-    assert await closes_with(unknown) == ([], 4004)
+    assert await closes_with(unknown) == ([], 4001)
     async with opened(minted["ws_url"]) as live:
         await live.next()
         await live.send("session.end")

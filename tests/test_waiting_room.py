@@ -717,8 +717,9 @@ async def test_sockets_refuse_origins_the_account_does_not_allow_before_any_sess
     answer = await refused(forged_url, "https://evil.example")
     assert answer.status_code == 403
     assert problem(answer)["code"] == "auth.origin_not_allowed"
-    # ... and without an Origin the socket itself says there is no such place.
-    assert await closes_with(forged_url) == ([], 4004)
+    # ... and without an Origin the socket itself refuses the ticket, without saying
+    # whether there is such a place.
+    assert await closes_with(forged_url) == ([], 4001)
 
 
 # --- the rate limits -------------------------------------------------------------------------
