@@ -94,11 +94,13 @@ def start_fake_openai(
     return fake, url
 
 
-def operate(data_dir: Path, *command: str) -> str:
+def operate(data_dir: Path, *command: str, redis_url: str | None = None) -> str:
     """An operator's ``rapport`` command against the running server's data dir (its
-    embedded Redis); what it printed."""
+    embedded Redis, or ``redis_url``'s); what it printed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAPPORT_")}
     env["RAPPORT_DATA_DIR"] = str(data_dir)
+    if redis_url is not None:
+        env["RAPPORT_REDIS_URL"] = redis_url
     done = subprocess.run(
         [*rapport_command()[:-1], *command],
         cwd=ROOT,
@@ -111,18 +113,18 @@ def operate(data_dir: Path, *command: str) -> str:
     return done.stdout
 
 
-def refill(data_dir: Path, turns: int) -> None:
+def refill(data_dir: Path, turns: int, redis_url: str | None = None) -> None:
     """Every turn spends one of the account's requests: add enough for the whole run."""
-    operate(data_dir, "balance", "add", "--account", "demo", str(turns))
+    operate(data_dir, "balance", "add", "--account", "demo", str(turns), redis_url=redis_url)
 
 
 PLAN_SESSIONS = 100_000
 """The demo account's max_concurrent_sessions in the benches: never the limit there."""
 
 
-def raise_plan(data_dir: Path) -> None:
+def raise_plan(data_dir: Path, redis_url: str | None = None) -> None:
     """Let the demo account hold :data:`PLAN_SESSIONS` sessions (its plan says 10)."""
     operate(
         data_dir, "accounts", "plan", "--account", "demo",
-        "--max-concurrent-sessions", str(PLAN_SESSIONS),
+        "--max-concurrent-sessions", str(PLAN_SESSIONS), redis_url=redis_url,
     )  # fmt: skip
