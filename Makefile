@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint browser faq bench clean
+.PHONY: run test lint browser faq curl bench clean
 
 run: $(STAMP)
 	$(BIN)/rapport serve
 
-test: $(STAMP) lint browser faq
+test: $(STAMP) lint browser faq curl
 	$(BIN)/pytest
 
 # The browser tests drive Debian's chromium (never a downloaded one). Installed here when
@@ -25,6 +25,12 @@ faq:
 	@test -d /usr/share/doc/python3.11/html/faq || DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11-doc \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11-doc; } \
 		|| echo "could not install python3.11-doc: the grounding tests will fail"
+
+# tests/test_readme_examples.py runs the README's examples, which are curl commands.
+curl:
+	@command -v curl >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y curl \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y curl; } \
+		|| echo "could not install curl: the README examples test will fail"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

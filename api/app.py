@@ -43,7 +43,8 @@ from engine.config import Settings, load_settings
 from engine.embedded_redis import EmbeddedRedis
 from engine.errors import RapportError, UnavailableError
 from engine.firstrun import bootstrap_demo
-from engine.state import connect
+from engine.nodes import Nodes
+from engine.state import open_client
 from kb.index import VectorIndex
 from sessions.leases import keep_leases
 
@@ -87,10 +88,26 @@ def create_app(settings: Settings) -> ASGIApp:
         if url is None:
             embedded = EmbeddedRedis(settings.redis_db_path)
             url = embedded.url
-        redis = connect(url, settings.redis_timeout)
-        services = Services(
-            settings=settings, redis=redis, index=VectorIndex(settings), metrics=metrics
-        )
+        try:
+            redis = await open_client(url, settings.redis_timeout, settings.redis_cluster)
+        except BaseException:
+            # Refused (RAPPORT_REDIS_CLUSTER) or unreachable: the embedded server we started
+            # must not outlive the failed start.
+            if embedded is not None:
+                embedded.close()
+            raise
+        nodes = Nodes(redis, settings)
+        index = VectorIndex(settings, before_add=nodes.claim)
+        services = Services(settings=settings, redis=redis, index=index, metrics=metrics)
+        try:
+            # Before anything is written or served: a node whose vectors the deployment's
+            # other nodes could not read must not start (engine/nodes.py).
+            await nodes.join()
+        except BaseException:
+            await services.close()
+            if embedded is not None:
+                embedded.close()
+            raise
         key = await bootstrap_demo(
             services.accounts, services.personas, services.keys, settings.demo_key_path
         )
@@ -119,6 +136,7 @@ def create_app(settings: Settings) -> ASGIApp:
             asyncio.create_task(reembed(services, settings.embedding_model)),
             asyncio.create_task(services.hub.run()),
             asyncio.create_task(services.queue_hub.run()),
+            asyncio.create_task(nodes.keep()),
             asyncio.create_task(
                 keep_leases(
                     services.sessions,
@@ -138,6 +156,9 @@ def create_app(settings: Settings) -> ASGIApp:
             for task in listeners:
                 task.cancel()
             await asyncio.gather(processing, *listeners, return_exceptions=True)
+            # Redis down: the heartbeat runs out by itself within RAPPORT_SESSION_LEASE_SECONDS.
+            with contextlib.suppress(UnavailableError):
+                await nodes.leave()
             await services.close()
             if embedded is not None:
                 embedded.close()

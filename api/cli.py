@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-import redis.asyncio as aioredis
 import uvicorn
 
 from api.transport import protocols
@@ -31,7 +30,7 @@ from engine.config import ConfigError, Settings, env_name, flag_name, load_setti
 from engine.embedded_redis import EmbeddedRedis
 from engine.errors import NotFound, RapportError, ValidationFailed
 from engine.personas import PersonaStore
-from engine.state import connect
+from engine.state import Client, open_client
 from engine.tenants import create_tenant
 from kb.documents import DocumentStore
 from kb.ingest import Ingest
@@ -43,7 +42,7 @@ from sessions.store import session_store
 
 T = TypeVar("T")
 
-STATE_FLAGS = ("data_dir", "redis_url", "redis_timeout")
+STATE_FLAGS = ("data_dir", "redis_url", "redis_cluster", "redis_timeout")
 SESSION_FLAGS = (
     *STATE_FLAGS,
     "max_sessions",
@@ -275,13 +274,13 @@ def _redis_url(settings: Settings) -> Iterator[str]:
 
 def _with_state(
     args: argparse.Namespace,
-    work: Callable[[aioredis.Redis], Awaitable[T]],
+    work: Callable[[Client], Awaitable[T]],
     names: tuple[str, ...] = STATE_FLAGS,
 ) -> T:
     settings = _settings(args, names)
 
     async def run(url: str) -> T:
-        redis = connect(url, settings.redis_timeout)
+        redis = await open_client(url, settings.redis_timeout, settings.redis_cluster)
         try:
             return await work(redis)
         finally:
@@ -313,7 +312,7 @@ def shown(text: str) -> str:
 def _sessions_list(args: argparse.Namespace) -> int:
     settings = _settings(args, SESSION_FLAGS)
 
-    async def listing(redis: aioredis.Redis) -> list[str]:
+    async def listing(redis: Client) -> list[str]:
         store, accounts = session_store(redis, settings), AccountStore(redis)
         held, queued = await store.capacity.counts()
         lines = [
@@ -342,7 +341,7 @@ def _sessions_list(args: argparse.Namespace) -> int:
 
 
 def _accounts_list(args: argparse.Namespace) -> int:
-    async def listing(redis: aioredis.Redis) -> list[str]:
+    async def listing(redis: Client) -> list[str]:
         accounts, keys, personas = AccountStore(redis), KeyStore(redis), PersonaStore(redis)
         lines = []
         for account in await accounts.list():
@@ -369,7 +368,7 @@ def _accounts_list(args: argparse.Namespace) -> int:
 
 
 def _accounts_plan(args: argparse.Namespace) -> int:
-    async def act(redis: aioredis.Redis) -> Account:
+    async def act(redis: Client) -> Account:
         accounts = AccountStore(redis)
         account = await accounts.resolve(args.account)
         return await accounts.set_plan(
@@ -389,7 +388,7 @@ def _accounts_plan(args: argparse.Namespace) -> int:
 
 
 def _accounts_origins(args: argparse.Namespace) -> int:
-    async def act(redis: aioredis.Redis) -> Account:
+    async def act(redis: Client) -> Account:
         accounts = AccountStore(redis)
         account = await accounts.resolve(args.account)
         if args.action == "add":
@@ -404,7 +403,7 @@ def _accounts_origins(args: argparse.Namespace) -> int:
 
 
 def _balance(args: argparse.Namespace) -> int:
-    async def act(redis: aioredis.Redis) -> int:
+    async def act(redis: Client) -> int:
         account = await AccountStore(redis).resolve(args.account)
         if args.requests:
             return await Balance(redis).add(account.id, args.requests)
@@ -425,7 +424,7 @@ def _kb_import(args: argparse.Namespace) -> int:
         return 2
     tally = {"created": 0, "updated": 0, "no_op": 0, "failed": 0}
 
-    async def run(redis: aioredis.Redis) -> None:
+    async def run(redis: Client) -> None:
         accounts = AccountStore(redis)
         account = await accounts.resolve(args.account)
         ingest = Ingest(DocumentStore(redis), accounts, ProcessingQueue(redis))
@@ -466,7 +465,7 @@ def _keys(args: argparse.Namespace) -> int:
     names = _key_flags(args.action)
     settings = _settings(args, names)
 
-    async def act(redis: aioredis.Redis) -> tuple[str | None, list[str]]:
+    async def act(redis: Client) -> tuple[str | None, list[str]]:
         account = await AccountStore(redis).resolve(args.account)
         keys = KeyStore(redis)
         key = None

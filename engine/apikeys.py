@@ -18,11 +18,10 @@ from datetime import UTC, datetime
 from typing import Literal, get_args
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.errors import Conflict, DisabledApiKey, InvalidApiKey, NotFound
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 
 KEY_PREFIX = "rk_live_"
 RANDOM_LENGTH = 44
@@ -63,7 +62,7 @@ def generate_key() -> str:
 
 
 class KeyStore:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
 
     @redis_boundary

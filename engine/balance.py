@@ -6,10 +6,8 @@ balance is never overdrawn under concurrency and a failed turn costs nothing.
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from engine import keyspace
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 
 # Spliced into the script that opens a turn (engine/turn_store.py). DECR first and undo at
 # zero: one command on the common path, and a check then a DECR in two commands could
@@ -26,7 +24,7 @@ end
 
 
 class Balance:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
 
     @redis_boundary

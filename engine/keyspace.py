@@ -71,6 +71,13 @@ class DeploymentKeys:
     """Hash: ``<account>/<user_id>`` -> the session id holding that end user's place."""
     admissions = f"{base}:admissions"
     """List: times (ms) of the latest admissions, newest first, for the wait estimate."""
+    nodes = f"{base}:nodes"
+    """Sorted set: the running ``rapport serve`` processes (:class:`engine.nodes.Node`,
+    msgspec JSON) -> the time (ms) their heartbeat runs out. Read whole, it is the live
+    nodes once the expired are dropped: no scan of the keyspace."""
+    vectors = f"{base}:vectors"
+    """String: the vector store the deployment's documents were first indexed into
+    (:attr:`engine.nodes.Node.vectors`), written once by the first node to index."""
 
 
 QUEUE_EVENTS = f"{PREFIX}:queue:events"

@@ -44,11 +44,10 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.sentences import sentences
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 
 SENTENCE_BYTES = 200
 """The most one sentence (of the user's message or of the reply) may take in a summary line."""
@@ -165,7 +164,7 @@ return 1
 class MemoryStore:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Client,
         *,
         max_bytes: int = 262_144,
         recent_turns: int = 12,

@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.errors import FileTooLarge, InvalidSignature, NotFound, UnsupportedType
@@ -37,7 +36,7 @@ from engine.media import (
     image_type,
     mime_by_signature,
 )
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 
 Kind = Literal["voice", "video", "image"]
 # The conversation API's image and voice limits (seed 004), so a sample taken here is one
@@ -153,7 +152,7 @@ def decode_file(kind: Kind, field: str, text: str) -> tuple[str, bytes]:
 
 
 class MediaStore:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
 
     @redis_boundary

@@ -19,7 +19,6 @@ from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from engine import keyspace
@@ -27,7 +26,7 @@ from engine.accounts import AccountStore
 from engine.errors import Conflict, NotFound, ValidationFailed
 from engine.ids import UNSEEN, ZERO_WIDTH, OwnId, new_id
 from engine.persona_media import MediaStore
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 
 PersonaId = OwnId
 """A persona id as a request names it (:data:`engine.ids.OwnId`)."""
@@ -332,7 +331,7 @@ return 1
 
 
 class PersonaStore:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._create = redis.register_script(_CREATE)
         self._replace = redis.register_script(_REPLACE)

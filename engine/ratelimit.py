@@ -27,13 +27,12 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from engine import keyspace
 from engine.errors import RateLimited, RateLimitedIp, RateLimiterUnavailable
-from engine.state import unavailable_as
+from engine.state import Client, unavailable_as
 
 RETRY_AFTER = "60"  # seed 004: "Retry-After: 60 is returned"
 WINDOW_MS = 60_000
@@ -123,7 +122,9 @@ class Quota(msgspec.Struct, frozen=True):
         }
 
     def refuse(self) -> RateLimited:
-        return RateLimited(headers={"Retry-After": RETRY_AFTER, **self.headers()})
+        # Seed 000: a 429's ``scope`` says whether the partition was per user, per IP or per
+        # API-key slot; this window is the key's (RAPPORT_KEY_RPM).
+        return RateLimited(headers={"Retry-After": RETRY_AFTER, **self.headers()}, scope="key")
 
 
 class Policy(msgspec.Struct, frozen=True):
@@ -142,7 +143,7 @@ def now_ms(clock: Callable[[], float] = time.time) -> int:
 class RateLimits:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Client,
         *,
         key_rpm: int,
         ip_rpm: int,
@@ -169,7 +170,9 @@ class RateLimits:
 
         The script is called by its digest: a redis-py Script on a pipeline asks
         ``SCRIPT EXISTS`` before every execute, one command more per request."""
-        pipe.evalsha(self._hit.sha, 1, self._ip_key(client_ip), *self._ip_args())
+        # As a raw command: redis-py's cluster pipeline refuses its ``evalsha`` method
+        # outright, but routes a raw EVALSHA by its key's slot like any other command.
+        pipe.execute_command("EVALSHA", self._hit.sha, 1, self._ip_key(client_ip), *self._ip_args())
 
     async def ip_answered(self, answer: object, client_ip: str) -> None:
         """The queued IP hit's answer, or raise 429. A Redis that lost its scripts (a

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.balance import SPEND
@@ -43,7 +42,7 @@ from engine.idempotency import CLAIM, SETTLE, Claim, Idempotency, IdempotencyKey
 from engine.memory import NOTHING_TO_REMEMBER, RECALL, REMEMBER, Memory, MemoryStore, Turn
 from engine.personas import Persona
 from engine.ratelimit import HIT, WINDOW_MS, Quota, Window, now_ms
-from engine.state import unavailable_as
+from engine.state import Client, unavailable_as
 
 # KEYS: 1 the key's rate window, 2 the idempotency key, 3 balance, 4 account, 5 memory turns,
 # 6 memory meta, 7 the caller's own budget. ARGV: 1 now (ms), 2 window (ms), 3 the key's limit
@@ -148,7 +147,7 @@ class Replay(msgspec.Struct, frozen=True):
 class TurnStore:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Client,
         *,
         memory: MemoryStore,
         idempotency: Idempotency,

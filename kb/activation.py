@@ -7,11 +7,9 @@ updates both in one Lua step (all keys share the account's hash tag).
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from engine import keyspace
 from engine.errors import Conflict, ValidationFailed
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 
 # KEYS[1]: the persona's set; KEYS[2..n+1]: the persona sets of the n documents to have;
 # KEYS[n+2..]: those of the documents to drop. ARGV: persona id, n, the n external_ids, then
@@ -41,7 +39,7 @@ MAX_TRIES = 5
 
 
 class Activations:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._change = redis.register_script(_CHANGE)
 

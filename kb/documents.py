@@ -26,13 +26,12 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.accounts import BYTES_PER_STORAGE_UNIT
 from engine.config import DEFAULT_EMBEDDING_MODEL
 from engine.errors import Conflict
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 from kb.listing import Listing, ListingRow, Status
 
 EXTERNAL_ID = re.compile(r"\A[A-Za-z0-9._:\-]{1,128}\Z")
@@ -225,7 +224,7 @@ def row_of(doc: Document) -> ListingRow:
 
 
 class DocumentStore:
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._write = redis.register_script(_WRITE)
         self._delete = redis.register_script(_DELETE)

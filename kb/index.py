@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -64,8 +64,13 @@ def chroma_failed(exc: BaseException) -> bool:
 
 
 class VectorIndex:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, before_add: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._settings = settings
+        self._before_add = before_add
+        """Awaited before vectors are written: the deployment records which store holds
+        its documents (:meth:`engine.nodes.Nodes.claim`)."""
         self._client: ClientAPI | None = None
         self._collections: dict[tuple[str, str], Collection] = {}
         self._lock = threading.Lock()
@@ -136,6 +141,9 @@ class VectorIndex:
         texts: list[str],
         metadatas: list[dict[str, Any]],
     ) -> None:
+        if self._before_add is not None:
+            await self._before_add()
+
         def work() -> None:
             collection = self._collection(account_id)
             # Chroma refuses larger upserts (5,461 records for its SQLite store); a big

@@ -31,11 +31,10 @@ import time
 from collections.abc import Iterable
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.keyspace import KbQueueKeys
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 
 SEPARATOR = "\x00"
 LEGACY_BATCH = 100
@@ -99,7 +98,7 @@ class Job(msgspec.Struct, frozen=True):
 
 
 class ProcessingQueue:
-    def __init__(self, redis: aioredis.Redis, *, lease_seconds: float = 300) -> None:
+    def __init__(self, redis: Client, *, lease_seconds: float = 300) -> None:
         self._redis = redis
         self._push = redis.register_script(_PUSH)
         self._claim = redis.register_script(_CLAIM)

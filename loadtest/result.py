@@ -8,6 +8,7 @@ of the run.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -102,8 +103,9 @@ class Result(msgspec.Struct, kw_only=True):
 encode = msgspec.json.Encoder().encode
 
 
-def load(path: Path) -> Result:
-    return msgspec.json.decode(path.read_bytes(), type=Result)
+def load(path: str | os.PathLike[str]) -> Result:
+    """A run's result.json, from a path given as a string or a ``Path``."""
+    return msgspec.json.decode(Path(path).read_bytes(), type=Result)
 
 
 def save(result: Result, path: Path) -> None:

@@ -29,10 +29,9 @@ import time
 from collections.abc import Callable
 
 import msgspec
-import redis.asyncio as aioredis
 
 from engine import keyspace
-from engine.state import redis_boundary
+from engine.state import Client, redis_boundary
 
 K = keyspace.DeploymentKeys
 _KEYS = [K.slots, K.queue, K.queue_seq, K.queue_seen, K.tickets, K.queue_users, K.admissions]
@@ -282,7 +281,7 @@ def estimate(position: int, admissions_ms: list[int], now_ms: int) -> int | None
 class Capacity:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Client,
         *,
         max_sessions: int,
         room_size: int,

@@ -249,6 +249,8 @@ class Connection:
         self.frame_limit: int | None = FRAME_LIMITS[session.mode]
         """Checked on each message here, unless the server's socket layer enforces it."""
         self.closed = False
+        self.close_code: int | None = None
+        """The code this side closed the socket with; None while open or if the client went."""
         self.ended = False
         self.replaced = False
 
@@ -276,8 +278,7 @@ class Connection:
         except RapportError as error:
             # The store failed us (Redis unreachable): the table's close code (1011), said
             # plainly, rather than a crash.
-            self.closed = True
-            await close_with(self.socket, error.failure.close_code, error.message)
+            await self._close(error.failure.close_code, error.message)
         finally:
             reader.cancel()
             timer.cancel()
@@ -289,7 +290,12 @@ class Connection:
             if not (self.ended or self.replaced):
                 with contextlib.suppress(RapportError):
                     await self._keep_the_ends()
-                    await self.store.detach(self.session, self.owner)
+                    await self.store.detach(self.session, self.owner, self.close_code)
+
+    async def _close(self, code: int, reason: str) -> None:
+        self.closed = True
+        self.close_code = code
+        await close_with(self.socket, code, reason)
 
     async def _keep_the_ends(self) -> None:
         """Store the reply.done of each turn the socket's going cancelled, unsent: a client
@@ -406,8 +412,7 @@ class Connection:
                             "session %s: end not stored (Redis unreachable)", self.session.id
                         )
                 case Close(code, reason):
-                    self.closed = True
-                    await close_with(self.socket, code, reason)
+                    await self._close(code, reason)
 
     async def _send(self, sends: list[Send]) -> None:
         frames = [(send.event.seq, encode(send.event)) for send in sends]
@@ -497,12 +502,16 @@ class Connection:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 break
             if message["type"] == "websocket.disconnect":
+                if message.get("code") == BodyTooLarge.failure.close_code:
+                    # The server's socket layer refused a frame over this session's limit.
+                    self.close_code = BodyTooLarge.failure.close_code
                 break
             frame = Frame(message.get("text"), message.get("bytes"))
             if self.frame_limit is not None and _over(frame, self.frame_limit):
                 error = BodyTooLarge(
                     f"A frame may be at most {self.frame_limit} bytes in {self.session.mode} mode."
                 )
+                self.close_code = error.failure.close_code
                 await close_with(self.socket, error.failure.close_code, error.message)
                 break
             self.inbox.put(frame)

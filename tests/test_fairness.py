@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
 from engine import keyspace, speech
 from engine.accounts import AccountStore
@@ -25,22 +24,30 @@ from engine.config import Settings
 from engine.errors import RateLimited
 from engine.keyspace import KbQueueKeys
 from engine.speech import Transcriber
+from engine.state import Client
 from kb.documents import DocumentStore, knowledge_units
 from kb.embedder import shared_embedder
 from kb.index import VectorIndex
 from kb.ingest import TOKENS_PER_PAGE, Incoming, Ingest
 from kb.queue import Job, ProcessingQueue
 from kb.worker import Processor
-from tests.conftest import Server
+from tests.conftest import ON_BOTH, Server
 from tests.test_extract import make_pdf
 from tests.test_speech import clip
+
+
+@pytest.fixture
+def redis(state: Client) -> Client:
+    """The fair queue's scripts (one ``{kb}`` slot) and the old queue's drain (other slots)
+    run on one Redis and on the cluster (ON_BOTH); the lease-budget case stays on one."""
+    return state
 
 
 def text(external_id: str, body: str) -> Incoming:
     return Incoming(external_id=external_id, data=body.encode(), content_type="txt")
 
 
-def processor(redis: aioredis.Redis, tmp_path: Path, queue: ProcessingQueue, **kw: Any):
+def processor(redis: Client, tmp_path: Path, queue: ProcessingQueue, **kw: Any):
     return Processor(
         docs=DocumentStore(redis),
         queue=queue,
@@ -51,8 +58,9 @@ def processor(redis: aioredis.Redis, tmp_path: Path, queue: ProcessingQueue, **k
     )
 
 
+@ON_BOTH
 async def test_a_small_tenant_is_not_stuck_behind_a_large_one(
-    redis: aioredis.Redis, tmp_path: Path
+    redis: Client, tmp_path: Path
 ) -> None:
     accounts = AccountStore(redis)
     big, small = await accounts.create("big"), await accounts.create("small")
@@ -83,7 +91,8 @@ async def test_a_small_tenant_is_not_stuck_behind_a_large_one(
     assert len(before) <= 2
 
 
-async def test_jobs_of_the_old_single_queue_are_still_processed(redis: aioredis.Redis) -> None:
+@ON_BOTH
+async def test_jobs_of_the_old_single_queue_are_still_processed(redis: Client) -> None:
     queue = ProcessingQueue(redis)
     waiting, leased, held = Job("acct", "a", 1), Job("acct", "b", 1), Job("acct", "c", 1)
     await redis.rpush(keyspace.LEGACY_KB_QUEUE, waiting.encode())
@@ -99,7 +108,7 @@ async def test_jobs_of_the_old_single_queue_are_still_processed(redis: aioredis.
 
 
 async def test_a_slow_document_keeps_its_lease_then_fails_at_its_budget(
-    redis: aioredis.Redis, tmp_path: Path
+    redis: Client, tmp_path: Path
 ) -> None:
     accounts = AccountStore(redis)
     account = await accounts.create("slow")

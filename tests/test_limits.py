@@ -14,7 +14,7 @@ from engine.errors import RateLimiterUnavailable
 from engine.ratelimit import RateLimits
 from engine.state import connect
 from loadtest.fake_llm import FakeOpenAI
-from tests.conftest import RedisServer, Server, llm_env
+from tests.conftest import ChromaServer, RedisServer, Server, llm_env
 
 URL = "/api/v1/conversation"
 
@@ -71,9 +71,12 @@ def test_the_ip_limit_is_exact_across_keys(server_on, fake_llm: FakeOpenAI) -> N
 
 
 def test_the_key_limit_holds_across_two_processes_sharing_redis(
-    server_on, redis_server: RedisServer, fake_llm: FakeOpenAI
+    server_on, redis_server: RedisServer, chroma_server: ChromaServer, fake_llm: FakeOpenAI
 ) -> None:
-    env = llm_env(fake_llm, RAPPORT_REDIS_URL=redis_server.url, RAPPORT_KEY_RPM="60")
+    env = llm_env(
+        fake_llm, RAPPORT_REDIS_URL=redis_server.url, RAPPORT_CHROMA_URL=chroma_server.url,
+        RAPPORT_KEY_RPM="60",
+    )  # fmt: skip
     first = server_on(**env)
     second = server_on(**env)
     key = first.demo_key  # the second process found the demo account already made

@@ -306,6 +306,8 @@ def test_render_is_deterministic_and_survives_a_round_trip(tmp_path: Path) -> No
     path = tmp_path / "result.json"
     save(result, path)
     assert render(load(path)) == first
+    # As the README calls it: with the path as a string too (issue 26).
+    assert load(str(path)) == result
 
 
 def test_cpu_is_a_share_of_one_core_between_samples() -> None:

@@ -4,7 +4,6 @@ concurrency, paging, forgetting, isolation and a Redis outage."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -14,8 +13,8 @@ import redis.asyncio as aioredis
 from engine import keyspace
 from engine.errors import StateUnavailable
 from engine.memory import FACT_BYTES, MemoryStore, Turn, clip, extract_facts
-from engine.state import connect
-from tests.conftest import RedisServer
+from engine.state import Client
+from tests.conftest import ON_BOTH, RedisServer
 
 ACCOUNT = "acct1"
 START = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
@@ -32,10 +31,9 @@ def turn(n: int, user: str | None = None, reply: str | None = None) -> Turn:
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    redis = connect(redis_server.url, timeout=0.5)
-    yield redis
-    await redis.aclose()
+def client(state: Client) -> Client:
+    """The test's own Redis, and the cluster as well for the cases marked ON_BOTH."""
+    return state
 
 
 async def stored(redis: aioredis.Redis, user_id: str) -> tuple[list[str], int]:
@@ -50,11 +48,13 @@ def real_bytes(raws: list[str]) -> int:
     return sum(len(raw.encode()) for raw in raws)
 
 
+@ON_BOTH
 async def test_a_new_user_remembers_nothing(client: aioredis.Redis) -> None:
     memory = await MemoryStore(client).recall(ACCOUNT, "nobody")
     assert (memory.summary, memory.facts, memory.recent) == ("", {}, [])
 
 
+@ON_BOTH
 async def test_turns_come_back_oldest_first_and_recall_keeps_only_the_recent(
     client: aioredis.Redis,
 ) -> None:
@@ -69,6 +69,7 @@ async def test_turns_come_back_oldest_first_and_recall_keeps_only_the_recent(
     assert total == 5 and page == turns[::-1]
 
 
+@ON_BOTH
 async def test_the_byte_bound_holds_and_the_oldest_go_first(client: aioredis.Redis) -> None:
     store = MemoryStore(client, max_bytes=1000)
     for n in range(30):
@@ -83,6 +84,7 @@ async def test_the_byte_bound_holds_and_the_oldest_go_first(client: aioredis.Red
     assert real_bytes(raws) + len(msgspec.json.encode(turn(29 - total))) > 1000
 
 
+@ON_BOTH
 async def test_trimming_removes_no_more_than_needed(client: aioredis.Redis) -> None:
     sizes = [len(msgspec.json.encode(turn(n))) for n in range(3)]
     store = MemoryStore(client, max_bytes=sizes[1] + sizes[2])
@@ -92,6 +94,7 @@ async def test_trimming_removes_no_more_than_needed(client: aioredis.Redis) -> N
     assert len(raws) == 2 and claimed == sizes[1] + sizes[2] == real_bytes(raws)
 
 
+@ON_BOTH
 async def test_a_turn_larger_than_the_bound_goes_straight_to_the_summary(
     client: aioredis.Redis,
 ) -> None:
@@ -102,6 +105,7 @@ async def test_a_turn_larger_than_the_bound_goes_straight_to_the_summary(
     assert (await store.recall(ACCOUNT, "u")).summary == "2025-01-31 user: Huge. | reply: Reply 1."
 
 
+@ON_BOTH
 async def test_trimmed_turns_are_folded_into_a_bounded_summary(client: aioredis.Redis) -> None:
     store = MemoryStore(client, max_bytes=600, summary_bytes=300)
     for n in range(40):
@@ -125,6 +129,7 @@ async def test_trimmed_turns_are_folded_into_a_bounded_summary(client: aioredis.
     assert page[0].request_id == "req-39"
 
 
+@ON_BOTH
 async def test_long_sentences_are_clipped_on_a_character_boundary(client: aioredis.Redis) -> None:
     store = MemoryStore(client, max_bytes=50, summary_bytes=120)
     await store.remember(ACCOUNT, "u", turn(1, user="☕" * 400, reply="é" * 400))
@@ -134,6 +139,7 @@ async def test_long_sentences_are_clipped_on_a_character_boundary(client: aiored
     assert clip("aé", 2) == "a" and clip("☕☕☕", 7) == "☕…" and clip("short", 5) == "short"
 
 
+@ON_BOTH
 async def test_concurrent_remembers_lose_nothing(client: aioredis.Redis) -> None:
     store = MemoryStore(client)
     await asyncio.gather(*(store.remember(ACCOUNT, "u", turn(n)) for n in range(50)))
@@ -143,6 +149,7 @@ async def test_concurrent_remembers_lose_nothing(client: aioredis.Redis) -> None
     assert total == 50 and {t.request_id for t in page} == {f"req-{n}" for n in range(50)}
 
 
+@ON_BOTH
 async def test_concurrent_remembers_that_trim_neither_lose_nor_double_a_turn(
     client: aioredis.Redis,
 ) -> None:
@@ -263,6 +270,7 @@ def test_facts_are_short_values() -> None:
     assert len(extract_facts(f"I live in {long_word}")["location"].encode()) <= FACT_BYTES
 
 
+@ON_BOTH
 async def test_a_later_name_replaces_an_earlier_one(client: aioredis.Redis) -> None:
     store = MemoryStore(client)
     await store.remember(ACCOUNT, "u", turn(1, user="Hello, my name is ada lovelace."))
@@ -274,6 +282,7 @@ async def test_a_later_name_replaces_an_earlier_one(client: aioredis.Redis) -> N
     assert (await store.recall(ACCOUNT, "u")).facts == {"name": "Élodie Ørsted"}
 
 
+@ON_BOTH
 async def test_facts_outlive_the_turns_that_stated_them(client: aioredis.Redis) -> None:
     store = MemoryStore(client, max_bytes=300)
     await store.remember(ACCOUNT, "u", turn(0, user="My name is Ada."))
@@ -284,6 +293,7 @@ async def test_facts_outlive_the_turns_that_stated_them(client: aioredis.Redis) 
     assert memory.facts == {"name": "Ada"} and "My name is Ada." in memory.summary
 
 
+@ON_BOTH
 async def test_history_pages_newest_first_with_the_total(client: aioredis.Redis) -> None:
     store = MemoryStore(client)
     for n in range(7):
@@ -303,6 +313,7 @@ async def test_history_pages_newest_first_with_the_total(client: aioredis.Redis)
         await store.history(ACCOUNT, "u", limit=-1, offset=0)
 
 
+@ON_BOTH
 async def test_forget_erases_the_user_and_says_whether_there_was_anything(
     client: aioredis.Redis,
 ) -> None:
@@ -321,6 +332,7 @@ async def test_forget_erases_the_user_and_says_whether_there_was_anything(
     assert len(raws) == 1 and claimed == real_bytes(raws)
 
 
+@ON_BOTH
 async def test_users_and_accounts_are_isolated(client: aioredis.Redis) -> None:
     store = MemoryStore(client)
     # ids that would collide if a ':' or '/' could reach into the key, or if escaping did

@@ -12,11 +12,19 @@ import pytest
 from engine import keyspace
 from engine.errors import RateLimited, RateLimitedIp
 from engine.ratelimit import Policy, RateLimits
-from tests.conftest import Clock
+from engine.state import Client
+from tests.conftest import ON_BOTH, Clock
 
 START = 1_000_000.0
 
 
+@pytest.fixture
+def redis(state: Client) -> Client:
+    """Every case runs on one Redis and on the cluster (ON_BOTH): the window is a Lua script."""
+    return state
+
+
+@ON_BOTH
 async def test_a_key_gets_its_limit_then_room_as_the_window_moves(redis) -> None:
     clock = Clock(START)
     limits = RateLimits(redis, key_rpm=3, ip_rpm=100, clock=clock)
@@ -39,6 +47,7 @@ async def test_a_key_gets_its_limit_then_room_as_the_window_moves(redis) -> None
     assert len(stored) == 3, "only the hits inside the window are kept"
 
 
+@ON_BOTH
 async def test_an_idle_spell_empties_the_window(redis) -> None:
     clock = Clock(START)
     limits = RateLimits(redis, key_rpm=50, ip_rpm=100, clock=clock)
@@ -56,6 +65,7 @@ async def test_an_idle_spell_empties_the_window(redis) -> None:
     assert (await limits.hit_key("acct", "primary")).remaining == 50 - 10
 
 
+@ON_BOTH
 async def test_the_ip_limit_and_policies_are_exact_under_concurrency(redis) -> None:
     limits = RateLimits(redis, key_rpm=1000, ip_rpm=60)
     results = await asyncio.gather(
@@ -72,6 +82,7 @@ async def test_the_ip_limit_and_policies_are_exact_under_concurrency(redis) -> N
     assert refused[0].scope == "user" and int(refused[0].headers["Retry-After"]) >= 1
 
 
+@ON_BOTH
 async def test_keys_and_ips_have_their_own_windows(redis) -> None:
     limits = RateLimits(redis, key_rpm=2, ip_rpm=2)
     for partition in ("a", "b"):

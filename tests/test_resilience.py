@@ -3,6 +3,8 @@ without a restart once Redis is back. Corrupt state is a 500 that says nothing i
 
 from __future__ import annotations
 
+import time
+
 import redis
 
 from tests.conftest import RedisServer
@@ -35,15 +37,28 @@ def test_redis_stopped_mid_run_then_restarted(server_on, redis_server: RedisServ
         assert client.get("/readyz").status_code == 200
 
 
-def test_a_frozen_redis_is_a_503_not_a_hang(server_on, redis_server: RedisServer) -> None:
-    server = server_on(RAPPORT_REDIS_URL=redis_server.url, RAPPORT_REDIS_TIMEOUT="0.5")
+def test_a_frozen_redis_is_a_503_within_the_timeout(server_on, redis_server: RedisServer) -> None:
+    """Within RAPPORT_REDIS_TIMEOUT, as the README says, not a retry's second timeout after it
+    (issue 26: 2x the setting). The bound is the setting plus half of it for the rest of the
+    request: before, each of these took twice the setting."""
+    timeout = 1.0
+    server = server_on(RAPPORT_REDIS_URL=redis_server.url, RAPPORT_REDIS_TIMEOUT=str(timeout))
+    turn = {"user_id": "frozen", "message": "Hello"}
     with server.client(headers={"X-Api-Key": server.demo_key}, timeout=10) as client:
         assert client.get(LIMITS).status_code == 200
         redis_server.freeze()  # accepts nothing, answers nothing
         try:
-            stalled = client.get(LIMITS)
-            assert stalled.status_code == 503
-            assert stalled.json()["code"] == "server.unavailable"
+            for method, path, body in (
+                ("GET", LIMITS, None),
+                ("GET", "/api/v1/anything", None),
+                ("GET", "/readyz", None),
+                ("POST", "/api/v1/conversation", turn),
+            ):
+                started = time.monotonic()
+                stalled = client.request(method, path, json=body)
+                waited = time.monotonic() - started
+                assert stalled.status_code == 503, (path, stalled.text)
+                assert waited < timeout * 1.5, (path, waited)
         finally:
             redis_server.thaw()
         assert client.get(LIMITS).status_code == 200

@@ -19,7 +19,7 @@ import redis
 from websockets.exceptions import ConnectionClosed
 
 from engine import keyspace
-from tests.conftest import RedisServer, Server
+from tests.conftest import ChromaServer, RedisServer, Server
 from tests.test_sessions import Live, on, opened, types, unique
 from tests.test_waiting_room import opened_from, problem, refused
 
@@ -35,9 +35,15 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, shared_redis: RedisServer) -> Iterator[Server]:
+def node(
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_redis: RedisServer,
+    chroma_server: ChromaServer,
+) -> Iterator[Server]:
     running = Server(
-        tmp_path_factory.mktemp("security-a") / "data", RAPPORT_REDIS_URL=shared_redis.url
+        tmp_path_factory.mktemp("security-a") / "data",
+        RAPPORT_REDIS_URL=shared_redis.url,
+        RAPPORT_CHROMA_URL=chroma_server.url,
     ).start()
     yield running
     running.stop()
@@ -45,10 +51,14 @@ def node(tmp_path_factory: pytest.TempPathFactory, shared_redis: RedisServer) ->
 
 @pytest.fixture(scope="module")
 def other_node(
-    tmp_path_factory: pytest.TempPathFactory, shared_redis: RedisServer
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_redis: RedisServer,
+    chroma_server: ChromaServer,
 ) -> Iterator[Server]:
     running = Server(
-        tmp_path_factory.mktemp("security-b") / "data", RAPPORT_REDIS_URL=shared_redis.url
+        tmp_path_factory.mktemp("security-b") / "data",
+        RAPPORT_REDIS_URL=shared_redis.url,
+        RAPPORT_CHROMA_URL=chroma_server.url,
     ).start()
     yield running
     running.stop()

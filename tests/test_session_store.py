@@ -27,12 +27,13 @@ from engine.errors import (
 from engine.idempotency import Idempotency
 from engine.memory import MemoryStore
 from engine.personas import Availability, Persona, PersonaStore, PublishSettings, Window
+from engine.state import Client
 from engine.tenants import create_tenant
 from engine.turn_store import Opened, TurnStore
 from sessions.capacity import Capacity
 from sessions.protocol import COST
 from sessions.store import CHARGE, Control, SessionStore
-from tests.conftest import Clock
+from tests.conftest import ON_BOTH, Clock, subscribers
 
 # Monday 2 June 2025, 10:00 UTC.
 START = datetime(2025, 6, 2, 10, 0, tzinfo=UTC).timestamp()
@@ -50,6 +51,13 @@ def persona(**publish: object) -> Persona:
 @pytest.fixture
 def clock() -> Clock:
     return Clock(START)
+
+
+@pytest.fixture
+def redis(state: Client) -> Client:
+    """Every store here runs on ``state``: the test's own Redis, and the cluster as well for
+    the tests marked ON_BOTH (all but the one that restarts its Redis)."""
+    return state
 
 
 def make_store(redis: aioredis.Redis, clock: Clock, events_kept: int = 512) -> SessionStore:
@@ -112,13 +120,13 @@ async def nothing_more(heard: Heard, redis: aioredis.Redis) -> None:
 async def subscribed(redis: aioredis.Redis) -> None:
     """Wait until a listener is subscribed to the control channel."""
     for _ in range(1000):
-        numsub = dict(await redis.pubsub_numsub(keyspace.SESSION_CONTROL))
-        if numsub[keyspace.SESSION_CONTROL] >= 1:
+        if await subscribers(redis, keyspace.SESSION_CONTROL) >= 1:
             return
         await asyncio.sleep(0.01)
     raise TimeoutError("nobody subscribed to the control channel")
 
 
+@ON_BOTH
 async def test_minting_fixes_the_budgets_and_stores_only_a_digest(store, redis, clock) -> None:
     session, token, _ = await store.mint(
         ACCOUNT, "usr-42", persona(session_interaction_limit=40), "full", account_cap=CAP
@@ -152,6 +160,7 @@ async def test_minting_fixes_the_budgets_and_stores_only_a_digest(store, redis, 
     assert limited.interactions_left() is None
 
 
+@ON_BOTH
 async def test_a_mode_the_persona_does_not_allow_is_refused(store) -> None:
     with pytest.raises(ValidationFailed) as refused:
         await store.mint(ACCOUNT, "u", persona(allowed_modes=["chat"]), "full", account_cap=CAP)
@@ -175,6 +184,7 @@ def test_availability_windows_are_local_weekdays_start_included_end_excluded() -
     assert not weekly("UTC").open_at(monday), "no windows: never open"
 
 
+@ON_BOTH
 async def test_outside_the_opening_hours_no_session_starts(store, clock) -> None:
     hours = {
         "time_zone": "Europe/Lisbon",
@@ -188,6 +198,7 @@ async def test_outside_the_opening_hours_no_session_starts(store, clock) -> None
     ].id
 
 
+@ON_BOTH
 async def test_live_lists_oldest_first_and_ends_lapsed_sessions_on_the_way(
     store, redis, clock
 ) -> None:
@@ -213,6 +224,7 @@ async def test_live_lists_oldest_first_and_ends_lapsed_sessions_on_the_way(
     assert (await store.get(ACCOUNT, second.id)).ended == 4006
 
 
+@ON_BOTH
 async def test_a_session_whose_hash_expired_leaves_the_listing(store, redis) -> None:
     session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     await redis.delete(keyspace.AccountKeys(ACCOUNT).session(session.id))
@@ -222,6 +234,7 @@ async def test_a_session_whose_hash_expired_leaves_the_listing(store, redis) -> 
         await store.get(ACCOUNT, session.id)
 
 
+@ON_BOTH
 async def test_admission_checks_the_token(store) -> None:
     session, token, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     other, other_token, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
@@ -254,6 +267,7 @@ async def test_admission_checks_the_token(store) -> None:
         await store.admit(other_token, other.id)
 
 
+@ON_BOTH
 async def test_a_token_unused_past_the_connect_window_is_expired_and_ends_the_session(
     store, clock
 ) -> None:
@@ -269,6 +283,7 @@ async def test_a_token_unused_past_the_connect_window_is_expired_and_ends_the_se
         await store.admit(token, session.id)  # the same answer when asked again
 
 
+@ON_BOTH
 async def test_a_socket_gone_past_the_resume_window_ends_the_session(store, clock) -> None:
     session, token, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     session, _ = await store.attach(await store.admit(token, session.id), "conn-1")
@@ -288,6 +303,7 @@ async def test_a_socket_gone_past_the_resume_window_ends_the_session(store, cloc
     assert (await store.get(ACCOUNT, session.id)).ended == 1000
 
 
+@ON_BOTH
 async def test_attaching_starts_the_duration_and_replaces_the_previous_owner(
     store, redis, clock
 ) -> None:
@@ -333,6 +349,7 @@ async def opener(redis: aioredis.Redis) -> tuple[TurnStore, str, Persona]:
     return turns, account.id, default
 
 
+@ON_BOTH
 async def test_a_sessions_budget_is_spent_exactly_under_concurrency(redis, store) -> None:
     turns, account_id, default = await opener(redis)
     limited = msgspec.structs.replace(
@@ -355,6 +372,7 @@ async def test_a_sessions_budget_is_spent_exactly_under_concurrency(redis, store
     assert await Balance(redis).get(account_id) == 10_000 - 10
 
 
+@ON_BOTH
 async def test_a_full_mode_turn_needs_two_units_and_a_failed_one_gives_them_back(
     redis, store
 ) -> None:
@@ -389,6 +407,7 @@ def event(seq: int) -> tuple[int, bytes]:
     return seq, b'{"type":"reply.delta","seq":%d}' % seq
 
 
+@ON_BOTH
 async def test_events_replay_exactly_after_a_seq(store) -> None:
     session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     assert await store.replay(session, 0) == []
@@ -402,6 +421,7 @@ async def test_events_replay_exactly_after_a_seq(store) -> None:
     assert await store.replay(session, 4) is None, "a seq never sent cannot be resumed from"
 
 
+@ON_BOTH
 async def test_replay_is_refused_once_events_were_trimmed(redis, clock) -> None:
     store = make_store(redis, clock, events_kept=16)
     session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
@@ -415,6 +435,7 @@ async def test_replay_is_refused_once_events_were_trimmed(redis, clock) -> None:
     assert await redis.pttl(stream) > 0, "the stream goes with its session"
 
 
+@ON_BOTH
 async def test_ending_is_first_wins_drops_the_events_and_is_heard(store, redis) -> None:
     session, _, _ = await store.mint(ACCOUNT, "u", persona(), "chat", account_cap=CAP)
     await store.attach(session, "conn-1")

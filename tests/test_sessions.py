@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from api.sessions import FRAME_LIMIT
 from loadtest.fake_llm import DEFAULT_REPLY, FakeOpenAI
-from tests.conftest import RedisServer, Server, llm_env
+from tests.conftest import ChromaServer, RedisServer, Server, llm_env
 
 AUDIO = Path(__file__).parent / "audio"
 WORDS = DEFAULT_REPLY.split()
@@ -52,11 +52,17 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="module")
 def node(
-    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI, shared_redis: RedisServer
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_llm: FakeOpenAI,
+    shared_redis: RedisServer,
+    chroma_server: ChromaServer,
 ) -> Iterator[Server]:
     """The node most tests talk to. It keeps as few events per session as allowed, so that
     one long reply outruns the resume stream."""
-    env = llm_env(fake_llm, RAPPORT_REDIS_URL=shared_redis.url, RAPPORT_SESSION_EVENTS="16")
+    env = llm_env(
+        fake_llm, RAPPORT_REDIS_URL=shared_redis.url, RAPPORT_CHROMA_URL=chroma_server.url,
+        RAPPORT_SESSION_EVENTS="16",
+    )  # fmt: skip
     running = Server(tmp_path_factory.mktemp("sessions-a") / "data", **env).start()
     yield running
     running.stop()
@@ -64,13 +70,17 @@ def node(
 
 @pytest.fixture(scope="module")
 def other_node(
-    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI, shared_redis: RedisServer
+    tmp_path_factory: pytest.TempPathFactory,
+    fake_llm: FakeOpenAI,
+    shared_redis: RedisServer,
+    chroma_server: ChromaServer,
 ) -> Iterator[Server]:
     """A second process on the same Redis; its tokens must be used within 1 s, it pings a
     socket every half second and gives it half a second to answer, and a socket gone for
     a second ends its session."""
     env = llm_env(
-        fake_llm, RAPPORT_REDIS_URL=shared_redis.url, RAPPORT_SESSION_CONNECT_SECONDS="1",
+        fake_llm, RAPPORT_REDIS_URL=shared_redis.url, RAPPORT_CHROMA_URL=chroma_server.url,
+        RAPPORT_SESSION_CONNECT_SECONDS="1",
         RAPPORT_WS_PING_INTERVAL="0.5", RAPPORT_WS_PING_TIMEOUT="0.5",
         RAPPORT_SESSION_RESUME_SECONDS="1",
     )  # fmt: skip
@@ -608,6 +618,26 @@ async def test_malformed_frames_get_error_events_and_five_in_a_row_close_1008(
     assert events[-1]["code"] == 1008 and code == 1008
     assert seqs(live.events) == list(range(1, len(live.events) + 1))
     assert fake.calls() == []
+
+
+async def test_a_session_closed_1008_and_not_resumed_ends_1008(
+    http: httpx.AsyncClient, other_node: Server
+) -> None:
+    """Its ended_code is the close its client saw, not 1000 (issue 26)."""
+    minted = await mint(http)
+    async with opened(on(other_node, minted["ws_url"])) as live:
+        await live.next()
+        for _ in range(5):
+            await live.socket.send("{")
+        _, code = await live.closed()
+    assert code == 1008
+    # Read through the node whose resume window (1 s) applies.
+    path = f"{other_node.base_url}/api/sessions/{minted['session_id']}"
+    deadline = time.monotonic() + 6
+    while (shown := (await http.get(path)).json())["status"] != "ended":
+        assert time.monotonic() < deadline, "the session never ended"
+        await asyncio.sleep(0.1)
+    assert shown["ended_code"] == 1008
 
 
 async def test_a_flood_of_frames_closes_1008(http: httpx.AsyncClient) -> None:

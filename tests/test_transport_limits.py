@@ -15,9 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from api.sessions import SOCKET_PATH
 from engine.config import CHAT_FRAME_LIMIT, Settings
 from engine.media import MAX_VOICE_B64
 from sessions import frames
@@ -260,6 +262,28 @@ async def test_a_chat_session_closes_1009_on_a_big_frame_without_reading_it(
     assert codes == [1009] * 10
     # Read and decoded, ten 8 MiB frames take several times 80 MiB.
     assert memory.growth < 40 * MiB, memory.growth
+    # Counted as what the server closed them with, not as sockets the client ended (101).
+    await eventually_counted(limited, SOCKET_PATH, "1009", 10)
+
+
+async def eventually_counted(server: Server, route: str, status: str, at_least: int) -> None:
+    """Wait until ``rapport_websocket_connections_total`` of ``route`` and ``status`` reaches
+    ``at_least`` (a socket is counted once its handler returns)."""
+    counted = 0.0
+    for _ in range(100):
+        async with httpx.AsyncClient(timeout=10) as client:
+            text = (await client.get(f"{server.base_url}/metrics")).text
+        counted = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "rapport_websocket_connections_total"
+            and sample.labels == {"route": route, "status": status}
+        )
+        if counted >= at_least:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{route} {status}: {counted} counted, {at_least} expected")
 
 
 async def test_a_chat_frame_at_the_limit_still_reaches_the_session(

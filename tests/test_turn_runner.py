@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from engine import keyspace
 from engine.accounts import AccountStore
@@ -26,7 +25,7 @@ from engine.memory import MemoryStore
 from engine.personas import PersonaStore
 from engine.replies import Knowledge, ReplyDelta, ReplyDone, ReplySources, ReplyStarted
 from engine.speech import Transcriber
-from engine.state import connect
+from engine.state import Client, connect
 from engine.tenants import create_tenant
 from engine.turn_runner import Answer, TurnFailure, TurnResult, TurnRunner
 from engine.turn_store import TurnStore
@@ -34,7 +33,7 @@ from engine.turns import TurnEvent, TurnInput, TurnPipeline, Voice
 from engine.workers import WorkerPool
 from loadtest.fake_llm import DEFAULT_REPLY, FakeOpenAI
 from sessions.store import CHARGE
-from tests.conftest import RedisServer, wait_until
+from tests.conftest import ON_BOTH, RedisServer, wait_until
 
 BALANCE = 10
 
@@ -45,7 +44,7 @@ class NoKnowledge:
 
 
 class Rig:
-    def __init__(self, redis: aioredis.Redis, fake: FakeOpenAI, deadline: float) -> None:
+    def __init__(self, redis: Client, fake: FakeOpenAI, deadline: float) -> None:
         self.redis = redis
         self.memory = MemoryStore(redis)
         self.balance = Balance(redis)
@@ -89,12 +88,12 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(redis_server: RedisServer, fake: FakeOpenAI) -> AsyncIterator[Rig]:
-    redis = connect(redis_server.url, 2)
-    built = await Rig(redis, fake, deadline=5).open()
+async def rig(state: Client, fake: FakeOpenAI) -> AsyncIterator[Rig]:
+    """On the test's own Redis, and on the cluster as well for the cases marked ON_BOTH
+    (every one with a rig: each turn runs the turn store's scripts)."""
+    built = await Rig(state, fake, deadline=5).open()
     yield built
     await built.backend.close()
-    await redis.aclose()
 
 
 async def wait_for(check, what: str) -> None:
@@ -105,6 +104,7 @@ async def wait_for(check, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+@ON_BOTH
 async def test_events_follow_the_model_stream(rig: Rig, fake: FakeOpenAI) -> None:
     events: list[TurnEvent] = []
     answer = await rig.runner.run(rig.turn(), emit=events.append)
@@ -121,6 +121,7 @@ async def test_events_follow_the_model_stream(rig: Rig, fake: FakeOpenAI) -> Non
     assert await rig.left() == BALANCE - 1
 
 
+@ON_BOTH
 async def test_cancel_before_the_first_token(rig: Rig, fake: FakeOpenAI) -> None:
     fake.configure(delay_s=30)
     events: list[TurnEvent] = []
@@ -138,6 +139,7 @@ async def test_cancel_before_the_first_token(rig: Rig, fake: FakeOpenAI) -> None
     assert await rig.left() == BALANCE - 1, "charged once, not refunded"
 
 
+@ON_BOTH
 async def test_a_cancel_while_the_turn_opens_is_not_lost(rig: Rig, fake: FakeOpenAI) -> None:
     """Cancelled while its opening script waits for Redis (a reply.cancel right behind its
     message): redis-py can swallow that cancellation; the turn must stop all the same, not
@@ -156,6 +158,7 @@ async def test_a_cancel_while_the_turn_opens_is_not_lost(rig: Rig, fake: FakeOpe
     assert isinstance(answer.record, TurnResult) and not answer.replayed
 
 
+@ON_BOTH
 async def test_cancel_mid_stream_closes_the_upstream(rig: Rig, fake: FakeOpenAI) -> None:
     fake.configure(stall_after_chunks=3)
     events: list[TurnEvent] = []
@@ -173,6 +176,7 @@ async def test_cancel_mid_stream_closes_the_upstream(rig: Rig, fake: FakeOpenAI)
     assert await rig.left() == BALANCE - 1
 
 
+@ON_BOTH
 async def test_a_cancel_after_done_keeps_the_whole_turn(rig: Rig, fake: FakeOpenAI) -> None:
     task: asyncio.Task[Answer] | None = None
 
@@ -225,6 +229,7 @@ async def test_a_slow_model_times_out_and_is_refunded(
     await redis.aclose()
 
 
+@ON_BOTH
 async def test_a_key_runs_once_and_replays(rig: Rig, fake: FakeOpenAI) -> None:
     key = IdempotencyKey("k-1", "fingerprint")
     first = await rig.runner.run(rig.turn(), key=key)
@@ -233,6 +238,7 @@ async def test_a_key_runs_once_and_replays(rig: Rig, fake: FakeOpenAI) -> None:
     assert len(fake.calls()) == 1 and await rig.left() == BALANCE - 1
 
 
+@ON_BOTH
 async def test_a_cancelled_turn_releases_its_key(rig: Rig, fake: FakeOpenAI) -> None:
     fake.configure(delay_s=30)
     key = IdempotencyKey("k-2", "fingerprint")
@@ -246,6 +252,7 @@ async def test_a_cancelled_turn_releases_its_key(rig: Rig, fake: FakeOpenAI) -> 
     assert isinstance(retried.record, TurnResult) and not retried.replayed
 
 
+@ON_BOTH
 async def test_a_final_failure_is_kept_and_refunded(rig: Rig, fake: FakeOpenAI) -> None:
     silence = (Path(__file__).parent / "audio" / "silence.wav").read_bytes()
     key = IdempotencyKey("k-3", "fingerprint")
@@ -259,6 +266,7 @@ async def test_a_final_failure_is_kept_and_refunded(rig: Rig, fake: FakeOpenAI) 
     assert await rig.left() == BALANCE and fake.calls() == []
 
 
+@ON_BOTH
 async def test_a_chunk_that_breaks_the_schema_fails_upstream(rig: Rig, fake: FakeOpenAI) -> None:
     fake.configure(malformed_after_chunks=2)
     events: list[TurnEvent] = []
@@ -270,6 +278,7 @@ async def test_a_chunk_that_breaks_the_schema_fails_upstream(rig: Rig, fake: Fak
     assert await rig.turns() == []
 
 
+@ON_BOTH
 async def test_no_balance_runs_nothing(rig: Rig, fake: FakeOpenAI) -> None:
     await rig.redis.set(keyspace.AccountKeys(rig.account_id).balance, 0)
     with pytest.raises(NoRequests):

@@ -61,8 +61,10 @@ def start_pair(
     tmp_path_factory: pytest.TempPathFactory, name: str, redis: RedisServer, **env: str
 ) -> tuple[Server, Server]:
     """Two processes on one Redis: one deployment. Started one after the other, so that
-    only the first creates the demo account."""
-    env = {"RAPPORT_REDIS_URL": redis.url, **env}
+    only the first creates the demo account. Nodes on one Redis must share a Chroma server
+    (engine/nodes.py); sessions never use it, so its URL here leads nowhere."""
+    chroma = f"http://127.0.0.1:{free_port()}"
+    env = {"RAPPORT_REDIS_URL": redis.url, "RAPPORT_CHROMA_URL": chroma, **env}
     first = Server(tmp_path_factory.mktemp(f"{name}-a") / "data", **env).start()
     try:
         second = Server(tmp_path_factory.mktemp(f"{name}-b") / "data", **env).start()

@@ -11,16 +11,24 @@ from typing import Any
 import msgspec
 import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
 from engine.accounts import AccountStore
 from engine.config import Settings
+from engine.state import Client
 from kb.documents import Document, DocumentStore, LinkEntry, WriteConflict
 from kb.embedder import shared_embedder
 from kb.index import VectorIndex
 from kb.ingest import Incoming, Ingest
 from kb.queue import ProcessingQueue
 from kb.worker import JobResult, Processor
+from tests.conftest import ON_BOTH
+
+
+@pytest.fixture
+def redis(state: Client) -> Client:
+    """The documents' optimistic writes (WATCH/MULTI) and the queue's scripts run on one Redis
+    and on the cluster (ON_BOTH)."""
+    return state
 
 
 def text(external_id: str, body: str) -> Incoming:
@@ -32,8 +40,9 @@ async def hits(index: VectorIndex, account_id: str, query: str, chunk_id: str) -
     return [h.text for h in await index.query(account_id, vector, 5, [chunk_id])]
 
 
+@ON_BOTH
 async def test_a_mixed_group_settles_each_document_on_its_own(
-    redis: aioredis.Redis, tmp_path: Path
+    redis: Client, tmp_path: Path
 ) -> None:
     accounts = AccountStore(redis)
     first, second = await accounts.create("first"), await accounts.create("second")
@@ -113,8 +122,9 @@ async def test_an_upsert_larger_than_chromas_batch_limit_is_split(tmp_path: Path
     assert [h.text for h in last] == [f"chunk {count - 1}"]
 
 
+@ON_BOTH
 async def test_a_patch_while_processing_is_kept_and_a_stale_write_conflicts(
-    redis: aioredis.Redis, tmp_path: Path
+    redis: Client, tmp_path: Path
 ) -> None:
     accounts = AccountStore(redis)
     account = await accounts.create("patching")
@@ -178,8 +188,9 @@ async def test_a_query_naming_chunks_that_are_gone_searches_the_rest(tmp_path: P
     assert await index.query("gone", vectors[0], 5, ["hours@1#0"]) == []
 
 
+@ON_BOTH
 async def test_queueing_staged_documents_survives_a_patch_in_between(
-    redis: aioredis.Redis,
+    redis: Client,
 ) -> None:
     accounts = AccountStore(redis)
     account = await accounts.create("staging")
