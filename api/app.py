@@ -26,6 +26,7 @@ from api import (
     personas,
     projects,
     sessions,
+    signin,
     subscription,
     system,
 )
@@ -62,6 +63,7 @@ OPERATIONS: list[Operation] = [
     *personas.OPERATIONS,
     *projects.OPERATIONS,
     *sessions.OPERATIONS,
+    *signin.OPERATIONS,
     *pages.OPERATIONS,
 ]
 

@@ -25,13 +25,16 @@ import uvicorn
 from api.transport import protocols
 from engine.accounts import Account, AccountStore
 from engine.apikeys import SLOTS, KeyStore, Slot
+from engine.audit import CLI, KEY_ACTIONS, USER_ACTIONS, Actor, AuditLog
 from engine.balance import Balance
 from engine.config import ConfigError, Settings, env_name, flag_name, load_settings
 from engine.embedded_redis import EmbeddedRedis
 from engine.errors import NotFound, RapportError, ValidationFailed
 from engine.personas import PersonaStore
+from engine.signin import SignInStore
 from engine.state import Client, open_client
 from engine.tenants import create_tenant
+from engine.users import ROLES, User, UserStore
 from kb.documents import DocumentStore
 from kb.ingest import Ingest
 from kb.queue import ProcessingQueue
@@ -55,6 +58,8 @@ SESSION_FLAGS = (
     "queue_idle_seconds",
 )
 """What reading live sessions needs: their windows lapse by these settings."""
+USER_FLAGS = (*STATE_FLAGS, "host", "port", "dashboard_idle_seconds", "dashboard_max_seconds")
+"""Dashboard users: the set-password link names the server; disabling ends sign-ins."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,8 +182,29 @@ def _parser() -> argparse.ArgumentParser:
             default="primary" if action == "create" else None,
             required=action != "create",
         )
+        if action in ("create", "regenerate"):
+            sub.add_argument("--label", help="a name for the key, shown beside it in lists")
         _add_setting_flags(sub, _key_flags(action))
         sub.set_defaults(run=_keys, action=action)
+
+    users = commands.add_parser("users", help="an account's dashboard users")
+    user_commands = users.add_subparsers(title="user commands", required=True)
+    user_actions = {
+        "create": "add a dashboard user; prints its one-time set-password link (24 h)",
+        "list": "list the account's dashboard users",
+        "disable": "stop a user signing in; its browser sessions end",
+        "enable": "let a disabled user sign in again",
+        "reset": "print a new set-password link (24 h); older links stop working",
+    }
+    for action, text in user_actions.items():
+        sub = user_commands.add_parser(action, help=text)
+        sub.add_argument("--account", required=True, help="account id or name")
+        if action != "list":
+            sub.add_argument("--email", required=True, help="the user's email")
+        if action == "create":
+            sub.add_argument("--role", choices=ROLES, default="owner")
+        _add_setting_flags(sub, USER_FLAGS)
+        sub.set_defaults(run=_users, action=action)
 
     add_loadtest_commands(commands)
     return parser
@@ -291,9 +317,12 @@ def _with_state(
 
 
 def _accounts_create(args: argparse.Namespace) -> int:
-    account = _with_state(
-        args, lambda redis: create_tenant(AccountStore(redis), PersonaStore(redis), args.name)
-    )
+    async def act(redis: Client) -> Account:
+        account = await create_tenant(AccountStore(redis), PersonaStore(redis), args.name)
+        await AuditLog(redis).record(Actor(account.id, CLI), "account.created", account.name)
+        return account
+
+    account = _with_state(args, act)
     print(f"created account {account.name} with id {account.id}")
     print(f"next: rapport keys create --account {account.id}")
     return 0
@@ -371,12 +400,14 @@ def _accounts_plan(args: argparse.Namespace) -> int:
     async def act(redis: Client) -> Account:
         accounts = AccountStore(redis)
         account = await accounts.resolve(args.account)
-        return await accounts.set_plan(
+        changed = await accounts.set_plan(
             account.id,
             max_concurrent_sessions=args.max_concurrent_sessions,
             knowledge_units=args.knowledge_units,
             storage_units=args.storage_units,
         )
+        await AuditLog(redis).plan_changed(Actor(account.id, CLI), account.plan, changed.plan)
+        return changed
 
     plan = _with_state(args, act).plan
     for field in msgspec.structs.fields(plan):
@@ -391,11 +422,14 @@ def _accounts_origins(args: argparse.Namespace) -> int:
     async def act(redis: Client) -> Account:
         accounts = AccountStore(redis)
         account = await accounts.resolve(args.account)
+        if args.action == "list":
+            return account
         if args.action == "add":
-            return await accounts.add_origin(account.id, args.origin)
-        if args.action == "remove":
-            return await accounts.remove_origin(account.id, args.origin)
-        return account
+            changed = await accounts.add_origin(account.id, args.origin)
+        else:
+            changed = await accounts.remove_origin(account.id, args.origin)
+        await AuditLog(redis).origins_changed(Actor(account.id, CLI), account.plan, changed.plan)
+        return changed
 
     origins = _with_state(args, act).plan.allowed_origins
     print("\n".join(origins) if origins else "no allowed origins (every origin allowed)")
@@ -470,11 +504,12 @@ def _keys(args: argparse.Namespace) -> int:
         keys = KeyStore(redis)
         key = None
         if args.action == "create":
-            key = await keys.create(account.id, slot)
+            key = await keys.create(account.id, slot, label=args.label or "", by=CLI)
         elif args.action == "regenerate":
-            key = await keys.regenerate(account.id, slot)
+            key = await keys.regenerate(account.id, slot, label=args.label, by=CLI)
         else:
             await keys.set_disabled(account.id, slot, disabled=args.action == "disable")
+        await AuditLog(redis).record(Actor(account.id, CLI), KEY_ACTIONS[args.action], slot)
         if args.action not in REVOKING:
             return key, []
         # The slot's sessions (and tickets in line) were minted on the credential just
@@ -488,6 +523,54 @@ def _keys(args: argparse.Namespace) -> int:
         print(f"{slot} key of {args.account} (shown once, store it now):\n{key}")
     if args.action in REVOKING:
         print(f"ended {len(ended)} live session(s) the {slot} key minted", file=sys.stderr)
+    return 0
+
+
+def _users(args: argparse.Namespace) -> int:
+    settings = _settings(args, USER_FLAGS)
+
+    async def act(redis: Client) -> tuple[list[User], str | None]:
+        account = await AccountStore(redis).resolve(args.account)
+        signins = SignInStore(
+            redis,
+            idle_seconds=settings.dashboard_idle_seconds,
+            max_seconds=settings.dashboard_max_seconds,
+        )
+        users = UserStore(redis, signins)
+        audit = AuditLog(redis)
+        if args.action == "list":
+            return await users.list(account.id), None
+        if args.action == "create":
+            user, token = await users.create(account.id, args.email, args.role)
+            await audit.record(Actor(account.id, CLI), "user.created", user.email)
+            return [user], token
+        user = await users.by_email(account.id, args.email)
+        if args.action == "reset":
+            link = await users.issue_link(user)
+            await audit.record(Actor(account.id, CLI), "user.password_reset", user.email)
+            return [user], link
+        changed = await users.set_disabled(user, args.action == "disable")
+        await audit.record(Actor(account.id, CLI), USER_ACTIONS[args.action], user.email)
+        return [changed], None
+
+    users, token = _with_state(args, act, USER_FLAGS)
+    if args.action == "list":
+        for user in users:
+            print(
+                f"{shown(user.email):<32} {user.role:<6} "
+                f"{'disabled' if user.disabled else 'active' if user.password_hash else 'invited'}"
+                f"  created {user.created_at:%Y-%m-%d}"
+            )
+        if not users:
+            print("no dashboard users")
+    elif token is not None:
+        # In the fragment: a browser never sends it to a server, so no log or Referer has it.
+        print(
+            f"set-password link for {users[0].email} ({users[0].role}), valid 24 h, once:\n"
+            f"http://{settings.host}:{settings.port}/dashboard/set-password#token={token}"
+        )
+    else:
+        print(f"{args.action}d {users[0].email}")
     return 0
 
 

@@ -34,6 +34,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.auditing import audit
 from api.operations import Operation
 from api.personas import context, default_id, remove_persona
 from api.problems import decode_body
@@ -146,6 +147,7 @@ async def add_voice(request: Request) -> Response:
     profile = VoiceProfile(given.language, given.tone, given.pitch)
     persona_id = await default_persona(services, account_id)
     media = await services.media.add(account_id, persona_id, mime, data, None, about=profile)
+    await audit(request, "persona.media_added", persona_id, {"media_id": media.id})
     return JSON(VoiceAdded(voice_id=media.id))
 
 
@@ -161,6 +163,7 @@ async def add_video(request: Request) -> Response:
     )
     persona_id = await default_persona(services, account_id)
     media = await services.media.add(account_id, persona_id, mime, data, None, about=details)
+    await audit(request, "persona.media_added", persona_id, {"media_id": media.id})
     return JSON(VideoAdded(video_id=media.id))
 
 
@@ -177,6 +180,7 @@ async def create_instance(request: Request) -> Response:
         )
     except Conflict:
         raise Conflict("Persona with name already exists") from None
+    await audit(request, "persona.created", persona.id, {"name": persona.name})
     return JSON(InstanceCreated(instance_id=persona.id))
 
 
@@ -190,6 +194,7 @@ async def delete_instance(request: Request) -> Response:
     services, account_id = context(request)
     given: InstanceRef = decode_body(await request.body(), InstanceRef)
     await remove_persona(services, account_id, given.instance_id)
+    await audit(request, "persona.deleted", given.instance_id)
     return JSON(InstanceDeleted())
 
 

@@ -150,7 +150,9 @@ async def chat(request: Request) -> Response:
         request_id=request.state.request_id,
         context=data.context or None,
     )
-    answer = await services.runner.run(turn, key_slot=principal.slot, started=request.state.started)
+    answer = await services.runner.run(
+        turn, key_slot=principal.window, started=request.state.started
+    )
     # Without an idempotency key, a turn either answers or raises: never a kept record.
     result = answer.record
     assert isinstance(result, TurnResult)

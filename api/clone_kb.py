@@ -38,6 +38,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.auditing import actor_from, audit, audit_upserts
 from api.bodylimit import read_within
 from api.knowledge import MAX_BATCH, external_id_of, remove_document
 from api.operations import Operation
@@ -46,6 +47,7 @@ from api.queries import Paging, parse_query
 from api.responses import JSON, Duplex
 from api.services import Services
 from engine.apikeys import Principal
+from engine.audit import Actor, AuditLog
 from engine.errors import Failure, NotFound, RapportError, RateLimited, ValidationFailed
 from engine.llm import OpenAICompatible
 from engine.replies import Snippet
@@ -187,6 +189,7 @@ async def store_pages(request: Request) -> Response:
     services, account_id = caller(request)
     given = decode_body(await request.body(), PagesIn)
     outcomes = await store(services, account_id, [p.incoming() for p in given.pages])
+    await audit_upserts(request, outcomes)
     return JSON(Stored(SUCCESS, "Pages stored successfully", results(given.pages, outcomes)))
 
 
@@ -194,9 +197,11 @@ async def stream_pages(request: Request) -> Response:
     services, account_id = caller(request)
     if request.headers.get("content-type", "").split(";")[0].strip() == NDJSON:
         stream_id = parse_query(request.query_params, StreamQuery).stream_id
-        return Duplex(streamed(services, account_id, stream_id, request.stream()), NDJSON)
+        by = actor_from(request)
+        return Duplex(streamed(services, by, stream_id, request.stream()), NDJSON)
     data = decode_body(await read_within(request, BODY_LIMIT), StreamIn).stream_data
     outcomes = await store(services, account_id, [p.incoming(data.stream_id) for p in data.pages])
+    await audit_upserts(request, outcomes)
     return JSON(
         Streamed(
             SUCCESS,
@@ -208,13 +213,15 @@ async def stream_pages(request: Request) -> Response:
 
 
 async def streamed(
-    services: Services, account_id: str, stream_id: str, body: AsyncIterator[bytes]
+    services: Services, by: Actor, stream_id: str, body: AsyncIterator[bytes]
 ) -> AsyncIterator[bytes]:
     """One result line per page line, as each is stored, then the summary. The request
     counted once against KnowledgeUploadsRate (api.ratelimits), as a JSON batch of up to
     ``MAX_BATCH`` pages does; each further ``MAX_BATCH`` pages count once more, so a stream
     costs what its pages sent as batches would. Once the policy refuses, every further
-    page fails with its 429 message, unstored; a page over the account's quota fails too."""
+    page fails with its 429 message, unstored; a page over the account's quota fails too.
+    ``by`` is the caller, for the audit log."""
+    account_id = by.account_id
     uploads = services.api_policies.uploads
     stored = failed = pages = 0
     refused: str | None = None
@@ -234,6 +241,7 @@ async def streamed(
             (outcome,) = await services.ingest.upsert(
                 account_id, [page.incoming(stream_id)], enqueue=True
             )
+            await AuditLog(services.redis).upserted(by, [outcome])
             result = PageResult(outcome.external_id, page.title, outcome.status)
         except RapportError as error:
             if error.failure not in PAGE_FAILURES:
@@ -325,6 +333,7 @@ async def put_training_data(request: Request) -> Response:
     item = decode_body(await request.body(), TrainingIn).training_data
     incoming = Incoming(external_id=item.id, data=item.content.encode(), content_type="txt")
     (outcome,) = await services.ingest.upsert(account_id, [incoming], enqueue=True)
+    await audit_upserts(request, [outcome])
     return JSON(
         Done(SUCCESS, "Training data updated successfully", id=item.id, result=outcome.status)
     )
@@ -337,6 +346,7 @@ async def delete_training_data(request: Request) -> Response:
     if doc is None:
         raise NotFound(f"No training data {external_id!r}.")
     await remove_document(services, account_id, doc)
+    await audit(request, "document.deleted", external_id)
     return JSON(Done(SUCCESS, "Training data deleted successfully", id=external_id))
 
 
@@ -344,7 +354,9 @@ async def review_data(request: Request) -> Response:
     services, account_id = caller(request)
     data = decode_body(await request.body(), ReviewIn).review_data
     items = {i.external_id: i for i in (article(text, data.notes) for text in data.articles)}
-    await services.ingest.upsert(account_id, list(items.values()), enqueue=False)
+    await audit_upserts(
+        request, await services.ingest.upsert(account_id, list(items.values()), enqueue=False)
+    )
     return JSON(Done(SUCCESS, "Data submitted for review", ids=list(items)))
 
 

@@ -166,7 +166,7 @@ async def conversation(request: Request) -> Response:
         turn,
         key=None if key is None else IdempotencyKey(key, fingerprint(payload)),
         # The per-key window is counted with the rest of the turn's opening reads.
-        key_slot=principal.slot,
+        key_slot=principal.window,
         started=request.state.started,
     )
     headers = answer.quota.headers() if answer.quota else {}

@@ -10,6 +10,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.auditing import audit, audit_upserts
 from api.forms import read_upload
 from api.operations import Operation
 from api.problems import invalid_input, nested_too_deeply
@@ -17,6 +18,7 @@ from api.queries import DEFAULT_LIMIT, Limit, parse_query
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
+from engine.audit import given_fields
 from engine.errors import (
     Failure,
     FileTooLarge,
@@ -174,7 +176,9 @@ async def upsert_batch(request: Request) -> Response:
         seen.add(item.external_id)
         accepted.append(item)
         results.append(None)
-    outcomes = iter(await services.ingest.upsert(principal.account_id, accepted, enqueue=False))
+    upserted = await services.ingest.upsert(principal.account_id, accepted, enqueue=False)
+    await audit_upserts(request, upserted)
+    outcomes = iter(upserted)
     merged = [r if r is not None else _result(next(outcomes)) for r in results]
     counts = {s: sum(1 for r in merged if r.status == s) for s in ("created", "updated", "no_op")}
     return JSON(
@@ -203,6 +207,7 @@ async def upsert_one(request: Request) -> Response:
     (outcome,) = await services.ingest.upsert(
         principal.account_id, [document.incoming(external_id)], enqueue=True
     )
+    await audit_upserts(request, [outcome])
     return JSON(
         SingleResult(external_id, outcome.status, outcome.re_embedded),
         status_code=201 if outcome.status == "created" else 200,
@@ -241,6 +246,7 @@ async def upload_file(request: Request) -> Response:
         ],
         enqueue=True,
     )
+    await audit_upserts(request, [outcome])
     doc = await _existing(services, principal.account_id, external_id)
     (count,) = await services.docs.persona_counts(principal.account_id, [external_id])
     return JSON(view(doc, count), status_code=201 if outcome.status == "created" else 200)
@@ -306,6 +312,7 @@ async def patch_one(request: Request) -> Response:
     updated = await services.docs.update(principal.account_id, external_id, edit.applied, read=doc)
     if updated is None:  # deleted meanwhile
         raise _missing(external_id)
+    await audit(request, "document.updated", external_id, {"fields": given_fields(edit)})
     (count,) = await services.docs.persona_counts(principal.account_id, [external_id])
     return JSON(view(updated, count))
 
@@ -334,6 +341,7 @@ async def delete_one(request: Request) -> Response:
     principal: Principal = request.state.principal
     doc = await _existing(services, principal.account_id, external_id_of(request))
     await remove_document(services, principal.account_id, doc)
+    await audit(request, "document.deleted", doc.external_id)
     return Response(status_code=204)
 
 
@@ -346,7 +354,9 @@ async def remove_document(services: Services, account_id: str, doc: Document) ->
 async def process(request: Request) -> Response:
     services: Services = request.state.services
     principal: Principal = request.state.principal
-    return JSON(Queued(await services.ingest.process_staged(principal.account_id)))
+    queued = await services.ingest.process_staged(principal.account_id)
+    await audit(request, "documents.processed", "staged", {"queued": queued})
+    return JSON(Queued(queued))
 
 
 class ListQuery(msgspec.Struct, forbid_unknown_fields=True):

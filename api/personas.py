@@ -17,6 +17,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.auditing import audit
 from api.forms import read_upload
 from api.knowledge import ExternalId, external_id_of
 from api.operations import Operation
@@ -25,6 +26,7 @@ from api.queries import Paging, parse_query
 from api.responses import JSON
 from api.services import Services
 from engine.apikeys import Principal
+from engine.audit import given_fields
 from engine.errors import (
     Conflict,
     Failure,
@@ -291,6 +293,7 @@ async def create_persona(request: Request) -> Response:
         raise ValidationFailed(f"persona: {exc}") from None
     except Conflict:
         raise Conflict("Persona with name already exists") from None
+    await audit(request, "persona.created", persona.id, {"name": persona.name})
     return JSON(await full_view(services, account_id, persona), status_code=201)
 
 
@@ -314,12 +317,14 @@ async def update_persona(request: Request) -> Response:
         persona = await services.personas.merge(account_id, persona_id, given.changes())
     except Conflict:
         raise Conflict("Persona with name already exists") from None
+    await audit(request, "persona.updated", persona.id, {"fields": given_fields(given)})
     return JSON(await full_view(services, account_id, persona))
 
 
 async def delete_persona(request: Request) -> Response:
     services, account_id = context(request)
     await remove_persona(services, account_id, persona_id_of(request))
+    await audit(request, "persona.deleted", persona_id_of(request))
     return Response(status_code=204)
 
 
@@ -350,6 +355,7 @@ async def set_default(request: Request) -> Response:
     choice = decode(await request.body(), DefaultChoice)
     persona = await services.personas.get(account_id, choice.persona_id)
     await services.accounts.set_default_persona(account_id, persona.id)
+    await audit(request, "persona.default_changed", persona.id)
     return JSON(await full_view(services, account_id, persona))
 
 
@@ -368,6 +374,9 @@ async def replace_knowledge(request: Request) -> Response:
     persona_id = await _persona_id(services, account_id, request)
     wanted = decode(await request.body(), Activation)
     await services.activations.replace(account_id, persona_id, wanted.external_ids)
+    await audit(
+        request, "persona.knowledge_changed", persona_id, {"replaced": len(wanted.external_ids)}
+    )
     return JSON(Activation(await services.activations.active(account_id, persona_id)))
 
 
@@ -376,6 +385,7 @@ async def add_knowledge(request: Request) -> Response:
     persona_id = await _persona_id(services, account_id, request)
     wanted = decode(await request.body(), Activation)
     added, skipped = await services.activations.add(account_id, persona_id, wanted.external_ids)
+    await audit(request, "persona.knowledge_changed", persona_id, {"added": added})
     return JSON(Added(added, skipped))
 
 
@@ -383,6 +393,9 @@ async def remove_knowledge(request: Request) -> Response:
     services, account_id = context(request)
     persona_id = await _persona_id(services, account_id, request)
     await services.activations.remove(account_id, persona_id, external_id_of(request))
+    await audit(
+        request, "persona.knowledge_changed", persona_id, {"removed": external_id_of(request)}
+    )
     return Response(status_code=204)
 
 
@@ -394,6 +407,7 @@ async def upload_media(request: Request) -> Response:
     media = await services.media.add(
         account_id, persona_id, upload.mime or "", upload.data, upload.file_name
     )
+    await audit(request, "persona.media_added", persona_id, {"media_id": media.id})
     return JSON(media_view(persona_id, media), status_code=201)
 
 
@@ -419,6 +433,7 @@ async def delete_media(request: Request) -> Response:
     media_id = own_id(request.path_params["media_id"], "media file")
     if not await services.media.delete(account_id, persona_id, media_id):
         raise NotFound("No such media on this persona.")
+    await audit(request, "persona.media_deleted", persona_id, {"media_id": media_id})
     return Response(status_code=204)
 
 
@@ -437,6 +452,7 @@ async def generate_image(request: Request) -> Response:
     updated = await services.personas.merge(
         account_id, persona.id, {"image": f"{media.id}.{EXTENSIONS['image/png']}"}
     )
+    await audit(request, "persona.updated", persona.id, {"fields": ["image"]})
     return JSON(await full_view(services, account_id, updated))
 
 

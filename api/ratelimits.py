@@ -111,7 +111,7 @@ class V1RateLimits:
             elif (scope["method"], scope["path"]) != ("POST", TURN_PATH):
                 # A request's IP was counted with its key lookup (api.auth).
                 principal: Principal = scope["state"]["principal"]
-                extra = (await limits.hit_key(principal.account_id, principal.slot)).headers()
+                extra = (await limits.hit_key(principal.account_id, principal.window)).headers()
         except RapportError as error:
             await refuse(scope, receive, send, error)
             return

@@ -19,11 +19,13 @@ from engine.personas import PersonaStore
 from engine.ratelimit import Policy, RateLimits
 from engine.replies import ReplyBackend
 from engine.responder import EmbeddedResponder
+from engine.signin import SignInStore
 from engine.speech import Transcriber
 from engine.state import Client, redis_boundary
 from engine.turn_runner import TurnRunner
 from engine.turn_store import TurnStore
 from engine.turns import TurnPipeline
+from engine.users import UserStore
 from engine.workers import WorkerPool
 from kb.activation import Activations
 from kb.documents import DocumentStore
@@ -68,6 +70,10 @@ class Services:
     metrics: HttpMetrics
     accounts: AccountStore = field(init=False)
     keys: KeyStore = field(init=False)
+    signins: SignInStore = field(init=False)
+    users: UserStore = field(init=False)
+    login_policies: tuple[Policy, Policy] = field(init=False)
+    """Dashboard sign-in attempts: per client IP, and per email from one IP (api/signin.py)."""
     personas: PersonaStore = field(init=False)
     memory: MemoryStore = field(init=False)
     balance: Balance = field(init=False)
@@ -98,6 +104,16 @@ class Services:
         settings = self.settings
         self.accounts = AccountStore(self.redis)
         self.keys = KeyStore(self.redis)
+        self.signins = SignInStore(
+            self.redis,
+            idle_seconds=settings.dashboard_idle_seconds,
+            max_seconds=settings.dashboard_max_seconds,
+        )
+        self.users = UserStore(self.redis, self.signins)
+        self.login_policies = (
+            Policy("DashboardLoginIp", settings.dashboard_login_ip_rpm, "ip"),
+            Policy("DashboardLoginEmail", settings.dashboard_login_email_rpm, "ip"),
+        )
         self.personas = PersonaStore(self.redis)
         self.memory = MemoryStore(self.redis, max_bytes=settings.memory_bytes)
         self.balance = Balance(self.redis)

@@ -28,13 +28,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from api.auth import client_ip
+from api.auth import client_ip, is_own_origin
 from api.operations import Operation
 from api.personas import context
 from api.problems import invalid_input, render
 from api.responses import JSON
 from api.services import Services
-from engine.accounts import Plan, normalise_origin
+from engine.accounts import Plan
 from engine.config import SESSION_FRAME_LIMIT
 from engine.errors import (
     Failure,
@@ -42,7 +42,6 @@ from engine.errors import (
     OriginNotAllowed,
     RapportError,
     SessionGone,
-    ValidationFailed,
 )
 from engine.ids import UserId, own_id
 from engine.personas import Mode, PersonaId
@@ -147,14 +146,8 @@ def check_origin(plan: Plan, origin: str | None, reached: URL, what: str) -> Non
     browser writes both Origin and Host itself, so another site's page never matches. A
     client that forges both is no browser and could as well send no Origin. A DNS-rebound
     name gets a page nothing: it has no key or token of the account but its own."""
-    if origin is None or plan.allows_origin(origin):
+    if origin is None or plan.allows_origin(origin) or is_own_origin(origin, reached):
         return
-    scheme = "https" if reached.scheme in ("https", "wss") else "http"
-    try:
-        if normalise_origin(origin) == normalise_origin(f"{scheme}://{reached.netloc}"):
-            return
-    except ValidationFailed:
-        pass  # an Origin or Host that is no origin (``null``) matches nothing
     raise OriginNotAllowed(f"Origin {origin!r} may not {what}.")
 
 
@@ -245,6 +238,7 @@ async def mint(request: Request) -> Response:
         persona,
         given.mode,
         account_cap=account.plan.max_concurrent_sessions,
+        # None for a browser session: no key minted it, so no key's revocation ends it.
         key_slot=request.state.principal.slot,
     )
     match place:

@@ -162,6 +162,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     queue_idle_seconds: Annotated[int, msgspec.Meta(ge=3, le=3600)] = 60
     """A queued client neither connected to its queue socket nor polling for this long loses
     its place."""
+    dashboard_idle_seconds: Annotated[int, msgspec.Meta(ge=1, le=86_400)] = 1800
+    """A dashboard sign-in unused this long ends (OWASP ASVS V7.3.1: 15-30 minutes for a
+    low-risk application)."""
+    dashboard_max_seconds: Annotated[int, msgspec.Meta(ge=1, le=2_592_000)] = 43_200
+    """A dashboard sign-in ends this long after it began, however busy (ASVS V7.3.2)."""
+    dashboard_login_ip_rpm: Annotated[int, msgspec.Meta(ge=1)] = 20
+    """Dashboard sign-in attempts a minute from one client IP, successful or not."""
+    dashboard_login_email_rpm: Annotated[int, msgspec.Meta(ge=1)] = 5
+    """Dashboard sign-in attempts a minute for one email from one client IP."""
     session_events: Annotated[int, msgspec.Meta(ge=16, le=100_000)] = 512
     """Server events kept per session for a reconnect to replay (about this many: trimming
     is approximate); a reconnect that missed older ones starts afresh."""

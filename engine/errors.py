@@ -196,6 +196,12 @@ class Failure(Row, enum.Enum):
     ORIGIN_NOT_ALLOWED = Row(
         403, "auth.origin_not_allowed", "origin_not_allowed", "Origin not allowed", 1008
     )
+    # Seed 000's dashboard codes: a failed sign-in, and credentials that may not do this (an
+    # API key on a browser-only route, a viewer's write, a cookie write without CSRF proof).
+    INVALID_CREDENTIALS = Row(
+        401, "auth.invalid_credentials", "invalid_credentials", "Invalid credentials", 4001
+    )
+    FORBIDDEN = Row(403, "auth.forbidden", "forbidden", "Forbidden", 1008)
     SESSION_TOKEN_INVALID = Row(
         401, "auth.session_token_invalid", "invalid_session_token", "Session token invalid", 4001
     )
@@ -259,6 +265,26 @@ class DisabledApiKey(AuthError):
 class SessionTokenInvalid(AuthError):
     failure = Failure.SESSION_TOKEN_INVALID
     default_message = "The session token is not valid for this session."
+
+
+class SignedOut(AuthError):
+    """A dashboard session cookie that names no live session (signed out, expired)."""
+
+    failure = Failure.MISSING_API_KEY
+    default_message = "The dashboard session has ended; sign in again."
+
+
+class InvalidCredentials(AuthError):
+    """One answer for an unknown email, a wrong password, a disabled user and a user with
+    no password yet (seed 000; OWASP ASVS V6.3.8): none tells a stranger who exists."""
+
+    failure = Failure.INVALID_CREDENTIALS
+    default_message = "Email or password is incorrect."
+
+
+class Forbidden(AuthError):
+    failure = Failure.FORBIDDEN
+    default_message = "These credentials may not do this."
 
 
 class RequestError(RapportError):

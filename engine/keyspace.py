@@ -89,6 +89,24 @@ def rate_window(policy: str, partition: str) -> str:
     return f"{PREFIX}:rate:{policy}:{_segment(partition)}"
 
 
+USER_EMAILS = f"{PREFIX}:user_emails"
+"""Hash: dashboard user email (lowercase) -> ``<account>/<user id>``. Emails are unique in
+the deployment, so a sign-in (``{email, password}``) finds its account without naming it;
+this key has no hash tag, its own cluster slot, like :data:`ACCOUNT_NAMES`."""
+
+
+def signin(digest: str) -> str:
+    """Hash: one browser session, found by the SHA-256 of its cookie (:mod:`engine.signin`):
+    user, account, role, CSRF token, created, last seen. Untagged: the cookie names no account."""
+    return f"{PREFIX}:signin:{digest}"
+
+
+def password_link(digest: str) -> str:
+    """String: ``<account>/<user id>`` of one set-password link, found by the SHA-256 of its
+    token (:mod:`engine.users`); expires with the link."""
+    return f"{PREFIX}:pwlink:{digest}"
+
+
 def api_key(lookup: str) -> str:
     """Hash of one issued key, found by its public lookup prefix: account, slot, digest."""
     return f"{PREFIX}:apikey:{lookup}"
@@ -112,6 +130,22 @@ class AccountKeys:
     def key_slots(self) -> str:
         """Hash: slot name -> lookup prefix of the key issued in that slot."""
         return f"{self.base}:keyslots"
+
+    @property
+    def audit(self) -> str:
+        """Stream: the account's append-only audit log (:mod:`engine.audit`), trimmed to
+        about :data:`engine.audit.MAX_ENTRIES`; one field ``e`` holding an entry's JSON."""
+        return f"{self.base}:audit"
+
+    @property
+    def users(self) -> str:
+        """Hash: dashboard user id -> its record (:class:`engine.users.User`, msgspec JSON)."""
+        return f"{self.base}:users"
+
+    def user_signins(self, user_id: str) -> str:
+        """Set: the digests of one dashboard user's browser sessions, so that all of them can
+        be ended at once (sign out everywhere, user disabled, password changed)."""
+        return f"{self.base}:dashboard_user:{_segment(user_id)}:signins"
 
     @property
     def usage(self) -> str:

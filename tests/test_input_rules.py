@@ -258,6 +258,7 @@ VALID = [
     "X-Name",  # a header name
     "rk_live_" + "a" * 44,  # an API key
     "host:8080",  # a Host header
+    "1733572800000-0",  # an audit log cursor (a Redis stream id)
     "09:30",  # a clock time
     "pt-BR",  # a language tag
     "redis://h:6379/0",  # RAPPORT_REDIS_URL

@@ -1,0 +1,244 @@
+"""Dashboard users: per account, with a role, signing in with an email and a password.
+
+There is no public sign-up and no default password (OWASP ASVS V6.3.2): the CLI (or an
+owner) creates a user, which gets a one-time set-password link. The link's token is 256
+random bits, stored only as its SHA-256 (a leaked database holds no usable link), lives 24
+hours and works once; a newer link for the same user voids the older.
+
+Emails are unique in the whole deployment (:data:`engine.keyspace.USER_EMAILS`), so a
+sign-in sends ``{email, password}`` and names no account.
+
+Passwords (ASVS V6.2): 8 to 128 characters, no composition rules, and none of the 1,000
+most common (``common_passwords.txt``: the head of Django's list, compared lowercased as
+Django does). They are hashed with Argon2id at RFC 9106's second recommended profile
+(t=3, m=64 MiB, p=4; argon2-cffi's default), measured on this 2-core machine at ~140 ms a
+verify (``bench/login.py``; BENCHMARKS.md). Hashing runs in a thread, at most
+:data:`HASHING_AT_ONCE` at a time per process, so a burst of sign-ins neither blocks the event
+loop nor holds 64 MiB for each of the thread pool's workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import cache
+from importlib.resources import files
+from typing import TypeVar, get_args
+
+import msgspec
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.profiles import RFC_9106_LOW_MEMORY
+
+from engine import keyspace
+from engine.apikeys import Role
+from engine.errors import Conflict, InvalidCredentials, NotFound, ValidationFailed
+from engine.ids import new_id
+from engine.signin import SignInStore
+from engine.state import Client, redis_boundary
+
+T = TypeVar("T")
+
+ROLES: tuple[Role, ...] = get_args(Role)
+PASSWORD_MIN = 8
+PASSWORD_MAX = 128
+LINK_SECONDS = 24 * 3600
+HASHING_AT_ONCE = 2
+"""Argon2 hashes a process computes at once: the cores of the machine measured."""
+HASHER = PasswordHasher.from_parameters(RFC_9106_LOW_MEMORY)
+
+
+class WrongPassword(InvalidCredentials):
+    """A known user's wrong password: answered as any InvalidCredentials (the caller learns
+    nothing more), but the route can write it to the user's account's audit log."""
+
+    def __init__(self, user: User) -> None:
+        super().__init__()
+        self.user = user
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    text = files("engine").joinpath("common_passwords.txt").read_text()
+    return frozenset(text.split())
+
+
+def check_password(password: str) -> None:
+    """Raise ValidationFailed unless ``password`` may be set (ASVS V6.2.1, V6.2.4, V6.2.9)."""
+    problem = None
+    if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        problem = f"A password has {PASSWORD_MIN} to {PASSWORD_MAX} characters."
+    elif password.lower().strip() in common_passwords():
+        problem = "This password is one of the most common; choose another."
+    if problem is not None:
+        raise ValidationFailed(problem, errors={"password": [problem]})
+
+
+def normalise_email(email: str) -> str:
+    """An email as stored and compared: trimmed, lowercased (two spellings of one mailbox
+    must not make two users)."""
+    email = email.strip().lower()
+    local, at, domain = email.partition("@")
+    if not at or not local or "." not in domain or len(email) > 254 or not email.isprintable():
+        raise ValidationFailed("Not an email address.", errors={"email": ["Not an email."]})
+    if any(c.isspace() for c in email):
+        raise ValidationFailed("Not an email address.", errors={"email": ["Not an email."]})
+    return email
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    id: str
+    account_id: str
+    email: str
+    role: Role
+    disabled: bool = False
+    password_hash: str = ""
+    """Empty until the user follows its set-password link."""
+    link_digest: str = ""
+    """SHA-256 of the latest set-password link's token; the only link that works."""
+    created_at: datetime
+
+
+class UserStore:
+    def __init__(
+        self, redis: Client, signins: SignInStore, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._redis = redis
+        self._signins = signins
+        self._clock = clock
+        self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+        self._dummy: str | None = None
+
+    async def _in_thread(self, work: Callable[..., T], *args: str) -> T:
+        async with self._hashing:
+            return await asyncio.to_thread(work, *args)
+
+    @redis_boundary
+    async def create(self, account_id: str, email: str, role: Role) -> tuple[User, str]:
+        """A new user without a password, and its set-password link's token."""
+        email = normalise_email(email)
+        user = User(
+            id=new_id(),
+            account_id=account_id,
+            email=email,
+            role=role,
+            created_at=datetime.now(UTC),
+        )
+        if not await self._redis.hsetnx(keyspace.USER_EMAILS, email, f"{account_id}/{user.id}"):
+            raise Conflict(f"A dashboard user with the email {email!r} exists already.")
+        await self._save(user)
+        return user, await self.issue_link(user)
+
+    @redis_boundary
+    async def issue_link(self, user: User) -> str:
+        """A new set-password link for ``user`` (created, or reset); older ones stop working."""
+        token = secrets.token_urlsafe(32)
+        token_digest = digest(token)
+        await self._redis.set(
+            keyspace.password_link(token_digest), f"{user.account_id}/{user.id}", ex=LINK_SECONDS
+        )
+        await self._save(msgspec.structs.replace(user, link_digest=token_digest))
+        return token
+
+    @redis_boundary
+    async def list(self, account_id: str) -> list[User]:
+        records = await self._redis.hvals(keyspace.AccountKeys(account_id).users)
+        users = [msgspec.json.decode(raw, type=User) for raw in records]
+        return sorted(users, key=lambda user: user.created_at)
+
+    @redis_boundary
+    async def get(self, account_id: str, user_id: str) -> User:
+        raw = await self._redis.hget(keyspace.AccountKeys(account_id).users, user_id)
+        if raw is None:
+            raise NotFound("No such dashboard user.")
+        return msgspec.json.decode(raw, type=User)
+
+    async def by_email(self, account_id: str, email: str) -> User:
+        for user in await self.list(account_id):
+            if user.email == normalise_email(email):
+                return user
+        raise NotFound(f"No dashboard user {email!r} in this account.")
+
+    @redis_boundary
+    async def set_disabled(self, user: User, disabled: bool) -> User:
+        """Disable (ending every browser session of the user: ASVS V7.4.2) or enable."""
+        changed = msgspec.structs.replace(user, disabled=disabled)
+        await self._save(changed)
+        if disabled:
+            await self._signins.end_all(user.account_id, user.id)
+        return changed
+
+    @redis_boundary
+    async def authenticate(self, email: str, password: str) -> User:
+        """The user ``email`` names, when ``password`` is its password and it may sign in;
+        else InvalidCredentials, the same for every reason and after the same work: an
+        unknown email is verified against a dummy hash (no timing tells who exists)."""
+        user = None
+        try:
+            ref = await self._redis.hget(keyspace.USER_EMAILS, normalise_email(email))
+        except ValidationFailed:
+            ref = None
+        if ref is not None:
+            account_id, _, user_id = ref.partition("/")
+            raw = await self._redis.hget(keyspace.AccountKeys(account_id).users, user_id)
+            user = None if raw is None else msgspec.json.decode(raw, type=User)
+        if user is None or user.disabled or not user.password_hash:
+            await self._in_thread(self._verify, await self._dummy_hash(), password)
+            raise InvalidCredentials()
+        if not await self._in_thread(self._verify, user.password_hash, password):
+            raise WrongPassword(user)
+        if HASHER.check_needs_rehash(user.password_hash):
+            # Parameters raised since this hash was made: upgrade it while the password is known.
+            rehashed = await self._in_thread(HASHER.hash, password)
+            await self._save(msgspec.structs.replace(user, password_hash=rehashed))
+        return user
+
+    @redis_boundary
+    async def set_password(self, token: str, password: str) -> User:
+        """Follow a set-password link: the password is set, the link spent, and every
+        browser session of the user ended (ASVS V7.4.3)."""
+        check_password(password)  # before the link is spent: a refused password keeps it
+        token_digest = digest(token)
+        ref = await self._redis.getdel(keyspace.password_link(token_digest))
+        user = None
+        if ref is not None:
+            account_id, _, user_id = ref.partition("/")
+            try:
+                user = await self.get(account_id, user_id)
+            except NotFound:
+                user = None
+        if user is None or user.link_digest != token_digest:
+            raise ValidationFailed(
+                "This set-password link is unknown, used or expired; ask for a new one.",
+                errors={"token": ["unknown, used or expired"]},
+            )
+        hashed = await self._in_thread(HASHER.hash, password)
+        changed = msgspec.structs.replace(user, password_hash=hashed, link_digest="")
+        await self._save(changed)
+        await self._signins.end_all(user.account_id, user.id)
+        return changed
+
+    async def _save(self, user: User) -> None:
+        await self._redis.hset(
+            keyspace.AccountKeys(user.account_id).users, user.id, msgspec.json.encode(user)
+        )
+
+    async def _dummy_hash(self) -> str:
+        if self._dummy is None:
+            self._dummy = await self._in_thread(HASHER.hash, secrets.token_urlsafe(16))
+        return self._dummy
+
+    @staticmethod
+    def _verify(password_hash: str, password: str) -> bool:
+        try:
+            return HASHER.verify(password_hash, password)
+        except (VerificationError, InvalidHashError):
+            return False
