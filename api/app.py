@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from api import (
+    account,
     clone_admin,
     clone_chat,
     clone_kb,
@@ -64,6 +65,7 @@ OPERATIONS: list[Operation] = [
     *projects.OPERATIONS,
     *sessions.OPERATIONS,
     *signin.OPERATIONS,
+    *account.OPERATIONS,
     *pages.OPERATIONS,
 ]
 

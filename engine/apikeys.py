@@ -107,6 +107,14 @@ end
 meanwhile would leave a record without a digest behind."""
 
 
+_UNPOINT = """
+if redis.call('hget', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('hdel', KEYS[1], ARGV[1])
+end
+"""
+"""Clear a slot's pointer only while it still names the key being deleted."""
+
+
 def _minute(epoch_s: int) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="minutes")
 
@@ -115,6 +123,7 @@ class KeyStore:
     def __init__(self, redis: Client) -> None:
         self._redis = redis
         self._touch = redis.register_script(_TOUCH)
+        self._unpoint = redis.register_script(_UNPOINT)
         self._writing: dict[str, asyncio.Task[None]] = {}
         """Record key -> its ``last_used`` write in flight (held here until done: the event
         loop keeps only a weak reference to a task)."""
@@ -188,6 +197,20 @@ class KeyStore:
     async def set_disabled(self, account_id: str, slot: Slot, disabled: bool) -> None:
         lookup = await self._slot_lookup(account_id, slot)
         await self._redis.hset(keyspace.api_key(lookup), "disabled", "1" if disabled else "0")
+
+    @redis_boundary
+    async def set_label(self, account_id: str, slot: Slot, label: str) -> None:
+        lookup = await self._slot_lookup(account_id, slot)
+        await self._redis.hset(keyspace.api_key(lookup), "label", label[:LABEL_LENGTH])
+
+    @redis_boundary
+    async def delete(self, account_id: str, slot: Slot) -> None:
+        """Empty a slot: its key stops working at once and the slot may be filled again."""
+        lookup = await self._slot_lookup(account_id, slot)
+        # The record first, so the key is dead whatever happens next; the pointer only if it
+        # still names this key (a regenerate landing meanwhile keeps its new key's pointer).
+        await self._redis.delete(keyspace.api_key(lookup))
+        await self._unpoint(keys=[keyspace.AccountKeys(account_id).key_slots], args=[slot, lookup])
 
     @redis_boundary
     async def slots(self, account_id: str) -> list[SlotState]:

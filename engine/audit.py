@@ -55,6 +55,7 @@ Action = Literal[
     "key.disabled",
     "key.enabled",
     "key.deleted",
+    "key.relabeled",
     "persona.created",
     "persona.updated",
     "persona.deleted",

@@ -202,6 +202,15 @@ class UserStore:
         return user
 
     @redis_boundary
+    async def confirm(self, account_id: str, user_id: str, password: str) -> bool:
+        """Whether ``password`` is the signed-in user's own: asked again before a key is
+        shown (ASVS V6.2.3's re-authentication before a sensitive change)."""
+        user = await self.get(account_id, user_id)
+        if user.disabled or not user.password_hash:
+            return False
+        return await self._in_thread(self._verify, user.password_hash, password)
+
+    @redis_boundary
     async def set_password(self, token: str, password: str) -> User:
         """Follow a set-password link: the password is set, the link spent, and every
         browser session of the user ended (ASVS V7.4.3)."""

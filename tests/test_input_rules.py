@@ -110,6 +110,7 @@ def fill(path: str, tenant: Tenant, bad_param: str, bad: str) -> str:
         "session_id": tenant.session_id,
         "chat_id": "chat_dS0x",
         "user_id": "u-1",
+        "slot": "primary",
     }
     values = {name: in_path(bad) if name == bad_param else value for name, value in good.items()}
     return re.sub(r"{([^}:]+)(?::[^}]+)?}", lambda m: values[m[1]], path)
@@ -131,7 +132,8 @@ def cases() -> Iterator[Any]:
 
 def test_every_route_with_an_id_in_its_path_is_covered() -> None:
     params = {p for _, path in ID_ROUTES for p in re.findall(r"{([^}:]+)", path)}
-    assert params <= OWN_IDS | {"external_id", "user_id"}, "a new kind of path id: give it cases"
+    covered = OWN_IDS | {"external_id", "user_id", "slot"}
+    assert params <= covered, "a new kind of path id: give it cases"
 
 
 @pytest.mark.parametrize(("method", "path", "param", "bad"), list(cases()))
