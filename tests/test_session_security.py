@@ -34,19 +34,26 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     running.stop()
 
 
+def on_shared_state(
+    tmp_path_factory: pytest.TempPathFactory, name: str, redis: RedisServer, chroma: ChromaServer
+) -> Iterator[Server]:
+    """A node of a deployment of two: one Redis and one Chroma server for both."""
+    running = Server(
+        tmp_path_factory.mktemp(name) / "data",
+        RAPPORT_REDIS_URL=redis.url,
+        RAPPORT_CHROMA_URL=chroma.url,
+    ).start()
+    yield running
+    running.stop()
+
+
 @pytest.fixture(scope="module")
 def node(
     tmp_path_factory: pytest.TempPathFactory,
     shared_redis: RedisServer,
     chroma_server: ChromaServer,
 ) -> Iterator[Server]:
-    running = Server(
-        tmp_path_factory.mktemp("security-a") / "data",
-        RAPPORT_REDIS_URL=shared_redis.url,
-        RAPPORT_CHROMA_URL=chroma_server.url,
-    ).start()
-    yield running
-    running.stop()
+    yield from on_shared_state(tmp_path_factory, "security-a", shared_redis, chroma_server)
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +62,7 @@ def other_node(
     shared_redis: RedisServer,
     chroma_server: ChromaServer,
 ) -> Iterator[Server]:
-    running = Server(
-        tmp_path_factory.mktemp("security-b") / "data",
-        RAPPORT_REDIS_URL=shared_redis.url,
-        RAPPORT_CHROMA_URL=chroma_server.url,
-    ).start()
-    yield running
-    running.stop()
+    yield from on_shared_state(tmp_path_factory, "security-b", shared_redis, chroma_server)
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,13 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from playwright.async_api import async_playwright
 
 from engine.audit import AuditLog, AuditQuery
 from engine.errors import SignedOut
 from engine.signin import COOKIE, SignInStore
 from tests.conftest import Clock, Server
+from tests.test_browser import chromium_path
 from tests.test_knowledge import state_of
 
 PASSWORD = "a long enough passphrase"
@@ -357,3 +359,26 @@ def test_sign_ins_and_user_changes_are_audited(server: Server, tenant) -> None:
     ]
     assert [e.ip for e in mine[1:3]] == ["127.0.0.1", "127.0.0.1"]
     assert all(PASSWORD not in msgspec.json.encode(e).decode() for e in mine)
+
+
+async def test_a_browser_keeps_the_secure_cookie_on_127_0_0_1(server: Server, tenant) -> None:
+    """The README's TLS note: Debian's chromium stores the `__Host-` cookie from plain http on
+    127.0.0.1 and sends it back, so the dashboard signs in there without TLS."""
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium_path())
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{server.base_url}/")  # a page of the server's own origin
+            signed_in = await page.evaluate(
+                """async ([email, password]) => {
+                    const login = await fetch('/api/auth/login', {method: 'POST',
+                        headers: {'Content-Type': 'application/json'},
+                        body: JSON.stringify({email, password})});
+                    const session = await fetch('/api/auth/session');
+                    return [login.status, session.status, (await session.json()).user];
+                }""",
+                [tenant["owner"], PASSWORD],
+            )
+        finally:
+            await browser.close()
+    assert signed_in == [200, 200, tenant["owner"]]
