@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint browser faq curl bench clean
+.PHONY: run test lint browser faq curl axe bench clean
 
 run: $(STAMP)
 	$(BIN)/rapport serve
 
-test: $(STAMP) lint browser faq curl
+test: $(STAMP) lint browser faq curl axe
 	$(BIN)/pytest
 
 # The browser tests drive Debian's chromium (never a downloaded one). Installed here when
@@ -31,6 +31,11 @@ curl:
 	@command -v curl >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y curl \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y curl; } \
 		|| echo "could not install curl: the README examples test will fail"
+
+# The accessibility checks run axe-core, pinned and checked against the npm registry's sha512,
+# fetched by Python alone (no node needed) into .cache/axe-core/; without it those tests fail.
+axe: $(STAMP)
+	@$(BIN)/python tests/axe_core.py || true
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -15,6 +15,7 @@ the answer for a sign-out. The plan is read-only here: the CLI sets it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 import msgspec
@@ -29,12 +30,13 @@ from api.problems import decode_body
 from api.queries import parse_query
 from api.responses import JSON
 from api.services import Services
-from api.signin import Password
+from api.signin import Password, count_attempt
+from engine import usage as activity
 from engine.accounts import Account, normalise_origin
 from engine.apikeys import LABEL_LENGTH, SLOTS, Principal, Role, Slot, SlotState
 from engine.audit import KEY_ACTIONS, AuditLog, AuditPage, AuditQuery
 from engine.errors import Failure, Forbidden, NotFound
-from engine.users import User
+from engine.signin import SignIn
 
 WRITERS: tuple[Role, ...] = ("owner", "admin")
 READERS: tuple[Role, ...] = ("owner", "admin", "viewer")
@@ -68,7 +70,12 @@ def secret(body: object, status: int = 200) -> Response:
 
 
 async def confirm_password(request: Request, principal: Principal, password: str) -> None:
+    """The signed-in user's password, asked again; each try is counted with the sign-ins
+    (:func:`api.signin.count_attempt`: 429 once spent), so a stolen cookie cannot guess
+    it here at full speed."""
     assert principal.user_id is not None  # signed_in() checked
+    signin: SignIn = request.state.signin
+    await count_attempt(request, signin.email)
     if not await services_of(request).users.confirm(
         principal.account_id, principal.user_id, password
     ):
@@ -227,59 +234,28 @@ async def delete_key(request: Request) -> Response:
     return Response(status_code=204)
 
 
-# ---- usage, users, audit -----------------------------------------------------------------
+# ---- usage, audit ----------------------------------------------------------------------
+
+
+class AccountUsage(msgspec.Struct):
+    """The dashboard's Usage page."""
+
+    usage: subscription.UsageView
+    """The figures of ``GET /api/subscription/limits``."""
+    turns_per_day: list[activity.DayTurns]
+    """The last 30 UTC days, oldest first, today last: turns that spent a request."""
+    sessions_closed: list[activity.Closed]
+    """Sessions ended in those days, by close code, codes ascending."""
 
 
 async def usage(request: Request) -> Response:
-    signed_in(request, READERS)
-    return await subscription.limits(request)  # the same figures as the key's route
-
-
-class UserView(msgspec.Struct, frozen=True):
-    id: str
-    email: str
-    role: Role
-    status: str
-    """``invited`` (no password yet), ``active`` or ``disabled``."""
-    created_at: str
-
-
-def user_view(user: User) -> UserView:
-    status = "disabled" if user.disabled else "active" if user.password_hash else "invited"
-    return UserView(user.id, user.email, user.role, status, user.created_at.isoformat())
-
-
-class UserList(msgspec.Struct, frozen=True):
-    items: list[UserView]
-
-
-class InviteIn(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    email: Annotated[str, msgspec.Meta(max_length=254)]
-    role: Role
-
-
-class Invited(msgspec.Struct, frozen=True):
-    user: UserView
-    set_password_link: str
-    """Works once, for 24 hours: pass it on to the user (Rapport sends no mail)."""
-
-
-async def list_users(request: Request) -> Response:
-    principal = signed_in(request, OWNERS)
-    users = await services_of(request).users.list(principal.account_id)
-    return JSON(UserList([user_view(user) for user in users]))
-
-
-async def invite_user(request: Request) -> Response:
-    principal = signed_in(request, OWNERS)
-    given = decode_body(await request.body(), InviteIn)
-    user, token = await services_of(request).users.create(
-        principal.account_id, given.email, given.role
+    principal = signed_in(request, READERS)
+    services = services_of(request)
+    figures = await subscription.figures(services, principal.account_id)
+    counted = await activity.read(
+        services.redis, principal.account_id, today=datetime.now(UTC).date()
     )
-    await audit(request, "user.created", user.email, {"role": user.role})
-    # The link on the origin the owner reached, as the CLI's is on the configured host.
-    link = f"{request.url.scheme}://{request.url.netloc}/dashboard/set-password#token={token}"
-    return secret(Invited(user_view(user), link), 201)
+    return JSON(AccountUsage(figures, counted.turns_per_day, counted.sessions_closed))
 
 
 async def audit_log(request: Request) -> Response:
@@ -304,7 +280,7 @@ OPERATIONS: list[Operation] = [
     Operation("POST", "/api/account/api-keys", create_key,
               "Fill an empty slot (owner, admin; the user's password again): the key is in "
               "this answer only.", "account", NewKey, status=201, request=CreateKeyIn,
-              failures=(Failure.FORBIDDEN, Failure.CONFLICT)),
+              failures=(Failure.FORBIDDEN, Failure.CONFLICT, Failure.RATE_LIMITED_IP)),
     Operation("PATCH", SLOT_PATH, patch_key,
               "Disable or enable a slot's key, or relabel it (owner, admin); disabling ends "
               "the live sessions it minted.", "account", SlotState, request=KeyPatch,
@@ -312,20 +288,16 @@ OPERATIONS: list[Operation] = [
     Operation("POST", f"{SLOT_PATH}/regenerate", regenerate_key,
               "Replace a slot's key (owner, admin; the user's password again): the old one "
               "and its live sessions end; the new key is in this answer only.", "account",
-              NewKey, request=RegenerateKeyIn, failures=(Failure.FORBIDDEN, Failure.NOT_FOUND)),
+              NewKey, request=RegenerateKeyIn,
+              failures=(Failure.FORBIDDEN, Failure.NOT_FOUND, Failure.RATE_LIMITED_IP)),
     Operation("DELETE", SLOT_PATH, delete_key,
               "Empty a slot (owner, admin): integrations using its key stop working, its "
               "live sessions end.", "account", status=204,
               failures=(Failure.FORBIDDEN, Failure.NOT_FOUND)),
     Operation("GET", "/api/account/usage", usage,
-              "Knowledge and storage units used and allowed, request balance.", "account",
-              subscription.SubscriptionLimits, failures=REFUSED),
-    Operation("GET", "/api/account/users", list_users,
-              "The account's dashboard users (owner).", "account", UserList, failures=REFUSED),
-    Operation("POST", "/api/account/users", invite_user,
-              "Invite a dashboard user (owner): answers its one-time set-password link.",
-              "account", Invited, status=201, request=InviteIn,
-              failures=(Failure.FORBIDDEN, Failure.CONFLICT)),
+              "Knowledge and storage units used and allowed, request balance; turns per UTC "
+              "day for the last 30 days and the sessions ended in them by close code.",
+              "account", AccountUsage, failures=REFUSED),
     Operation("GET", "/api/account/audit", audit_log,
               "The account's audit log, newest first, paged by `before`.", "account",
               AuditPage, failures=REFUSED),

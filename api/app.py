@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 
 from api import (
     account,
+    account_users,
     clone_admin,
     clone_chat,
     clone_kb,
@@ -41,6 +42,7 @@ from api.problems import handle_http_exception, handle_rapport_error, handle_une
 from api.ratelimits import ApiRateLimits, V1RateLimits
 from api.services import Services
 from api.telemetry import Telemetry
+from engine.audit import AuditLog
 from engine.config import Settings, load_settings
 from engine.embedded_redis import EmbeddedRedis
 from engine.errors import RapportError, UnavailableError
@@ -66,6 +68,7 @@ OPERATIONS: list[Operation] = [
     *sessions.OPERATIONS,
     *signin.OPERATIONS,
     *account.OPERATIONS,
+    *account_users.OPERATIONS,
     *pages.OPERATIONS,
 ]
 
@@ -113,7 +116,11 @@ def create_app(settings: Settings) -> ASGIApp:
                 embedded.close()
             raise
         key = await bootstrap_demo(
-            services.accounts, services.personas, services.keys, settings.demo_key_path
+            services.accounts,
+            services.personas,
+            services.keys,
+            AuditLog(services.redis),
+            settings.demo_key_path,
         )
         if key is not None:
             # Printed once, on stdout rather than in the JSON log; also in demo_api_key.

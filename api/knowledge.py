@@ -345,6 +345,17 @@ async def delete_one(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def retry_one(request: Request) -> Response:
+    """Queue a failed document again (issue 23's Knowledge page); 409 unless it failed."""
+    services: Services = request.state.services
+    principal: Principal = request.state.principal
+    failed = await _existing(services, principal.account_id, external_id_of(request))
+    doc = await services.ingest.retry(principal.account_id, failed)
+    await audit(request, "document.retried", doc.external_id)
+    (count,) = await services.docs.persona_counts(principal.account_id, [doc.external_id])
+    return JSON(view(doc, count))
+
+
 async def remove_document(services: Services, account_id: str, doc: Document) -> None:
     """A document gone: its record, content and activations, then its chunks."""
     await services.docs.delete(account_id, doc)
@@ -430,6 +441,12 @@ OPERATIONS = [
         "Change label, image_library, link_library (<= 10 entries, one primary, https; "
         "what is dropped comes back in warnings).", "knowledge", DocView, request=DocPatch,
         failures=(*COMMON, Failure.CONFLICT),
+    ),
+    Operation(
+        "POST", f"{DOC}/retry", retry_one,
+        "Queue a failed document again: pending, its estimate charged again; 409 unless it "
+        "failed.", "knowledge", DocView,
+        failures=(*COMMON, Failure.CONFLICT, Failure.KNOWLEDGE_QUOTA_EXCEEDED),
     ),
     Operation(
         "DELETE", DOC, delete_one,

@@ -98,20 +98,57 @@ class SessionView(msgspec.Struct, kw_only=True):
     budget: Budget
 
 
+Status = Literal["queued", "ready", "live", "ended"]
+
+
 class SessionDetail(SessionView, kw_only=True):
-    status: Literal["queued", "ready", "live", "ended"]
+    status: Status
     """queued: waiting for a slot; ready: never connected; live: connected once; ended."""
     ended_code: int | None
     """The close code the session ended with."""
 
 
+class ListedSession(SessionView, kw_only=True):
+    status: Literal["queued", "ready", "live"]
+    """As in one session's answer; a listed session has not ended."""
+
+
+class CapacityView(msgspec.Struct, kw_only=True):
+    """Who holds the slots now (the dashboard's Live page): the account's and the
+    deployment's."""
+
+    max_concurrent_sessions: int
+    """The account's plan: its sessions at once (queued ones count)."""
+    account_sessions: int
+    """The account's sessions holding one of those now: the listed ones."""
+    max_sessions: int
+    """RAPPORT_MAX_SESSIONS: the deployment's slots, shared by every account."""
+    slots_held: int
+    """Deployment-wide, every account's (queued sessions hold none)."""
+    waiting: int
+    """Clients waiting in the deployment's line, every account's."""
+    waiting_room_size: int
+    """RAPPORT_WAITING_ROOM_SIZE: places in that line."""
+
+
 class SessionPage(msgspec.Struct):
-    items: list[SessionView]
+    items: list[ListedSession]
     total_count: int
+    capacity: CapacityView
 
 
 def budget(session: Session, now: datetime) -> Budget:
     return Budget(session.interactions_left(), session.seconds_left(now))
+
+
+def status(session: Session) -> Status:
+    if session.ended is not None:
+        return "ended"
+    if session.queued:
+        return "queued"
+    if session.connected_at is not None:
+        return "live"
+    return "ready"
 
 
 def view(session: Session, now: datetime) -> SessionView:
@@ -281,8 +318,21 @@ async def leave(request: Request) -> Response:
 async def list_sessions(request: Request) -> Response:
     services, account_id = context(request)
     sessions = await services.sessions.live(account_id)
+    account = await services.accounts.get(account_id)
+    held, waiting = await services.capacity.counts()
     now = datetime.now(UTC)
-    return JSON(SessionPage([view(s, now) for s in sessions], len(sessions)))
+    items = [
+        ListedSession(**msgspec.structs.asdict(view(s, now)), status=status(s)) for s in sessions
+    ]
+    capacity = CapacityView(
+        max_concurrent_sessions=account.plan.max_concurrent_sessions,
+        account_sessions=len(sessions),
+        max_sessions=services.capacity.max_sessions,
+        slots_held=held,
+        waiting=waiting,
+        waiting_room_size=services.capacity.room_size,
+    )
+    return JSON(SessionPage(items, len(sessions), capacity))
 
 
 async def found(services: Services, account_id: str, session_id: str) -> Session:
@@ -298,14 +348,9 @@ async def get_session(request: Request) -> Response:
     session = await found(services, account_id, request.path_params["session_id"])
     now = datetime.now(UTC)
     shown = view(session, now)
-    status: Literal["queued", "ready", "live", "ended"] = "ready"
-    if session.ended is not None:
-        status = "ended"
-    elif session.queued:
-        status = "queued"
-    elif session.connected_at is not None:
-        status = "live"
-    detail = SessionDetail(**msgspec.structs.asdict(shown), status=status, ended_code=session.ended)
+    detail = SessionDetail(
+        **msgspec.structs.asdict(shown), status=status(session), ended_code=session.ended
+    )
     return JSON(detail)
 
 
@@ -335,8 +380,10 @@ OPERATIONS = [
                         Failure.CONCURRENT_SESSION, Failure.WAITING_ROOM_FULL,
                         Failure.RATE_LIMITED, Failure.ORIGIN_NOT_ALLOWED)),
     Operation("GET", "/api/sessions", list_sessions,
-              "The account's sessions that have not ended, oldest first.", "sessions",
-              SessionPage),
+              "The account's sessions that have not ended, oldest first, each queued, ready "
+              "or live; and capacity: the account's max_concurrent_sessions and its sessions "
+              "now, the deployment's slots (RAPPORT_MAX_SESSIONS) and those held, clients "
+              "waiting and the waiting room's size.", "sessions", SessionPage),
     Operation("GET", ONE, get_session,
               "One session: ready (never connected), live or ended (with its close code).",
               "sessions", SessionDetail),

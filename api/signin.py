@@ -73,23 +73,34 @@ def cross_site(request: Request) -> bool:
     return headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
+async def count_attempt(request: Request, email: str) -> str:
+    """Count one password attempt for ``email`` from the caller's IP (returned), or 429 with
+    Retry-After once a window is spent. A sign-in and a password asked again before a key
+    is shown (:func:`api.account.confirm_password`) both count here, in the same windows:
+    a stolen session cookie guesses the password no faster than the sign-in form allows."""
+    services: Services = request.state.services
+    ip = client_ip(request.scope)
+    ip_policy, email_policy = services.login_policies
+    try:
+        # Counted before the password is checked, so guessing spends the windows whatever
+        # the answer (and parallel guesses cannot all pass before one is counted); a
+        # window, never a lockout: the owner signing in from its own IP has its own
+        # per-email window, which a stranger elsewhere cannot spend.
+        await services.rate_limits.enforce(ip_policy, ip)
+        await services.rate_limits.enforce(email_policy, f"{email.strip().lower()} {ip}")
+    except RateLimitedIp as limited:
+        raise RateLimitedIp(
+            "Too many password attempts; retry later.", headers=limited.headers, scope="ip"
+        ) from None
+    return ip
+
+
 async def login(request: Request) -> Response:
     services: Services = request.state.services
     given = decode_body(await request.body(), LoginIn)
     if cross_site(request):
         raise Forbidden("Sign in from this server's own pages.")
-    ip = client_ip(request.scope)
-    ip_policy, email_policy = services.login_policies
-    try:
-        # Counted before the password is checked, so guessing spends the windows whatever
-        # the answer; a window, never a lockout: the owner signing in from its own IP has
-        # its own per-email window, which a stranger elsewhere cannot spend.
-        await services.rate_limits.enforce(ip_policy, ip)
-        await services.rate_limits.enforce(email_policy, f"{given.email.strip().lower()} {ip}")
-    except RateLimitedIp as limited:
-        raise RateLimitedIp(
-            "Too many sign-in attempts; retry later.", headers=limited.headers, scope="ip"
-        ) from None
+    ip = await count_attempt(request, given.email)
     try:
         user = await services.users.authenticate(given.email, given.password)
     except WrongPassword as refused:

@@ -25,23 +25,24 @@ class SubscriptionLimits(msgspec.Struct):
     usage: UsageView
 
 
+async def figures(services: Services, account_id: str) -> UsageView:
+    """The account's figures, as this route and the dashboard's usage route answer them."""
+    account = await services.accounts.get(account_id)
+    used = await services.accounts.usage(account_id)
+    balance = await services.balance.get(account_id)
+    return UsageView(
+        knowledge_units_used=used.knowledge_units,
+        knowledge_units_limit=account.plan.knowledge_units,
+        storage_units_used=used.storage_units,
+        storage_units_limit=account.plan.storage_units,
+        request_balance=balance,
+    )
+
+
 async def limits(request: Request) -> Response:
     services: Services = request.state.services
     principal: Principal = request.state.principal
-    account = await services.accounts.get(principal.account_id)
-    used = await services.accounts.usage(principal.account_id)
-    balance = await services.balance.get(principal.account_id)
-    return JSON(
-        SubscriptionLimits(
-            usage=UsageView(
-                knowledge_units_used=used.knowledge_units,
-                knowledge_units_limit=account.plan.knowledge_units,
-                storage_units_used=used.storage_units,
-                storage_units_limit=account.plan.storage_units,
-                request_balance=balance,
-            )
-        )
-    )
+    return JSON(SubscriptionLimits(usage=await figures(services, principal.account_id)))
 
 
 OPERATIONS = [

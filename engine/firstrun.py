@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.accounts import AccountStore
 from engine.apikeys import KeyStore
+from engine.audit import CLI, KEY_ACTIONS, Actor, AuditLog
 from engine.errors import Conflict
 from engine.personas import PersonaStore
 from engine.tenants import create_tenant
@@ -15,9 +16,11 @@ DEMO_ACCOUNT = "demo"
 
 
 async def bootstrap_demo(
-    accounts: AccountStore, personas: PersonaStore, keys: KeyStore, key_path: Path
+    accounts: AccountStore, personas: PersonaStore, keys: KeyStore, audit: AuditLog, key_path: Path
 ) -> str | None:
-    """Create the demo tenant when no account exists; return its key, or None if not new."""
+    """Create the demo tenant when no account exists; return its key, or None if not new.
+    Audited as ``rapport accounts create`` and ``keys create`` are: by ``cli``, the host's
+    operator, who started the server."""
     if await accounts.exists_any():
         return None
     try:
@@ -25,6 +28,11 @@ async def bootstrap_demo(
     except Conflict:
         return None  # another process bootstrapped first
     key = await keys.create(account.id, "primary")
+    by = Actor(account.id, CLI)
+    await audit.record_many(
+        by,
+        [("account.created", account.name, None), (KEY_ACTIONS["create"], "primary", None)],
+    )
     write_secret(key_path, key)
     return key
 

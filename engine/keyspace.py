@@ -139,8 +139,9 @@ class AccountKeys:
 
     @property
     def users(self) -> str:
-        """Hash: dashboard user id -> its record (:class:`engine.users.User`, msgspec JSON)."""
-        return f"{self.base}:users"
+        """Hash: dashboard user id -> its record (:class:`engine.users.User`, msgspec JSON).
+        Not ``:users``: that is :attr:`memory_users`, a sorted set that every turn writes."""
+        return f"{self.base}:dashboard_users"
 
     def user_signins(self, user_id: str) -> str:
         """Set: the digests of one dashboard user's browser sessions, so that all of them can
@@ -151,6 +152,14 @@ class AccountKeys:
     def usage(self) -> str:
         """Hash: consumed knowledge units and stored bytes."""
         return f"{self.base}:usage"
+
+    def activity(self, day: str) -> str:
+        """Hash: the account's counters of one UTC day (``YYYY-MM-DD``) for the dashboard's
+        Usage page (:mod:`engine.usage`): ``turns`` (turns that spent a request) and
+        ``closed:<code>`` (sessions ended with that close code), each counted by the script
+        that commits the turn or ends the session; expires about :data:`engine.usage.KEEP_SECONDS`
+        after that day."""
+        return f"{self.base}:activity:{day}"
 
     @property
     def balance(self) -> str:

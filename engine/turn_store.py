@@ -43,6 +43,7 @@ from engine.memory import NOTHING_TO_REMEMBER, RECALL, REMEMBER, Memory, MemoryS
 from engine.personas import Persona
 from engine.ratelimit import HIT, WINDOW_MS, Quota, Window, now_ms
 from engine.state import Client, unavailable_as
+from engine.usage import COUNT, activity_key
 
 # KEYS: 1 the key's rate window, 2 the idempotency key, 3 balance, 4 account, 5 memory turns,
 # 6 memory meta, 7 the caller's own budget. ARGV: 1 now (ms), 2 window (ms), 3 the key's limit
@@ -92,10 +93,12 @@ return {'open', quota, persona, recall(KEYS[5], KEYS[6], tonumber(ARGV[6])),
 """
 
 # KEYS: 1 memory turns, 2 memory meta, 3 the account's users index, 4 the idempotency key,
-# 5 balance, 6 the caller's own budget. ARGV: 1-5 the arguments of `remember` (1 is '' when
-# nothing is remembered), 6-9 those of `settle` (6 is '' without a key), 10 '1' to give the
-# request back, 11 the budget's units to give back ('' : none). Returns the turns `remember`
-# pushed out of the memory, for the summary.
+# 5 balance, 6 the caller's own budget, 7 the account's activity of the day. ARGV: 1-5 the
+# arguments of `remember` (1 is '' when nothing is remembered), 6-9 those of `settle` (6 is
+# '' without a key), 10 '1' to give the request back, 11 the budget's units to give back
+# ('' : none). A turn that keeps its request is counted for the Usage page (engine/usage.py):
+# this script runs once per turn that opened, so a replay (never opened) or a refusal is not.
+# Returns the turns `remember` pushed out of the memory, for the summary.
 _CLOSE = """
 local trimmed = {}
 if ARGV[1] ~= '' then
@@ -105,7 +108,7 @@ end
 if ARGV[6] ~= '' then
   settle(KEYS[4], ARGV[6], ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]))
 end
-if ARGV[10] == '1' then redis.call('INCR', KEYS[5]) end
+if ARGV[10] == '1' then redis.call('INCR', KEYS[5]) else count_turn(KEYS[7]) end
 if ARGV[11] ~= '' then charge_budget(KEYS[6], -1, -tonumber(ARGV[11])) end
 return trimmed
 """
@@ -162,7 +165,7 @@ class TurnStore:
         # idempotency_unavailable); any other, the state store's.
         self._open = unavailable_as(StateUnavailable)(opening)
         self._open_claiming = unavailable_as(IdempotencyUnavailable)(opening)
-        closing = redis.register_script(REMEMBER + SETTLE + budget + _CLOSE)
+        closing = redis.register_script(REMEMBER + SETTLE + budget + COUNT + _CLOSE)
         self._close = unavailable_as(StateUnavailable)(closing)
         self._close_settling = unavailable_as(IdempotencyUnavailable)(closing)
         self._memory = memory
@@ -276,6 +279,7 @@ class TurnStore:
                 claim.redis_key if claim else keys.idempotency("-"),
                 keys.balance,
                 budget.key if budget else keys.balance,
+                activity_key(account_id, self._clock()),
             ],
             args=[
                 *remember,

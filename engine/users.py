@@ -12,18 +12,26 @@ Passwords (ASVS V6.2): 8 to 128 characters, no composition rules, and none of th
 most common (``common_passwords.txt``: the head of Django's list, compared lowercased as
 Django does). They are hashed with Argon2id at RFC 9106's second recommended profile
 (t=3, m=64 MiB, p=4; argon2-cffi's default), measured on this 2-core machine at ~140 ms a
-verify (``bench/login.py``; BENCHMARKS.md). Hashing runs in a thread, at most
-:data:`HASHING_AT_ONCE` at a time per process, so a burst of sign-ins neither blocks the event
-loop nor holds 64 MiB for each of the thread pool's workers.
+verify (``bench/login.py``; BENCHMARKS.md). Hashing runs on a pool of its own,
+:data:`HASHING_AT_ONCE` threads per process, so a burst of sign-ins neither blocks the event
+loop nor holds 64 MiB for each of the default pool's workers. Those threads run at the lowest
+CPU priority (nice 19; Argon2's lane threads inherit it): a hash is worth ~140 ms of both
+cores, and a burst of sign-ins at the same priority as the turns took every core from them
+(turn p99 22.6 times worse, BENCHMARKS.md "Logins per second against turns"). A sign-in
+now waits for the CPU that turns leave.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
+import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import cache
 from importlib.resources import files
@@ -33,6 +41,7 @@ import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.profiles import RFC_9106_LOW_MEMORY
+from redis.exceptions import WatchError
 
 from engine import keyspace
 from engine.apikeys import Role
@@ -50,6 +59,27 @@ LINK_SECONDS = 24 * 3600
 HASHING_AT_ONCE = 2
 """Argon2 hashes a process computes at once: the cores of the machine measured."""
 HASHER = PasswordHasher.from_parameters(RFC_9106_LOW_MEMORY)
+UPDATE_TRIES = 5
+"""Reads of the account's users a change makes while other writes keep landing."""
+
+
+LOWEST_PRIORITY = 19
+"""nice(2)'s lowest priority: the hashing threads get the CPU no request wants."""
+
+
+def _lower_priority() -> None:
+    """Run the calling thread, and the threads it starts, at :data:`LOWEST_PRIORITY`. On
+    Linux a nice value belongs to a thread (sched(7)) and a new thread inherits it; elsewhere
+    the call would name a process, so the threads keep the process's priority."""
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOWEST_PRIORITY)
+
+
+@cache
+def hashing_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        HASHING_AT_ONCE, thread_name_prefix="argon2", initializer=_lower_priority
+    )
 
 
 class WrongPassword(InvalidCredentials):
@@ -107,6 +137,11 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
+def owns(user: User) -> bool:
+    """Whether ``user`` is an owner who can sign in now (enabled, its password set)."""
+    return user.role == "owner" and not user.disabled and bool(user.password_hash)
+
+
 class UserStore:
     def __init__(
         self, redis: Client, signins: SignInStore, clock: Callable[[], float] = time.time
@@ -114,12 +149,10 @@ class UserStore:
         self._redis = redis
         self._signins = signins
         self._clock = clock
-        self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
         self._dummy: str | None = None
 
     async def _in_thread(self, work: Callable[..., T], *args: str) -> T:
-        async with self._hashing:
-            return await asyncio.to_thread(work, *args)
+        return await asyncio.get_running_loop().run_in_executor(hashing_pool(), work, *args)
 
     @redis_boundary
     async def create(self, account_id: str, email: str, role: Role) -> tuple[User, str]:
@@ -167,14 +200,61 @@ class UserStore:
                 return user
         raise NotFound(f"No dashboard user {email!r} in this account.")
 
-    @redis_boundary
     async def set_disabled(self, user: User, disabled: bool) -> User:
-        """Disable (ending every browser session of the user: ASVS V7.4.2) or enable."""
-        changed = msgspec.structs.replace(user, disabled=disabled)
-        await self._save(changed)
-        if disabled:
-            await self._signins.end_all(user.account_id, user.id)
-        return changed
+        """Disable or enable, as ``rapport users disable|enable``: the host's operator may
+        disable even the last owner (a stolen owner's account), and make another with
+        ``rapport users create``."""
+        return (await self.change(user.account_id, user.id, disabled=disabled, keep_owner=False))[1]
+
+    @redis_boundary
+    async def change(
+        self,
+        account_id: str,
+        user_id: str,
+        *,
+        role: Role | None = None,
+        disabled: bool | None = None,
+        keep_owner: bool = True,
+    ) -> tuple[User, User]:
+        """Set a user's ``role`` and/or ``disabled`` (None keeps it); the user before and
+        after. A change ends every browser session of the user (ASVS V7.4.2): a sign-in
+        carries the role it began with (:mod:`engine.signin`), so a demoted admin's open
+        tab loses its powers at once, and a disabled user's tabs are signed out.
+
+        With ``keep_owner`` (the dashboard), the account's last owner who can sign in
+        stays an enabled owner (Conflict): else no one could manage its users but the CLI.
+        Checked and written under WATCH, so two owners demoting each other at once cannot
+        both succeed."""
+        key = keyspace.AccountKeys(account_id).users
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for _ in range(UPDATE_TRIES):
+                await pipe.watch(key)
+                users = [msgspec.json.decode(raw, type=User) for raw in await pipe.hvals(key)]
+                before = next((user for user in users if user.id == user_id), None)
+                if before is None:
+                    raise NotFound("No such dashboard user.")
+                after = msgspec.structs.replace(
+                    before,
+                    role=before.role if role is None else role,
+                    disabled=before.disabled if disabled is None else disabled,
+                )
+                if after == before:
+                    return before, after
+                others = [user for user in users if user.id != user_id]
+                if keep_owner and owns(before) and not owns(after) and not any(map(owns, others)):
+                    raise Conflict(
+                        "This is the account's last owner who can sign in: make another user"
+                        " an owner first."
+                    )
+                pipe.multi()
+                pipe.hset(key, user_id, msgspec.json.encode(after))
+                try:
+                    await pipe.execute()
+                except WatchError:
+                    continue
+                await self._signins.end_all(account_id, user_id)
+                return before, after
+        raise Conflict("The account's users kept changing under this change; try again.")
 
     @redis_boundary
     async def authenticate(self, email: str, password: str) -> User:

@@ -99,7 +99,7 @@ class Ingest:
         plans = [
             plan(item, current, now, enqueue) for item, current in zip(items, currents, strict=True)
         ]
-        await self._check_quota(account_id, plans)
+        await self._check_plans(account_id, plans)
         jobs = []
         results = []
         for p in plans:
@@ -183,9 +183,34 @@ class Ingest:
         await self._queue.push(jobs)
         return len(jobs)
 
-    async def _check_quota(self, account_id: str, plans: list[UpsertPlan]) -> None:
+    async def retry(self, account_id: str, current: Document) -> Document:
+        """Queue a failed document again (the dashboard's retry): pending, a new generation,
+        its error and last processing cleared as a new upload's are, and its estimate
+        charged again (the failure refunded it), within the quota. Conflict unless it
+        failed."""
+        external_id = current.external_id
+        retried = retry_failed(current)
+        if retried is None:
+            raise Conflict(
+                f"Document {external_id!r} is {current.processing_status}; only a failed one"
+                " is retried."
+            )
+        await self._check_quota(account_id, retried.units_delta, 0)
+        try:
+            queued = await self._docs.update(account_id, external_id, retry_failed, read=current)
+        except WriteConflict:
+            queued = None
+        if queued is None:  # deleted, replaced or retried by another request meanwhile
+            raise Conflict(f"Document {external_id!r} changed while this request ran; retry.")
+        await self._queue.push([Job(account_id, external_id, queued.generation)])
+        return queued
+
+    async def _check_plans(self, account_id: str, plans: list[UpsertPlan]) -> None:
         units = sum(p.units_delta for p in plans if p.document is not None)
         size = sum(p.bytes_delta for p in plans if p.document is not None)
+        await self._check_quota(account_id, units, size)
+
+    async def _check_quota(self, account_id: str, units: float, size: int) -> None:
         if units <= 0 and size <= 0:
             return
         account = await self._accounts.get(account_id)
@@ -207,6 +232,22 @@ def queue_staged(current: Document | None) -> DocWrite | None:
     if current is None or current.processing_status != "staged":
         return None
     return DocWrite(document=msgspec.structs.replace(current, processing_status="pending"))
+
+
+def retry_failed(current: Document | None) -> DocWrite | None:
+    """A failed document, now pending as a new generation with its estimate charged again;
+    nothing when it is no longer failed. The worker kept its content (kb.worker)."""
+    if current is None or current.processing_status != "failed":
+        return None
+    retried = msgspec.structs.replace(
+        current,
+        processing_status="pending",
+        generation=current.generation + 1,
+        processed_at=None,
+        error_message=None,
+        charged_units=current.estimated_knowledge_units,
+    )
+    return DocWrite(document=retried, units_delta=retried.charged_units - current.charged_units)
 
 
 def requeue_for(model: str) -> Change:

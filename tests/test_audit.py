@@ -18,8 +18,10 @@ import msgspec
 import pytest
 
 from engine import keyspace
+from engine.accounts import AccountStore
 from engine.apikeys import KeyStore, Principal, SlotState
 from engine.audit import AuditEntry, AuditLog, AuditQuery, actor_of
+from engine.firstrun import DEMO_ACCOUNT
 from engine.state import connect
 from tests.conftest import RedisServer, Server, wait_until
 
@@ -223,6 +225,15 @@ def test_clone_page_routes_audit_each_document_changed(server: Server, redis_url
         ("key:primary", "document.created", "127.0.0.1")
     ] * 5
     assert len({e.target for e in found}) == 5
+
+
+def test_the_first_starts_demo_account_is_audited(server: Server, redis_url: str) -> None:
+    demo = run(redis_url, lambda r: AccountStore(r).resolve(DEMO_ACCOUNT))
+    oldest = [(e.actor, e.action, e.target, e.ip) for e in entries(redis_url, demo.id)][-2:]
+    assert oldest == [
+        ("cli", "key.created", "primary", None),
+        ("cli", "account.created", "demo", None),
+    ]
 
 
 def test_another_accounts_changes_never_appear(server: Server, redis_url: str) -> None:

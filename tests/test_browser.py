@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import threading
 import uuid
@@ -33,7 +32,7 @@ from starlette.routing import Route
 from websockets.asyncio.client import connect
 
 from loadtest.fake_llm import DEFAULT_REPLY
-from tests.conftest import FakeOpenAI, Server, free_port, llm_env
+from tests.conftest import FakeOpenAI, Server, chromium_path, free_port, llm_env
 from tests.test_knowledge import activate, doc_path, wait_ready
 
 AUDIO = Path(__file__).parent / "audio"
@@ -41,15 +40,6 @@ SCREENSHOT = Path(__file__).parent.parent / "docs" / "playground.png"
 LOOPBACK = "127.0.0.1"
 SLOTS = 4
 WAIT_MS = 15_000
-
-
-def chromium_path() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.fail(
-            "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
-        )
-    return path
 
 
 # --- servers ---------------------------------------------------------------------------------

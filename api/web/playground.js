@@ -1,7 +1,9 @@
 /*
  * The playground at /: an operator picks a persona and a mode and talks to it through the
- * chat widget. The API key stays in this tab (sessionStorage) and goes only to this Rapport
- * server (relative URLs); the widget itself never sees it: its sessionSource mints here.
+ * chat widget. Signed in to the dashboard, the browser session is the credential (its CSRF
+ * token on the mint, which is a write); otherwise an API key, which stays in this tab
+ * (sessionStorage) and goes only to this Rapport server (relative URLs). The widget itself
+ * never sees either: its sessionSource mints here.
  */
 (() => {
   "use strict";
@@ -18,7 +20,10 @@
     error: $("error"),
     hint: $("hint"),
     area: $("chat-area"),
+    keyRow: $("key-row"),
+    signedIn: $("signed-in"),
   };
+  let signin = null; // the dashboard sign-in (GET /api/auth/session), when there is one
   const allowedModes = new Map(); // persona id -> the modes it allows
 
   function storedKey() {
@@ -66,9 +71,35 @@
     return els.key.value.trim();
   }
 
+  /** How a request proves who calls: the sign-in's cookie (sent by the browser) with its
+   * CSRF token, or the key. */
+  function credentials() {
+    if (signin) return { headers: { "X-CSRF-Token": signin.csrf_token }, credentials: "same-origin" };
+    return { headers: { "X-Api-Key": key() }, credentials: "omit" };
+  }
+
+  async function findSignIn() {
+    try {
+      const response = await fetch("/api/auth/session", {
+        headers: { Accept: "application/json" }, credentials: "same-origin", cache: "no-store",
+      });
+      if (!response.ok) {
+        await response.text(); // read to the end: an unread body keeps its request open
+        return;
+      }
+      signin = await response.json();
+    } catch {
+      return;
+    }
+    els.keyRow.hidden = true;
+    els.signedIn.hidden = false;
+    els.signedIn.textContent = `Signed in to the dashboard as ${signin.user}: no API key needed.`;
+    loadPersonas();
+  }
+
   async function loadPersonas() {
     showError("");
-    if (!key()) {
+    if (!signin && !key()) {
       showError("Enter an API key first.");
       els.key.focus();
       return;
@@ -76,9 +107,10 @@
     els.load.disabled = true;
     els.hint.textContent = "Loading personas…";
     try {
+      const auth = credentials();
       const response = await fetch("/api/personas?limit=200", {
-        headers: { "X-Api-Key": key(), Accept: "application/json" },
-        credentials: "omit",
+        headers: { ...auth.headers, Accept: "application/json" },
+        credentials: auth.credentials,
         cache: "no-store",
       });
       if (!response.ok) {
@@ -130,9 +162,9 @@
 
   function startSession() {
     showError("");
-    const apiKey = key();
+    const auth = credentials();
     const userId = els.userId.value.trim();
-    if (!apiKey) {
+    if (!signin && !key()) {
       showError("Enter an API key first.");
       els.key.focus();
       return;
@@ -156,8 +188,8 @@
     chat.sessionSource = () =>
       fetch("/api/sessions", {
         method: "POST",
-        headers: { "X-Api-Key": apiKey, "Content-Type": "application/json", Accept: "application/json" },
-        credentials: "omit",
+        headers: { ...auth.headers, "Content-Type": "application/json", Accept: "application/json" },
+        credentials: auth.credentials,
         cache: "no-store",
         body: JSON.stringify(body),
       });
@@ -184,5 +216,7 @@
   els.load.addEventListener("click", loadPersonas);
   els.persona.addEventListener("change", fitModes);
   els.start.addEventListener("click", startSession);
-  if (key()) loadPersonas();
+  findSignIn().then(() => {
+    if (!signin && key()) loadPersonas();
+  });
 })();
