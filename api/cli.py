@@ -52,6 +52,7 @@ SESSION_FLAGS = (
     "waiting_room_size",
     "session_connect_seconds",
     "session_resume_seconds",
+    "session_idle_seconds",
     "session_max_seconds",
     "session_events",
     "session_lease_seconds",

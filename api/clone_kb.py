@@ -19,9 +19,11 @@ What each is in Rapport (``kb/pages.py`` holds the rules):
   metadata, for an operator to review and process.
 - ``auto-generate-prompts``: questions a user could ask about the topics, from the default
   persona's active knowledge. With an LLM configured, the model writes them from the passages
-  retrieved for the topics; without one (or when the model writes none), they are picked:
-  the questions the documents ask themselves (an FAQ's headings), else their labels and
-  headings asked about.
+  retrieved for the topics; without one (or when the model writes none), they are picked
+  (``kb.prompts``): the questions the documents ask themselves (an FAQ's headings), else their
+  labels and headings asked about. Topics nothing active is about get what the knowledge
+  does cover, the persona's starter prompts (issue 24: a suggestion never refuses for want
+  of a match), and a persona with no active knowledge ``[]``.
 
 Responses are seed 002's ``{"status": "success", ...}``, with the per-document results the
 knowledge API gives added; errors and limits are the ``/api/`` family's (problem+json,
@@ -50,12 +52,11 @@ from engine.apikeys import Principal
 from engine.audit import Actor, AuditLog
 from engine.errors import Failure, NotFound, RapportError, RateLimited, ValidationFailed
 from engine.llm import OpenAICompatible
-from engine.replies import Snippet
 from engine.responder import RELATED
-from engine.sentences import sentences
 from kb.documents import Document
 from kb.ingest import Incoming, UpsertResult
 from kb.pages import Page, Text, article
+from kb.prompts import questions
 from kb.text_documents import ExternalId
 
 StreamId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -372,29 +373,18 @@ async def auto_generate_prompts(request: Request) -> Response:
         found = await services.retriever.retrieve(account_id, active, query, PROMPTS_PER_TOPIC)
         about = [s for s in found.snippets if s.score >= RELATED]
         passages.update(dict.fromkeys(s.text for s in about))
-        for prompt in questions(topic, about)[:PROMPTS_PER_TOPIC]:
+        for prompt in questions(about)[:PROMPTS_PER_TOPIC]:
             picked.setdefault(prompt)
     if not passages:
-        raise ValidationFailed(
-            "No active knowledge is about these topics.", errors={"data.topics": ["not covered"]}
-        )
+        # Nothing is about the topics: what the knowledge covers instead, never a guess.
+        starters = await services.starters.of(account_id, persona_id) if persona_id else []
+        return JSON(Prompts(SUCCESS, starters))
     prompts = list(picked)
     if isinstance(services.backend, OpenAICompatible):
         count = PROMPTS_PER_TOPIC * len(data.topics)
         written = await services.backend.questions(data.topics, data.context, list(passages), count)
         prompts = written or prompts  # a model that wrote no question: the documents' own
     return JSON(Prompts(SUCCESS, prompts))
-
-
-def questions(topic: str, snippets: list[Snippet]) -> list[str]:
-    """Questions from snippets about a topic: the questions the documents ask themselves,
-    then their labels and headings asked about."""
-    asked = [s for snippet in snippets
-             for s in sentences(snippet.text) if s.endswith("?") and len(s) <= 200]  # fmt: skip
-    named = [line for snippet in snippets
-             for line in (snippet.label, *snippet.context.splitlines()[1:2]) if line]  # fmt: skip
-    about = [f"What can you tell me about {name.strip().rstrip('.?!')}?" for name in named]
-    return list(dict.fromkeys([*asked, *about]))
 
 
 WRITES = (Failure.VALIDATION_FAILED, Failure.KNOWLEDGE_QUOTA_EXCEEDED)
@@ -426,6 +416,7 @@ OPERATIONS = [
               body_limit=BODY_LIMIT),
     Operation("POST", "/api/kb/auto-generate-prompts", auto_generate_prompts,
               "Questions a user could ask about the topics, from the default persona's active "
-              "knowledge.", "digital clone", Prompts, request=PromptsIn,
+              "knowledge; topics it is not about get what it does cover, no knowledge [].",
+              "digital clone", Prompts, request=PromptsIn,
               failures=(Failure.VALIDATION_FAILED,)),
 ]  # fmt: skip

@@ -46,6 +46,7 @@ CLOSE_CODES = {
     4004: "Ended, or its window lapsed, before the client came back",
     4005: "Interaction limit reached",
     4006: "Duration limit reached",
+    4007: "No user message for RAPPORT_SESSION_IDLE_SECONDS",
     4009: "Taken over by another connection",
 }
 """What an operator reads next to a close code on the Usage page (DESIGN.md, "Live

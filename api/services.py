@@ -32,6 +32,7 @@ from kb.documents import DocumentStore
 from kb.embedder import Embedder, shared_embedder
 from kb.index import VectorIndex
 from kb.ingest import Ingest
+from kb.prompts import StarterPrompts
 from kb.queue import ProcessingQueue
 from kb.retrieval import KnowledgeRetriever
 from kb.worker import Processor
@@ -85,6 +86,7 @@ class Services:
     queue: ProcessingQueue = field(init=False)
     ingest: Ingest = field(init=False)
     activations: Activations = field(init=False)
+    starters: StarterPrompts = field(init=False)
     embedder: Embedder = field(init=False)
     processor: Processor = field(init=False)
     api_policies: ApiPolicies = field(init=False)
@@ -160,6 +162,7 @@ class Services:
         self.queue = ProcessingQueue(self.redis, lease_seconds=settings.kb_lease_seconds)
         self.ingest = Ingest(self.docs, self.accounts, self.queue)
         self.activations = Activations(self.redis)
+        self.starters = StarterPrompts(self.redis, self.docs, self.activations, self.index)
         self.processor = Processor(
             docs=self.docs,
             queue=self.queue,

@@ -46,6 +46,7 @@ from engine.errors import (
 from engine.ids import UserId, own_id
 from engine.personas import Mode, PersonaId
 from engine.ratelimit import Policy
+from kb.prompts import version_keys
 from sessions.capacity import Queued, Ready
 from sessions.frames import Budget, QueueUpdate
 from sessions.store import Session, token_account
@@ -71,6 +72,9 @@ class Minted(msgspec.Struct):
     """The first connect's deadline: unused until then, the session ends."""
     mode: Mode
     budget: Budget
+    starter_prompts: list[str]
+    """Up to three questions picked from the persona's active knowledge (kb.prompts), for
+    the widget to offer before the first message; [] when it has none."""
 
 
 class InLine(msgspec.Struct):
@@ -84,6 +88,8 @@ class InLine(msgspec.Struct):
     """The queue socket: ``queue.position`` on every change, then ``queue.admitted``."""
     poll_url: str
     """GET: the same events, as JSON; DELETE: leave the line."""
+    starter_prompts: list[str]
+    """As a ready session's: offered while the visitor waits."""
 
 
 class SessionView(msgspec.Struct, kw_only=True):
@@ -265,10 +271,15 @@ async def mint(request: Request) -> Response:
     persona_id = given.persona_id or account.default_persona_id
     if persona_id is None:
         raise NotFound("The account has no default persona.")
-    persona = await services.personas.get(account_id, persona_id)
+    # The starter prompts' versions come with the persona, in its round trip (kb.prompts).
+    persona, versions = await services.personas.get_with(
+        account_id, persona_id, version_keys(account_id, persona_id)
+    )
     # Seed 000 WaitingRoomQueue: a mint may join the line, so every mint counts (counted
     # before, not after, so the window stays exact).
     await services.rate_limits.enforce(services.session_policies.queue, account_id, given.user_id)
+    # Before the slot is taken: an index that fails to answer fails the mint, holding nothing.
+    starters = await services.starters.at(account_id, persona_id, versions)
     session, token, place = await services.sessions.mint(
         account_id,
         given.user_id,
@@ -281,7 +292,8 @@ async def mint(request: Request) -> Response:
     match place:
         case Queued(position=position):
             queue_ws_url, poll_url = queue_urls(request, session.id, token)
-            return JSON(InLine("queued", token, position, queue_ws_url, poll_url), status_code=202)
+            line = InLine("queued", token, position, queue_ws_url, poll_url, starters)
+            return JSON(line, status_code=202)
         case Ready():
             now = datetime.now(UTC)
             minted = Minted(
@@ -292,6 +304,7 @@ async def mint(request: Request) -> Response:
                 expires_at=session.expires_at(now),
                 mode=session.mode,
                 budget=budget(session, now),
+                starter_prompts=starters,
             )
             return JSON(minted, status_code=201)
 
@@ -368,8 +381,10 @@ ONE = "/api/sessions/{session_id}"
 OPERATIONS = [
     Operation("POST", "/api/sessions", mint,
               "Mint a live session (201) for an end user with a persona (the default when "
-              "left out) in a mode it allows: its token, the socket's ws_url, its budget. "
-              "Outside the persona's opening hours: 409 limits.session_time_limit. At the "
+              "left out) in a mode it allows: its token, the socket's ws_url, its budget, "
+              "starter_prompts (up to three questions from the persona's active knowledge, "
+              "also in a 202). Outside the persona's opening hours: 409 "
+              "limits.session_time_limit. At the "
               "account's max_concurrent_sessions: 429 limits.concurrent_session. The "
               "deployment full: 202 with a ticket, a place in line, queue_ws_url and "
               "poll_url; the waiting room full too: 503 limits.waiting_room_full. Sent "

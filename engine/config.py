@@ -152,6 +152,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Seconds a minted session's token has for its first connect; unused, the session ends."""
     session_resume_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 30
     """Seconds a session outlives its socket; a reconnect within them resumes it."""
+    session_idle_seconds: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 300
+    """Seconds a connected session may go without a user message (its first connect counts
+    as one; pings and reconnects do not) before it ends with close 4007 and frees its slot;
+    0 turns the limit off."""
     max_sessions: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
     """Live sessions the whole deployment holds (every process and node on this Redis); the
     next ones wait in the waiting room."""

@@ -38,7 +38,8 @@ Exception tree, grouped by cause::
     │   └── SessionDurationLimit     a live session's wall-clock time spent
     ├── SessionError                 a live session cannot go on
     │   ├── SessionGone              unknown, or ended
-    │   └── SessionReplaced          a newer connection took it
+    │   ├── SessionReplaced          a newer connection took it
+    │   └── SessionIdle              no user message for RAPPORT_SESSION_IDLE_SECONDS
     ├── UnavailableError             a component we depend on is down; retry later
     │   ├── StateUnavailable         Redis
     │   ├── RateLimiterUnavailable   Redis, as seen by the rate limiter
@@ -207,6 +208,9 @@ class Failure(Row, enum.Enum):
     )
     SESSION_GONE = Row(404, "session.not_found", "session_not_found", "Session not found", 4004)
     SESSION_REPLACED = Row(409, "session.replaced", "session_replaced", "Session replaced", 4009)
+    # DESIGN.md, "Slots": a quiet session gives its slot back, with its own close code (not
+    # 4005/4006: no budget ran out). Close-only, like those; 408 Request Timeout for the table.
+    SESSION_IDLE = Row(408, "session.idle_timeout", "session_idle_timeout", "Session idle", 4007)
     INTERNAL = Row(500, "server.error", "internal_error", "Server error", 1011)
 
 
@@ -437,6 +441,11 @@ class SessionGone(SessionError):
 class SessionReplaced(SessionError):
     failure = Failure.SESSION_REPLACED
     default_message = "A newer connection took this session over."
+
+
+class SessionIdle(SessionError):
+    failure = Failure.SESSION_IDLE
+    default_message = "The session ended: no user message within RAPPORT_SESSION_IDLE_SECONDS."
 
 
 class UnavailableError(RapportError):

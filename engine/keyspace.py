@@ -211,6 +211,11 @@ class AccountKeys:
         """Set: external_ids active for one persona."""
         return f"{self.base}:persona:{persona_id}:docs"
 
+    def persona_docs_version(self, persona_id: str) -> str:
+        """String (integer): bumped by every change to ``persona_docs``, so caches of what
+        a persona's knowledge holds (its starter prompts, kb.prompts) know to reload."""
+        return f"{self.base}:persona:{persona_id}:docs:version"
+
     @property
     def personas(self) -> str:
         """Sorted set: persona ids by creation time (for listing)."""

@@ -13,7 +13,7 @@ Seed 002's instance ``configuration`` is any JSON object, kept as given and boun
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -396,6 +396,22 @@ class PersonaStore:
         if raw is None:
             raise NotFound(f"No persona {persona_id!r}.")
         return _decode(raw)
+
+    @redis_boundary
+    async def get_with(
+        self, account_id: str, persona_id: str, keys: Sequence[str]
+    ) -> tuple[Persona, tuple[str | None, ...]]:
+        """The persona and the values of ``keys``, the account's own (one hash tag), in the
+        one round trip that reads the persona: the mint reads its starter prompts'
+        versions so (kb.prompts), and a mint's round trips are a benchmarked figure."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(keyspace.AccountKeys(account_id).persona(persona_id))
+        for key in keys:
+            pipe.get(key)
+        raw, *values = await pipe.execute()
+        if raw is None:
+            raise NotFound(f"No persona {persona_id!r}.")
+        return _decode(raw), tuple(values)
 
     @redis_boundary
     async def merge(self, account_id: str, persona_id: str, changes: dict[str, object]) -> Persona:

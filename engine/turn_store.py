@@ -68,7 +68,8 @@ local left = spend(KEYS[3])
 if left < 0 then undo(); return {'no_requests', quota} end
 local budget = false
 if ARGV[9] ~= '' then
-  budget = charge_budget(KEYS[7], tonumber(ARGV[8]), tonumber(ARGV[9]))
+  -- A user message opens the turn: its time is the session's last activity.
+  budget = charge_budget(KEYS[7], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[1]))
   if not budget or budget[1] == 0 then
     redis.call('INCR', KEYS[3])
     undo()

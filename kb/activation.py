@@ -2,7 +2,8 @@
 
 Two sets mirror each other: the persona's external_ids and each document's persona ids,
 so ``active_persona_count`` in the document DTO is one SCARD and stays exact. Every change
-updates both in one Lua step (all keys share the account's hash tag).
+updates both in one Lua step (all keys share the account's hash tag), and bumps the persona's
+activation version, so what is cached from its active set (kb.prompts) knows to reload.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from engine import keyspace
 from engine.errors import Conflict, ValidationFailed
 from engine.state import Client, redis_boundary
 
-# KEYS[1]: the persona's set; KEYS[2..n+1]: the persona sets of the n documents to have;
-# KEYS[n+2..]: those of the documents to drop. ARGV: persona id, n, the n external_ids, then
-# the ids to drop. Returns -1 when the persona's set holds an id neither kept nor dropped
-# (it changed since the caller read it), so the caller reads again.
+# KEYS[1]: the persona's set; KEYS[2]: its version; KEYS[3..n+2]: the persona sets of the n
+# documents to have; KEYS[n+3..]: those of the documents to drop. ARGV: persona id, n, the n
+# external_ids, then the ids to drop. Returns -1 when the persona's set holds an id neither
+# kept nor dropped (it changed since the caller read it), so the caller reads again.
 _CHANGE = """
 local n = tonumber(ARGV[2])
 local known = {}
@@ -22,17 +23,19 @@ for i = 3, #ARGV do known[ARGV[i]] = true end
 for _, eid in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if not known[eid] then return -1 end
 end
+local dropped = 0
 for i = 3 + n, #ARGV do
-  redis.call('SREM', KEYS[1], ARGV[i])
-  redis.call('SREM', KEYS[i - 1], ARGV[1])
+  dropped = dropped + redis.call('SREM', KEYS[1], ARGV[i])
+  redis.call('SREM', KEYS[i], ARGV[1])
 end
 local added = 0
 for i = 3, 2 + n do
   if redis.call('SADD', KEYS[1], ARGV[i]) == 1 then
-    redis.call('SADD', KEYS[i - 1], ARGV[1])
+    redis.call('SADD', KEYS[i], ARGV[1])
     added = added + 1
   end
 end
+if added + dropped > 0 then redis.call('INCR', KEYS[2]) end
 return added
 """
 MAX_TRIES = 5
@@ -61,6 +64,7 @@ class Activations:
         pipe = self._redis.pipeline(transaction=True)
         pipe.srem(keys.persona_docs(persona_id), external_id)
         pipe.srem(keys.doc_personas(external_id), persona_id)
+        pipe.incr(keys.persona_docs_version(persona_id))
         await pipe.execute()
 
     @redis_boundary
@@ -72,8 +76,9 @@ class Activations:
 
     @redis_boundary
     async def forget_persona(self, account_id: str, persona_id: str) -> None:
-        """Drop every activation of a persona (it is being deleted)."""
+        """Drop every activation of a persona (it is being deleted), and its version."""
         await self._apply(account_id, persona_id, [], replace=True)
+        await self._redis.delete(keyspace.AccountKeys(account_id).persona_docs_version(persona_id))
 
     async def _apply(
         self, account_id: str, persona_id: str, external_ids: list[str], *, replace: bool
@@ -98,6 +103,7 @@ class Activations:
             added = await self._change(
                 keys=[
                     keys.persona_docs(persona_id),
+                    keys.persona_docs_version(persona_id),
                     *(keys.doc_personas(e) for e in ids),
                     *(keys.doc_personas(e) for e in dropped),
                 ],

@@ -18,12 +18,14 @@ from loadtest.schedule import parse_duration, parse_stages
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_DURATION_S = 10.0
 DEFAULT_RATE = 10.0
+TEARDOWN_MARGIN_S = 5.0
 EXAMPLES = """
 examples:
   rapport loadtest http --key-file rapport-data/demo_api_key --rate 20 --duration 30
   rapport loadtest http --key KEY --stages 10s:10,30s:100,10s:0 --voice-share 0.05
   rapport loadtest http --key KEY --concurrency 8 --duration 20 --retry-share 0.1
   rapport loadtest ws --key KEY --sessions 10 --talkers 4 --rate 2 --cancel-share 0.2
+  rapport loadtest ws --key KEY --page-views 2000 --chat-share 0.1 --start autostart
 """
 
 
@@ -88,6 +90,32 @@ def add_commands(commands: Any) -> None:
                       help="share of turns after which the socket is dropped without a close "
                       "frame and resumed with last_seq (default 0)")  # fmt: skip
     live.add_argument("--seed", type=int, help="random seed, to repeat a run's choices")
+    site = ws.add_argument_group(
+        "a site's page views (--page-views replaces --sessions, --rate and --duration)"
+    )
+    site.add_argument("--page-views", type=_positive_int, metavar="N",
+                      help="run as a site embedding the widget: N page views, each a "
+                      "visitor who stays --dwell-seconds; samples the deployment's slots "
+                      "held and waiting room every second (GET /api/sessions)")  # fmt: skip
+    site.add_argument("--views-per-second", type=_rate, default=20.0, metavar="R",
+                      help="page views a second (default 20)")  # fmt: skip
+    site.add_argument("--chat-share", type=_share, default=0.1, metavar="F",
+                      help="share of visitors who chat, spread evenly (default 0.1)")  # fmt: skip
+    site.add_argument("--start", choices=("first-message", "autostart"),
+                      default="first-message",
+                      help="first-message (the widget's default): a visitor mints on its "
+                      "first message; autostart: every page view mints at once")  # fmt: skip
+    site.add_argument("--dwell-seconds", type=_span, default=(10.0, 30.0), metavar="LOW-HIGH",
+                      help="time on the page, drawn between the two (default 10-30); then "
+                      "the tab closes, its socket dropped without a close frame")  # fmt: skip
+    site.add_argument("--messages", type=_positive_int, default=2, metavar="N",
+                      help="messages a chatting visitor sends (default 2)")  # fmt: skip
+    site.add_argument("--think-seconds", type=_span, default=(2.0, 5.0), metavar="LOW-HIGH",
+                      help="before the first message and after each reply (default "
+                      "2-5)")  # fmt: skip
+    site.add_argument("--settle", type=parse_duration, default=120.0, metavar="SECONDS",
+                      help="after the last visitor left, sample on until the server holds "
+                      "no session, at most this long (default 120)")  # fmt: skip
     ws.set_defaults(run=_ws)
 
 
@@ -158,6 +186,18 @@ def _share(text: str) -> float:
     return value
 
 
+def _span(text: str) -> tuple[float, float]:
+    """``10-30`` (drawn between the two) or ``20`` (always 20), in seconds."""
+    low, _, high = text.partition("-")
+    try:
+        span = (parse_duration(low), parse_duration(high or low))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if span[0] > span[1]:
+        raise argparse.ArgumentTypeError(f"LOW-HIGH with LOW <= HIGH, not {text}")
+    return span
+
+
 class Usage(Exception):
     """A flag combination that makes no run."""
 
@@ -212,6 +252,9 @@ def _http(args: argparse.Namespace) -> int:
 def _ws(args: argparse.Namespace) -> int:
     from loadtest.live_sessions import LiveSessions
 
+    if args.page_views is not None:
+        return _execute(args, "ws", lambda: _site(args))
+
     def build() -> dict[str, Any]:
         talkers = args.sessions if args.talkers is None else args.talkers
         if not 0 <= talkers <= args.sessions:
@@ -240,6 +283,39 @@ def _ws(args: argparse.Namespace) -> int:
     return _execute(args, "ws", build)
 
 
+def _site(args: argparse.Namespace) -> dict[str, Any]:
+    from loadtest.site import Site
+
+    shaped = ("--rate", "--duration", "--stages", "--concurrency", "--closed")
+    if any(getattr(args, flag[2:]) not in (None, False) for flag in shaped):
+        raise Usage(f"--page-views sets the load itself: no {', '.join(shaped)}")
+    scenario = Site(
+        url=args.url,
+        key=_key(args),
+        page_views=args.page_views,
+        chat_share=args.chat_share,
+        start=args.start,
+        dwell=args.dwell_seconds,
+        think=args.think_seconds,
+        messages=args.messages,
+        settle_s=args.settle,
+        persona_id=args.persona,
+        allow_remote=args.allow_remote,
+        seed=args.seed,
+    )
+    seconds = args.page_views / args.views_per_second
+    return {
+        "scenario": scenario.view,
+        "name": f"site, {args.start}",
+        "measure": "chat_wait",
+        "stages": [Stage(seconds, args.views_per_second)],
+        "teardown": scenario.close,
+        # The teardown is where the run waits for the server to free its sessions.
+        "teardown_s": args.settle + TEARDOWN_MARGIN_S,
+        "site": scenario.figures,
+    }
+
+
 def _execute(args: argparse.Namespace, kind: str, build: Callable[[], dict[str, Any]]) -> int:
     from loadtest.runner import run, write
     from loadtest.summary import print_summary
@@ -250,6 +326,7 @@ def _execute(args: argparse.Namespace, kind: str, build: Callable[[], dict[str, 
         stages, mode = _shape(args)
         key = _key(args)
         chosen = build()
+        stages = chosen.pop("stages", stages)
     except (RemoteTarget, Usage) as exc:
         print(f"rapport loadtest {kind}: {exc}", file=sys.stderr)
         return 2

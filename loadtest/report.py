@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from html import escape
 from itertools import pairwise
 
-from loadtest.result import Percentiles, Phase, Result, ServerSample, Stage
+from loadtest.result import Percentiles, Phase, Result, ServerSample, SiteFigures, Stage
 
-__all__ = ["render"]
+__all__ = ["render", "render_sites"]
 
-MEASURES = ("request", "mint", "queue_wait", "connect", "first_delta", "reply", "cancel_to_done")
+MEASURES = (
+    "request", "chat_wait", "mint", "queue_wait", "connect", "first_delta", "reply",
+    "cancel_to_done",
+)  # fmt: skip
 """The order measures are shown in; any other measure follows in the order first seen."""
 
 MIB = 1024 * 1024
@@ -92,6 +95,8 @@ svg .c0{stroke:#2563eb;color:#2563eb}
 svg .c1{stroke:#c2410c;color:#c2410c}
 svg .c2{stroke:#15803d;color:#15803d}
 svg .c3{stroke:#6b7280;color:#6b7280}
+svg .c4{stroke:#7c3aed;color:#7c3aed}
+svg .c5{stroke:#1f2328;color:#1f2328}
 svg .cbad{stroke:#b42318;color:#b42318}
 @media (max-width:600px){body{font-size:14px}main{padding:10px}
 .meta{grid-template-columns:1fr}.meta dd{margin-bottom:4px}svg.wide{min-width:560px}}
@@ -107,6 +112,7 @@ def render(result: Result) -> str:
         _head(result),
         "<body>\n<main>",
         _header(result),
+        _site(result),
         _section("Latency over time", _latency_over_time(result)),
         _section("Throughput", _throughput(result) + _rates_table(result)),
         _section("Outcomes", _outcomes(result)),
@@ -711,3 +717,84 @@ def _server(result: Result) -> str:
     cpu = _line_chart("Server CPU", cpu_series, x_hi, "% of one core", marks, SMALL)
     figures = _figure("Resident memory (MiB)", memory) + "\n" + _figure("CPU (% of one core)", cpu)
     return f'<div class="grid2">\n{figures}\n</div>'
+
+
+# A site's page views ----------------------------------------------------------------------
+
+
+def _site_rows(runs: Sequence[tuple[str, SiteFigures]]) -> list[Row]:
+    rows: list[Row] = []
+    for label, site in runs:
+        wait = [DASH if v is None else _ms(v) for v in (site.wait_p50_ms, site.wait_p95_ms)]
+        cells = [
+            _e(label),
+            _count(site.page_views),
+            _count(site.mints),
+            _count(site.peak_held),
+            DASH if site.mean_held is None else _rate(site.mean_held),
+            _count(site.peak_waiting),
+            _count(site.chatting),
+            _count(site.waited),
+            *wait,
+            f'<span class="bad">{_count(site.refused)}</span>' if site.refused else "0",
+        ]
+        rows.append(("", cells))
+    return rows
+
+
+def _site_body(runs: Sequence[tuple[str, SiteFigures]], x_hi: float) -> str:
+    series: list[_Series] = []
+    for i, (label, site) in enumerate(runs):
+        prefix = f"{label}: " if len(runs) > 1 else ""
+        held = [(s.t_s, None if s.held is None else float(s.held)) for s in site.samples]
+        waiting = [(s.t_s, None if s.waiting is None else float(s.waiting)) for s in site.samples]
+        series.append(_Series(f"{prefix}sessions held", f"c{2 * i}", held))
+        series.append(_Series(f"{prefix}waiting", f"c{2 * i + 1}", waiting, dashed=True))
+    caps = {site.max_sessions for _, site in runs if site.max_sessions is not None}
+    if len(caps) == 1:
+        cap = float(caps.pop())
+        series.append(_Series(f"cap {_num(cap)}", "c5", [(0.0, cap), (x_hi, cap)], dashed=True))
+    chart = _line_chart("Sessions held and waiting", series, x_hi, "sessions")
+    figure = _figure(
+        "The deployment's slots held and its waiting room's length, sampled every second "
+        "(GET /api/sessions)",
+        chart,
+    )
+    head = [
+        "run", "page views", "mints", "peak held", "mean held", "peak waiting",
+        "chatting", "waited", "wait p50 ms", "wait p95 ms", "refused",
+    ]  # fmt: skip
+    note = (
+        '<p class="note">Chatting visitors\' wait runs from their first message to '
+        "<code>session.ready</code>; waited counts those whose first message found no session "
+        "and waited in the waiting room; refused, those who got none.</p>"
+    )
+    return figure + "\n" + note + "\n" + _table(head, [_site_rows(runs)], numeric_from=1)
+
+
+def _site(result: Result) -> str:
+    if result.site is None:
+        return ""
+    return _section(
+        "A site's page views", _site_body([(result.site.start, result.site)], _x_extent(result))
+    )
+
+
+def render_sites(results: Sequence[Result]) -> str:
+    """One page comparing site-like runs (say, first-message against autostart): their
+    curves on one chart, their figures in one table, each run's command."""
+    runs = [(r.site.start, r.site) for r in results if r.site is not None]
+    x_hi = max((_x_extent(r) for r in results), default=1.0)
+    commands = "\n".join(f"<pre><code>{_e(r.command)}</code></pre>" for r in results)
+    title = "rapport loadtest: a site's page views"
+    return "\n".join(
+        [
+            '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title>\n<style>{_CSS}</style>\n</head>",
+            f"<body>\n<main>\n<h1>{_e(title)}</h1>",
+            commands,
+            _site_body(runs, x_hi),
+            "</main>\n</body>\n</html>\n",
+        ]
+    )

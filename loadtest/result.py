@@ -79,6 +79,64 @@ class ServerSample(msgspec.Struct, frozen=True):
     cpu_seconds: float | None
 
 
+class SessionSample(msgspec.Struct, frozen=True):
+    """The deployment's sessions at one moment, from ``GET /api/sessions``'s ``capacity``;
+    None for a second the server did not answer."""
+
+    t_s: float
+    held: int | None
+    """Slots held, every account's (``slots_held``)."""
+    waiting: int | None
+    """Clients in the waiting room (``waiting``)."""
+
+
+class SiteFigures(msgspec.Struct, kw_only=True):
+    """A site-like run (``rapport loadtest ws --page-views``): page views, some of whose
+    visitors chat, and what they cost in the deployment's slots."""
+
+    start: Literal["first-message", "autostart"]
+    page_views: int
+    """Page views started (the generator's dropped arrivals are not among them)."""
+    chatting: int
+    """Visitors who meant to chat."""
+    waited: int
+    """Chatting visitors whose first message found no session ready and waited in the
+    waiting room."""
+    refused: int
+    """Chatting visitors refused a session (503 waiting_room_full, or a mint or socket
+    refused otherwise): they could not chat."""
+    mints: int
+    """Sessions minted (201 or 202), every visitor's."""
+    wait_p50_ms: float | None
+    wait_p95_ms: float | None
+    """Chatting visitors' wait, from their first message to ``session.ready``."""
+    max_sessions: int | None
+    """The deployment's cap (``RAPPORT_MAX_SESSIONS``) as the server reported it."""
+    samples: list[SessionSample]
+    """Once a second, from the first page view until the server held nothing (or
+    ``--settle`` ran out)."""
+
+    @property
+    def peak_held(self) -> int:
+        return max((s.held for s in self.samples if s.held is not None), default=0)
+
+    @property
+    def mean_held(self) -> float | None:
+        """Over the samples the server answered, from the first page view to the end."""
+        held = [s.held for s in self.samples if s.held is not None]
+        return sum(held) / len(held) if held else None
+
+    @property
+    def slot_seconds(self) -> int:
+        """Slots held, summed over the samples (one a second): the area under the curve,
+        which compares runs of different lengths."""
+        return sum(s.held for s in self.samples if s.held is not None)
+
+    @property
+    def peak_waiting(self) -> int:
+        return max((s.waiting for s in self.samples if s.waiting is not None), default=0)
+
+
 class Result(msgspec.Struct, kw_only=True):
     tool: str = "rapport loadtest"
     command: str
@@ -98,6 +156,8 @@ class Result(msgspec.Struct, kw_only=True):
     """By measure, the whole run's distribution: (upper bound in ms, count) buckets."""
     interrupted: bool = False
     """Stopped early (Ctrl-C): the figures cover what ran."""
+    site: SiteFigures | None = None
+    """A site-like run's own figures; None for every other run."""
 
 
 encode = msgspec.json.Encoder().encode

@@ -15,7 +15,8 @@ operation: ``client`` is the run's :class:`~loadtest.client.Client`, ``clock`` a
 
 Every run is bounded: the stages' total, then at most ``drain_s`` for the operations still
 running (those left are cancelled and counted ``unfinished``), then at most ``TEARDOWN_S``
-for the teardown; at most ``max_operations`` operations are started. SIGINT or SIGTERM
+for the teardown (or what the scenario asks: a site-like run waits there for the server to
+free its sessions); at most ``max_operations`` operations are started. SIGINT or SIGTERM
 (Ctrl-C) stops at once: scheduling ends, running operations are cancelled, and the result
 is still built and written, with ``interrupted`` set; a second Ctrl-C quits without it.
 """
@@ -43,7 +44,7 @@ from loadtest.loopback import check_target
 from loadtest.measure import Measurements, Recorder, Tally, buckets
 from loadtest.progress import Progress
 from loadtest.report import render
-from loadtest.result import Result, ServerSample, Stage, save
+from loadtest.result import Result, ServerSample, SiteFigures, Stage, save
 from loadtest.schedule import Schedule
 from loadtest.server_stats import sample
 
@@ -100,6 +101,8 @@ class Runner:
         measure: str | None,
         setup: tuple[Scenario, Sequence[Stage]] | None,
         teardown: Callable[[], Awaitable[None]] | None,
+        teardown_s: float,
+        site: Callable[[], SiteFigures] | None,
         max_in_flight: int,
         max_operations: int,
         connections: int,
@@ -118,6 +121,8 @@ class Runner:
         self.measure = measure
         self.setup = setup
         self.teardown = teardown
+        self.teardown_s = teardown_s
+        self.site = site
         self.max_in_flight = max_in_flight
         self.max_operations = max_operations
         self.connections = connections
@@ -168,7 +173,9 @@ class Runner:
                 self.m.phases[-1].ended_s = self.m.now_s()
             if self.teardown is not None:
                 try:
-                    async with asyncio.timeout(TEARDOWN_S):
+                    # Interrupted, a scenario's longer teardown (a settling) is cut short too.
+                    bound = TEARDOWN_S if self.interrupted else self.teardown_s
+                    async with asyncio.timeout(bound):
                         await self.teardown()
                 except Exception as exc:
                     print(f"loadtest: teardown failed: {exc!r}", file=sys.stderr)
@@ -366,6 +373,7 @@ class Runner:
             server=self.samples,
             histograms={k: buckets(v) for k, v in sorted(self.m.total.latency.items())},
             interrupted=self.interrupted,
+            site=self.site() if self.site is not None else None,
         )
 
 
@@ -381,6 +389,8 @@ def run(
     measure: str | None = None,
     setup: tuple[Scenario, Sequence[Stage]] | None = None,
     teardown: Callable[[], Awaitable[None]] | None = None,
+    teardown_s: float = TEARDOWN_S,
+    site: Callable[[], SiteFigures] | None = None,
     allow_remote: bool = False,
     max_in_flight: int = 1000,
     max_operations: int = 1_000_000,
@@ -397,7 +407,8 @@ def run(
     - ``measure``: the measure shown live and in the timeline (default: the first recorded).
     - ``setup``: ``(scenario, stages)`` run first, open loop, as the phase ``setup`` (say,
       opening sessions); the stages start once its operations are done. ``teardown``: an
-      async function run at the end, bounded in time, even when interrupted.
+      async function run at the end, bounded by ``teardown_s``, even when interrupted.
+    - ``site``: a site-like run's own figures, read once the teardown is over.
     - ``allow_remote``: without it, a ``url`` that is not loopback raises
       :class:`~loadtest.loopback.RemoteTarget` before anything is sent.
 
@@ -417,6 +428,8 @@ def run(
         measure=measure,
         setup=setup,
         teardown=teardown,
+        teardown_s=teardown_s,
+        site=site,
         max_in_flight=max_in_flight,
         max_operations=max_operations,
         connections=connections,

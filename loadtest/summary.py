@@ -58,3 +58,31 @@ def print_summary(result: Result, console: Console | None = None) -> None:
         for name, count in phase.outcomes.items():
             outcomes.add_row(phase.name, name, str(count))
     console.print(outcomes)
+    if result.site is not None:
+        print_site(result, console)
+
+
+def print_site(result: Result, console: Console) -> None:
+    """A site-like run's own figures: what its page views cost in the deployment's slots."""
+    site = result.site
+    assert site is not None
+    table = Table(title=f"a site's page views, start on {site.start}", title_justify="left")
+    figures = {
+        "page views": str(site.page_views),
+        "mints": str(site.mints),
+        "sessions held, peak": str(site.peak_held),
+        "sessions held, mean": "-" if site.mean_held is None else f"{site.mean_held:.1f}",
+        "waiting room, peak": str(site.peak_waiting),
+        "slot-seconds held": str(site.slot_seconds),
+        "chatting visitors": str(site.chatting),
+        "of them waited": str(site.waited),
+        "their wait p50, ms": "-" if site.wait_p50_ms is None else f"{site.wait_p50_ms:.1f}",
+        "their wait p95, ms": "-" if site.wait_p95_ms is None else f"{site.wait_p95_ms:.1f}",
+        "of them refused": str(site.refused),
+        "samples": str(len(site.samples)),
+    }
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in figures.items():
+        table.add_row(name, value)
+    console.print(table)

@@ -6,8 +6,9 @@ a turn's event, the end of a turn, the duration running out, a newer connection)
 time, and performs the actions it answers, in order: send an event, start or cancel a turn,
 end the session in the store, close the socket. The contract it keeps is docs/architecture.md,
 "Live sessions": frames, budgets (seed 000: 4005 after the reply that spends the last
-billing unit, 4006 at the duration limit with the reply in progress cancelled), barge-in,
-and no 1011 for a client's mistake.
+billing unit, 4006 at the duration limit with the reply in progress cancelled), the idle
+end (DESIGN.md, "Slots": 4007 after RAPPORT_SESSION_IDLE_SECONDS without a user message),
+barge-in, and no 1011 for a client's mistake.
 """
 
 from __future__ import annotations
@@ -76,7 +77,12 @@ class Close(msgspec.Struct, frozen=True):
     reason: str
 
 
-Action = Send | StartTurn | CancelTurn | EndSession | Close
+class CheckIdle(msgspec.Struct, frozen=True):
+    """The idle deadline passed here: read the session's last activity in the store (a
+    user message another process took counts too) and answer :meth:`SessionProtocol.checked`."""
+
+
+Action = Send | StartTurn | CancelTurn | EndSession | Close | CheckIdle
 
 
 class State(enum.Enum):
@@ -97,15 +103,21 @@ class SessionProtocol:
         interactions_left: int | None,
         ends_at: float,
         now: float,
+        idle_seconds: float = 0,
+        active_at: float | None = None,
     ) -> None:
         """``seq``: the last seq this session sent (0 for a new one); ``ends_at``: when the
-        duration budget runs out, seconds since the epoch like ``now``."""
+        duration budget runs out, seconds since the epoch like ``now``; ``idle_seconds``:
+        how long the session may go without a user message (0: for ever), counted from
+        ``active_at``, its last one (or first connect) as stored, else ``now``."""
         self.session_id = session_id
         self.mode = mode
         self.persona = persona
         self.seq = seq
         self.interactions_left = interactions_left
         self.ends_at = ends_at
+        self.idle_seconds = idle_seconds
+        self.active_at = now if active_at is None else active_at
         self.state = State.OPEN
         self.turn: int | None = None
         """The turn in progress, if any."""
@@ -160,9 +172,9 @@ class SessionProtocol:
             case SessionEnd():
                 return self._close(1000, "session ended by the client", ends=True)
             case UserMessage():
-                return self._message(frame)
+                return self._message(frame, now)
 
-    def _message(self, message: UserMessage) -> list[Action]:
+    def _message(self, message: UserMessage, now: float) -> list[Action]:
         if message.id is not None:
             # A resent frame (a client retrying after a hiccup) runs nothing; one resent
             # after a reconnect is stopped by the turn's idempotency key instead.
@@ -195,6 +207,9 @@ class SessionProtocol:
         turn = max(self._next_turn, self.seq + 1)
         self._next_turn = turn + 1
         self.turn = turn
+        # A message that opens a turn is activity (pings, cancels and refused frames are
+        # not): the store keeps the same time as the turn opens (sessions.store.CHARGE).
+        self.active_at = now
         self._said[turn] = []
         actions.append(StartTurn(turn, message, cost))
         return actions
@@ -298,6 +313,39 @@ class SessionProtocol:
         """The duration budget ran out (seed 000: wall-clock, idle time included)."""
         return self._close(4006, Failure.SESSION_DURATION_LIMIT.code, ends=True)
 
+    def wake_at(self) -> float:
+        """When :meth:`woke` has something to do: the duration's end or the idle deadline."""
+        if self.idle_at is None:
+            return self.ends_at
+        return min(self.ends_at, self.idle_at)
+
+    @property
+    def idle_at(self) -> float | None:
+        """When the session ends for want of a user message; None when it never does."""
+        return self.active_at + self.idle_seconds if self.idle_seconds > 0 else None
+
+    def woke(self, now: float) -> list[Action]:
+        """The timer set for :meth:`wake_at` fired (or one set before a user message put the
+        deadline off: nothing then)."""
+        if self.state is not State.OPEN:
+            return []
+        if now >= self.ends_at:
+            return self.expired()
+        if self.idle_at is not None and now >= self.idle_at:
+            return [CheckIdle()]
+        return []
+
+    def checked(self, active_at: float | None, ended: int | None) -> list[Action]:
+        """The store's answer to :class:`CheckIdle`: the session's last activity, and its
+        close code if reading it ended it (the store ends a session whose idle deadline
+        passed: 4007). Still live: another process saw a user message since, and the
+        deadline moves to the store's."""
+        if ended is not None:
+            return self.ended_elsewhere(ended)
+        if active_at is not None:
+            self.active_at = max(self.active_at, active_at)
+        return []
+
     def ended_elsewhere(self, code: int) -> list[Action]:
         """The session was ended from outside (the business's DELETE): close with ``code``.
         A live socket is only ever ended 4001 from outside when the API key slot that minted
@@ -305,6 +353,8 @@ class SessionProtocol:
         closing names that, so the client knows not to resume."""
         if code == Failure.SESSION_TOKEN_INVALID.close_code:
             return self._close(code, "API key revoked", ends=False)
+        if code == Failure.SESSION_IDLE.close_code:
+            return self._close(code, Failure.SESSION_IDLE.code, ends=False)
         return self._close(code, "session ended", ends=False)
 
     def replaced(self) -> list[Action]:

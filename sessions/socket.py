@@ -1,11 +1,11 @@
 """The live session's socket: the I/O around :class:`sessions.protocol.SessionProtocol`.
 
 One connection is one loop over one inbox. Everything that happens (a client frame, a
-turn's event, the end of a turn, the duration running out, a control message from another
-process) is put in the inbox, handed to the protocol with the time, and the actions it
-answers are carried out in order. Events are written to the session's stream in Redis
-before they are sent, so a client that reconnects with ``last_seq`` gets exactly the ones
-it missed.
+turn's event, the end of a turn, the duration or the idle window running out, a control
+message from another process) is put in the inbox, handed to the protocol with the time,
+and the actions it answers are carried out in order. Events are written to the session's
+stream in Redis before they are sent, so a client that reconnects with ``last_seq`` gets
+exactly the ones it missed.
 
 The socket is accepted before anything is checked: a browser reads the close code of an
 accepted socket (4001, 4004) but learns nothing from a refused handshake.
@@ -25,6 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Generic, TypeVar
 
 import msgspec
@@ -50,6 +51,7 @@ from sessions.frames import Audio, PersonaRef, UserMessage, encode
 from sessions.protocol import (
     Action,
     CancelTurn,
+    CheckIdle,
     Close,
     EndSession,
     Send,
@@ -103,11 +105,11 @@ class Ended(msgspec.Struct, frozen=True):
     """The session ended meanwhile (its backend's DELETE): nothing ran."""
 
 
-class Expired(msgspec.Struct, frozen=True):
-    pass
+class Wake(msgspec.Struct, frozen=True):
+    """The connection's timer fired: the duration's end or the idle deadline came."""
 
 
-Input = Frame | Gone | Event | Ended | Expired | Control
+Input = Frame | Gone | Event | Ended | Wake | Control
 
 
 class Inbox(Generic[T]):
@@ -244,6 +246,8 @@ class Connection:
             interactions_left=session.interactions_left(),
             ends_at=ends_at.timestamp(),
             now=self.clock(),
+            idle_seconds=served._store.idle_seconds,
+            active_at=_timestamp(session.idle_since()),
         )
         self.turns: dict[int, asyncio.Task[None]] = {}
         self.frame_limit: int | None = FRAME_LIMITS[session.mode]
@@ -253,14 +257,18 @@ class Connection:
         """The code this side closed the socket with; None while open or if the client went."""
         self.ended = False
         self.replaced = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        """Set the one timer to the protocol's next deadline. A timer handle, not a task: an
+        idle session's memory is mostly what it keeps. Not re-set on each user message: the
+        timer fires at the deadline it was set for, and is set anew from there."""
+        delay = max(0.0, self.protocol.wake_at() - self.clock())
+        self.timer = asyncio.get_running_loop().call_later(delay, self.inbox.put, Wake())
 
     async def run(self, last_seq: str | None) -> None:
         reader = asyncio.create_task(self._read())
-        # A timer handle, not a task: an idle session's memory is mostly what it keeps.
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(
-            max(0.0, self.protocol.ends_at - self.clock()), self.inbox.put, Expired()
-        )
+        self._arm()
         try:
             await self._resume(last_seq)
             while not self.closed:
@@ -281,7 +289,8 @@ class Connection:
             await self._close(error.failure.close_code, error.message)
         finally:
             reader.cancel()
-            timer.cancel()
+            if self.timer is not None:
+                self.timer.cancel()
             # A socket gone mid-reply leaves nothing running: each turn is cancelled and
             # waited for (the runner remembers what was said of it).
             for task in self.turns.values():
@@ -349,8 +358,11 @@ class Connection:
                 return []
             case Ended() as ended:
                 return self._finished(ended, now)
-            case Expired():
-                return protocol.expired()
+            case Wake():
+                actions = protocol.woke(now)
+                if not actions:
+                    self._arm()
+                return actions
             case Control(kind="replaced"):
                 self.replaced = True
                 return protocol.replaced()
@@ -413,6 +425,17 @@ class Connection:
                         )
                 case Close(code, reason):
                     await self._close(code, reason)
+                case CheckIdle():
+                    # Read, not trusted to this process: a user message sent through
+                    # another process (a reconnect elsewhere) puts the deadline off, and one
+                    # whose deadline passed ends in this read (close 4007, slot freed).
+                    stored = await self.store.get(self.session.account_id, self.session.id)
+                    if stored.ended is not None:
+                        self.ended = True
+                    await self._perform(
+                        self.protocol.checked(_timestamp(stored.idle_since()), stored.ended)
+                    )
+                    self._arm()
 
     async def _send(self, sends: list[Send]) -> None:
         frames = [(send.event.seq, encode(send.event)) for send in sends]
@@ -524,6 +547,10 @@ async def decode_voice(audio: Audio, gate: asyncio.Semaphore) -> Voice:
     async with gate:
         data = await asyncio.to_thread(decode_base64, "audio.data_b64", audio.data_b64)
     return Voice(data, audio.mime)
+
+
+def _timestamp(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
 
 
 def _over(frame: Frame, limit: int) -> bool:

@@ -16,7 +16,11 @@ A session ends when told to (:meth:`SessionStore.end`) or when a window lapses, 
 noticed lazily, by whoever looks next (:meth:`SessionStore.get`, ``live``, ``admit``), in
 the same script that reads it: a token not used within ``RAPPORT_SESSION_CONNECT_SECONDS``
 (close 4001), a socket gone longer than ``RAPPORT_SESSION_RESUME_SECONDS`` (1000), the
-duration spent (4006). An ended session stays readable for :data:`KEEP_ENDED_SECONDS`, so
+duration spent (4006), no user message for ``RAPPORT_SESSION_IDLE_SECONDS`` (4007: its last
+one is the hash's ``active``, written by the script that opens its turn, :data:`CHARGE`; the
+first connect counts as one). The node holding a socket does not wait for someone to look:
+its timer (:mod:`sessions.socket`) reads the session at the deadline, which ends it here.
+An ended session stays readable for :data:`KEEP_ENDED_SECONDS`, so
 ``GET`` can say how it ended; its events go at once (no resume after an end).
 
 A session remembers the API key slot that minted it: disabling or regenerating that slot
@@ -100,6 +104,8 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
     """The number of the last event appended."""
     connected_at: datetime | None = None
     """The first connect."""
+    active_at: datetime | None = None
+    """The last user message's turn opened (:data:`CHARGE`); None before the first."""
     queued: bool = False
     """Waiting in line for a slot of the deployment: no connect window yet."""
     ended: int | None = None
@@ -124,6 +130,13 @@ class Session(msgspec.Struct, frozen=True, kw_only=True):
         if self.connected_at is None:
             return None
         return self.connected_at + timedelta(seconds=self.duration_limit_s)
+
+    def idle_since(self) -> datetime | None:
+        """The last activity RAPPORT_SESSION_IDLE_SECONDS counts from: the last user message,
+        else the first connect (pings, resumes and reconnects are none)."""
+        if self.active_at is None or self.connected_at is None:
+            return self.connected_at
+        return max(self.connected_at, self.active_at)
 
     def seconds_left(self, now: datetime) -> int:
         ends = self.ends_at()
@@ -197,15 +210,23 @@ local function finish(session, live, slots, events, id, account, code, keep, cha
     kind = 'ended', owner = owner, code = tonumber(code)}}))
   return true
 end
-local function lapsed(session, slots, id, now, resume)
+local function idle_ends(connected, active, idle)
+  if idle <= 0 then return false end
+  return math.max(tonumber(connected), tonumber(active or connected)) + idle
+end
+local function lapsed(session, slots, id, now, resume, idle)
   local f = redis.call('HMGET', session, 'record', 'connected', 'gone', 'connect_by', 'queued',
-                      'gone_code')
+                      'gone_code', 'active')
   local record = cjson.decode(f[1])
   if not f[2] then
     if not f[5] and now > tonumber(f[4] or record['connect_by_ms']) then return 4001 end
   else
     if now >= tonumber(f[2]) + record['duration_limit_s'] * 1000 then return 4006 end
-    if f[3] and now - tonumber(f[3]) > resume then return tonumber(f[6]) or 1000 end
+    -- Whichever window ran out first names the end: quiet, or gone unresumed.
+    local quiet = idle_ends(f[2], f[7], idle)
+    local resumable = f[3] and tonumber(f[3]) + resume
+    if quiet and now >= quiet and not (resumable and resumable < quiet) then return 4007 end
+    if resumable and now > resumable then return tonumber(f[6]) or 1000 end
   end
   -- The slot's lease: renewed by the process holding the socket; run out, that process is
   -- gone (or a queued client stopped being heard from) and the session with it.
@@ -215,13 +236,14 @@ local function lapsed(session, slots, id, now, resume)
 end
 """
 # KEYS: 1 session, 2 the live set, 3 slots, 4 events, 5 activity. ARGV: 1 id, 2 account,
-# 3 now (ms), 4 resume window (ms), 5 keep (s), 6 channel. {ended by this call 0|1, the
-# session}, ended first if a window lapsed; false if unknown.
+# 3 now (ms), 4 resume window (ms), 5 keep (s), 6 channel, 7 idle window (ms; 0: none).
+# {ended by this call 0|1, the session}, ended first if a window lapsed; false if unknown.
 _READ = f"""{_FUNCTIONS}
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local ended = 0
 if redis.call('HEXISTS', KEYS[1], 'ended') == 0 then
-  local code = lapsed(KEYS[1], KEYS[3], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]))
+  local code = lapsed(KEYS[1], KEYS[3], ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]),
+                      tonumber(ARGV[7]))
   if code and finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], code, ARGV[5],
       ARGV[6], KEYS[5]) then
     ended = 1
@@ -233,7 +255,7 @@ return {{ended, redis.call('HGETALL', KEYS[1])}}
 # keyspace's escaping leaves as they are): undeclared, but in the account's cluster slot, like
 # the persona keys of engine/turn_store.py's opening script.
 # KEYS: 1 the live set, 2 slots, 3 activity. ARGV: 1 the prefix of the account's session
-# keys, 2-6 as _READ's 2-6. {the sessions not ended, oldest first; the ids ended on the way}.
+# keys, 2-7 as _READ's 2-7. {the sessions not ended, oldest first; the ids ended on the way}.
 _LIVE = f"""{_FUNCTIONS}
 local found, ended = {{}}, {{}}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
@@ -242,7 +264,8 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[2], id)
   else
-    local code = lapsed(session, KEYS[2], id, tonumber(ARGV[3]), tonumber(ARGV[4]))
+    local code = lapsed(session, KEYS[2], id, tonumber(ARGV[3]), tonumber(ARGV[4]),
+                        tonumber(ARGV[7]))
     if code then
       finish(session, KEYS[1], KEYS[2], session .. ':events', id, ARGV[2], code, ARGV[5],
         ARGV[6], KEYS[3])
@@ -254,8 +277,8 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return {{found, ended}}
 """
-# KEYS: 1 session, 2 the live set, 3 slots, 4 activity. ARGV: 1 prefix, 2-6 as _READ's, 7 id,
-# 8 record, 9 lifetime (s), 10 the account's cap, 11 the slot's lease (ms). The account's
+# KEYS: 1 session, 2 the live set, 3 slots, 4 activity. ARGV: 1 prefix, 2-7 as _READ's, 8 id,
+# 9 record, 10 lifetime (s), 11 the account's cap, 12 the slot's lease (ms). The account's
 # concurrent sessions (max_concurrent_sessions, seed 000 limits.concurrent_session) counted
 # after a sweep of those that lapsed: {1 taken | 0 at the cap, the ids ended on the way}.
 _MINT = f"""{_FUNCTIONS}
@@ -267,18 +290,18 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)) do
   redis.call('ZREM', KEYS[3], id)
   local session = ARGV[1] .. id
   if redis.call('EXISTS', session) == 1 then
-    local code = lapsed(session, KEYS[3], id, now, tonumber(ARGV[4]))
+    local code = lapsed(session, KEYS[3], id, now, tonumber(ARGV[4]), tonumber(ARGV[7]))
     if finish(session, KEYS[2], KEYS[3], session .. ':events', id, ARGV[2], code or 1000,
         ARGV[5], ARGV[6], KEYS[4]) then
       table.insert(ended, id)
     end
   end
 end
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[10]) then return {{0, ended}} end
-redis.call('HSET', KEYS[1], 'record', ARGV[8], 'used', 0, 'seq', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[9])
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[7])
-redis.call('ZADD', KEYS[3], ARGV[11], ARGV[7])
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[11]) then return {{0, ended}} end
+redis.call('HSET', KEYS[1], 'record', ARGV[9], 'used', 0, 'seq', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[10])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[8])
+redis.call('ZADD', KEYS[3], ARGV[12], ARGV[8])
 return {{1, ended}}
 """
 # KEYS: 1 session, 2 the live set, 3 slots, 4 events, 5 left. ARGV: 1 id, 2 how long to keep
@@ -322,7 +345,7 @@ if f[3] then
 end
 return redis.call('HGETALL', KEYS[1])
 """
-# KEYS: 1 the live set, 2 slots, 3 activity. ARGV: 1 prefix, 2-6 as _READ's, 7 the API key
+# KEYS: 1 the live set, 2 slots, 3 activity. ARGV: 1 prefix, 2-7 as _READ's, 8 the API key
 # slot. Every session not ended that this slot minted (queued ones too) is marked revoked and
 # ended 4001: the ids ended. A record without a slot (minted before slots were kept) matches none.
 _REVOKE = f"""{_FUNCTIONS}
@@ -331,7 +354,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local session = ARGV[1] .. id
   local record = redis.call('HGET', session, 'record')
   if record and redis.call('HEXISTS', session, 'ended') == 0
-      and cjson.decode(record)['key_slot'] == ARGV[7] then
+      and cjson.decode(record)['key_slot'] == ARGV[8] then
     redis.call('HSET', session, 'revoked', 1)
     finish(session, KEYS[1], KEYS[2], session .. ':events', id, ARGV[2], 4001, ARGV[5], ARGV[6],
       KEYS[3])
@@ -350,14 +373,16 @@ end
 return 0
 """
 # KEYS: 1 session, 2 the live set, 3 slots, 4 events, 5 activity. ARGV: 1 now (ms), 2 owner,
-# 3 account,
-# 4 id, 5 channel, 6 the slot's lease (ms), 7 resume window (ms), 8 keep (s). Returns the
+# 3 account, 4 id, 5 channel, 6 the slot's lease (ms), 7 resume window (ms), 8 keep (s),
+# 9 idle window (ms; 0: none). A reconnect is no activity: it does not put off the idle end.
+# Returns the
 # previous owner ('' for none) and the session; {-1} when it lapsed just now (ended here);
 # false when it is unknown, ended or still queued.
 _ATTACH = f"""{_FUNCTIONS}
 local f = redis.call('HMGET', KEYS[1], 'record', 'ended', 'owner', 'queued')
 if not f[1] or f[2] or f[4] then return false end
-local code = lapsed(KEYS[1], KEYS[3], ARGV[4], tonumber(ARGV[1]), tonumber(ARGV[7]))
+local code = lapsed(KEYS[1], KEYS[3], ARGV[4], tonumber(ARGV[1]), tonumber(ARGV[7]),
+                    tonumber(ARGV[9]))
 if code then
   finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], ARGV[3], code, ARGV[8], ARGV[5], KEYS[5])
   return {{-1}}
@@ -374,30 +399,44 @@ end
 return {{previous, redis.call('HGETALL', KEYS[1])}}
 """
 # KEYS: 1 session, 2 slots. ARGV: 1 now (ms), 2 owner, 3 id, 4 resume window (ms), 5 the
-# code the server closed the socket with ('' : the client went). The slot is held through
-# the resume window, then runs out with it; so does the session, ending with that code.
-_DETACH = """
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[2]
-    and redis.call('HEXISTS', KEYS[1], 'ended') == 0 then
+# code the server closed the socket with ('' : the client went), 6 idle window (ms; 0: none).
+# The slot is held through the resume window, then runs out with it; so does the session,
+# ending with that code. When the idle window ends first, the slot's lease ends with it, so
+# that a sweep frees it then (its session ends 4007 when next looked at). Returns the lease
+# (ms), or 0 when another connection took the session or it ended.
+_DETACH = f"""{_FUNCTIONS}
+local f = redis.call('HMGET', KEYS[1], 'owner', 'ended', 'connected', 'active')
+if f[1] == ARGV[2] and not f[2] then
   redis.call('HSET', KEYS[1], 'gone', ARGV[1])
   if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'gone_code', ARGV[5]) end
-  redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[4]), ARGV[3])
-  return 1
+  local lease = tonumber(ARGV[1]) + tonumber(ARGV[4])
+  local quiet = idle_ends(f[3], f[4], tonumber(ARGV[6]))
+  if quiet and quiet < lease then lease = quiet end
+  redis.call('ZADD', KEYS[2], 'XX', lease, ARGV[3])
+  return lease
 end
 return 0
 """
 # The session's interaction budget, spent in the script that opens a turn
 # (engine/turn_store.py, which the wiring hands this function to) and given back in the one
 # that closes a failed turn. `limit` -1 is unlimited; negative `units` give back and are never
-# refused. Returns {1, left} when taken, {0, left} when the budget lacks the units, false when
-# the session is unknown or ended.
+# refused. `now` (ms), given when a user message opens a turn, is kept as the session's last
+# activity (`active`, RAPPORT_SESSION_IDLE_SECONDS counts from it) in the same HSET as the
+# units: no command more per turn (BENCHMARKS.md, "Conversation overhead"). Returns
+# {1, left} when taken, {0, left} when the budget lacks the units, false when the session is
+# unknown or ended.
 CHARGE = """
-local function charge_budget(key, limit, units)
+local function charge_budget(key, limit, units, now)
   local f = redis.call('HMGET', key, 'record', 'ended', 'used')
   if not f[1] or f[2] then return false end
   local used = tonumber(f[3] or '0')
   if limit >= 0 and units > 0 and used + units > limit then return {0, limit - used} end
-  used = redis.call('HINCRBY', key, 'used', units)
+  used = used + units
+  if now then
+    redis.call('HSET', key, 'used', used, 'active', now)
+  else
+    redis.call('HSET', key, 'used', used)
+  end
   return {1, limit - used}
 end
 """
@@ -439,12 +478,15 @@ class SessionStore:
         events_kept: int,
         lease_seconds: int = 15,
         queue_idle_seconds: int = 60,
+        idle_seconds: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``idle_seconds``: RAPPORT_SESSION_IDLE_SECONDS (0: no idle end)."""
         self._redis = redis
         self.capacity = capacity
         self._connect_seconds = connect_seconds
         self._resume_ms = resume_seconds * 1000
+        self.idle_seconds = idle_seconds
         self._max_seconds = max_seconds
         self._events_kept = events_kept
         # Renewed every third of RAPPORT_SESSION_LEASE_SECONDS (sessions.leases) to two
@@ -627,13 +669,14 @@ class SessionStore:
         return _pairs(flat)
 
     def _end_args(self, account_id: str) -> list[str | int]:
-        """_READ's and _LIVE's ARGV 2-6."""
+        """_READ's and _LIVE's ARGV 2-7."""
         return [
             account_id,
             self._now_ms(),
             self._resume_ms,
             KEEP_ENDED_SECONDS,
             keyspace.SESSION_CONTROL,
+            self.idle_seconds * 1000,
         ]
 
     @redis_boundary
@@ -741,6 +784,7 @@ class SessionStore:
                 now + self.lease_ms,
                 self._resume_ms,
                 KEEP_ENDED_SECONDS,
+                self.idle_seconds * 1000,
             ],
         )
         if answer == [-1]:
@@ -762,12 +806,19 @@ class SessionStore:
         the window runs out unresumed (issue 26: it read 1000, as if ended normally); None
         when the client went, which ends it 1000."""
         keys = keyspace.AccountKeys(session.account_id)
-        now = self._now_ms()
-        if await self._detach(
+        lease = await self._detach(
             keys=[keys.session(session.id), keys.session_slots],
-            args=[now, owner, session.id, self._resume_ms, "" if closed is None else closed],
-        ):
-            await self.capacity.renew([(session.account_id, session.id)], now + self._resume_ms)
+            args=[
+                self._now_ms(),
+                owner,
+                session.id,
+                self._resume_ms,
+                "" if closed is None else closed,
+                self.idle_seconds * 1000,
+            ],
+        )
+        if lease:
+            await self.capacity.renew([(session.account_id, session.id)], int(lease))
 
     @redis_boundary
     async def renew(self, held: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -865,6 +916,7 @@ def session_store(
         events_kept=settings.session_events,
         lease_seconds=settings.session_lease_seconds,
         queue_idle_seconds=settings.queue_idle_seconds,
+        idle_seconds=settings.session_idle_seconds,
     )
 
 
@@ -903,6 +955,7 @@ def _session(fields: dict[str, str]) -> tuple[Session, str]:
     """The session in a hash's fields, and its token's digest."""
     record = _decode_record(fields["record"])
     connected = fields.get("connected")
+    active = fields.get("active")
     ended = fields.get("ended")
     connect_by = fields.get("connect_by")
     session = Session(
@@ -919,6 +972,7 @@ def _session(fields: dict[str, str]) -> tuple[Session, str]:
         used=int(fields.get("used", 0)),
         seq=int(fields.get("seq", 0)),
         connected_at=None if connected is None else _datetime(int(connected)),
+        active_at=None if active is None else _datetime(int(active)),
         ended=None if ended is None else int(ended),
         queued="queued" in fields,
         key_slot=record.key_slot,

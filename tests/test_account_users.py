@@ -28,7 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         RAPPORT_DASHBOARD_LOGIN_EMAIL_RPM=str(EMAIL_RPM),
     ).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 class Account:

@@ -38,7 +38,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def server(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Server]:
     running = Server(tmp_path_factory.mktemp("audit") / "data", RAPPORT_REDIS_URL=redis_url).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 def run(redis_url: str, work):

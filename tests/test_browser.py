@@ -40,6 +40,7 @@ SCREENSHOT = Path(__file__).parent.parent / "docs" / "playground.png"
 LOOPBACK = "127.0.0.1"
 SLOTS = 4
 WAIT_MS = 15_000
+CHAT = "<rapport-chat session-endpoint='/rapport-session' {attributes}></rapport-chat>"
 
 
 # --- servers ---------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def rapport(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> I
     env = llm_env(fake_llm, RAPPORT_MAX_SESSIONS=str(SLOTS), RAPPORT_WAITING_ROOM_SIZE="10")
     running = Server(tmp_path_factory.mktemp("browser") / "data", **env).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 class Proxy:
@@ -103,10 +104,11 @@ class Proxy:
 
 
 class Business:
-    """A business's site: a page embedding the widget and the backend route that mints its
-    sessions with the API key (which never reaches the browser), as the README shows."""
+    """A business's site: pages embedding the widget (``chat``, its markup, on every path)
+    and the backend route that mints its sessions with the API key (which never reaches the
+    browser), as the README shows."""
 
-    def __init__(self, rapport_url: str, widget_url: str, api_key: str) -> None:
+    def __init__(self, rapport_url: str, widget_url: str, api_key: str, chat: str = "") -> None:
         self.rapport_url = rapport_url
         self.api_key = api_key
         self.user_id = f"shopper-{uuid.uuid4().hex[:8]}"
@@ -115,8 +117,8 @@ class Business:
             "<!doctype html><html><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>Shop</title><script src='{widget_url}'></script></head><body>"
-            "<h1>Shop</h1><rapport-chat session-endpoint='/rapport-session' autostart>"
-            "</rapport-chat></body></html>"
+            "<h1>Shop</h1>"
+            f"{chat or CHAT.format(attributes='autostart')}</body></html>"
         )
 
         async def home(request: HttpRequest) -> Response:
@@ -134,7 +136,10 @@ class Business:
             return JSONResponse(minted.json(), status_code=minted.status_code)
 
         app = Starlette(
-            routes=[Route("/", home), Route("/rapport-session", rapport_session, methods=["POST"])]
+            routes=[
+                Route("/rapport-session", rapport_session, methods=["POST"]),
+                Route("/{path:path}", home),
+            ]
         )
         self.port = free_port()
         config = uvicorn.Config(app, host=LOOPBACK, port=self.port, log_level="warning")
@@ -242,9 +247,12 @@ async def opened(browser: Browser, url: str, **options: Any) -> AsyncIterator[Wa
 
 
 @contextlib.asynccontextmanager
-async def business(rapport: Server, key: str, via: str | None = None) -> AsyncIterator[Business]:
-    """A business site whose backend calls Rapport at ``via`` (default: Rapport itself)."""
-    site = Business(via or rapport.base_url, f"{rapport.base_url}/widget.js", key)
+async def business(
+    rapport: Server, key: str, via: str | None = None, chat: str = ""
+) -> AsyncIterator[Business]:
+    """A business site whose backend calls Rapport at ``via`` (default: Rapport itself) and
+    whose pages hold ``chat`` (default: the widget with ``autostart``)."""
+    site = Business(via or rapport.base_url, f"{rapport.base_url}/widget.js", key, chat)
     try:
         yield site
     finally:

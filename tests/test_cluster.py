@@ -50,7 +50,7 @@ def node(
     )  # fmt: skip
     running = Server(tmp_path_factory.mktemp("cluster-a") / "data", **env).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def other_node(
     )
     running = Server(tmp_path_factory.mktemp("cluster-b") / "data", **env).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture

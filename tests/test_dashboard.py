@@ -33,7 +33,7 @@ WAIT_MS = 20_000
 def rapport(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> Iterator[Server]:
     running = Server(tmp_path_factory.mktemp("dashboard") / "data", **llm_env(fake_llm)).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture(scope="module")

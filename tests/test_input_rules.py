@@ -54,7 +54,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, redis_store: RedisServer) -
     env = {"RAPPORT_REDIS_URL": redis_store.url, "RAPPORT_PERSONA_UPLOADS_RPM": "1000000"}
     running = Server(tmp_path_factory.mktemp("rules") / "data", **env).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> It
     """A server of this module's own: its counters move only with these runs."""
     running = Server(tmp_path_factory.mktemp("loadtest") / "data", **llm_env(fake_llm)).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 def loadtest(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:

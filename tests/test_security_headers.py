@@ -35,7 +35,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         RAPPORT_METRICS_TOKEN=METRICS_TOKEN,
     ).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def unproxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         tmp_path_factory.mktemp("unproxied") / "data", RAPPORT_GLOBAL_IP_RPM=str(GLOBAL_IP_RPM)
     ).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 def answers(server: Server) -> dict[str, httpx.Response]:

@@ -42,6 +42,7 @@ def test_minting_answers_the_token_socket_and_budget(server: Server, client: htt
     minted = response.json()
     assert set(minted) == {
         "status", "session_id", "token", "ws_url", "expires_at", "mode", "budget",
+        "starter_prompts",
     }  # fmt: skip
     assert (minted["status"], minted["mode"]) == ("ready", "chat")
     assert minted["budget"] == {"interactions_left": None, "seconds_left": 3600}

@@ -44,7 +44,7 @@ def on_shared_state(
         RAPPORT_CHROMA_URL=chroma.url,
     ).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = Server(tmp_path_factory.mktemp("security-full") / "data", RAPPORT_MAX_SESSIONS="1")
     running.start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @contextlib.asynccontextmanager

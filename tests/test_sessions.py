@@ -65,7 +65,7 @@ def node(
     )  # fmt: skip
     running = Server(tmp_path_factory.mktemp("sessions-a") / "data", **env).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def other_node(
     )  # fmt: skip
     running = Server(tmp_path_factory.mktemp("sessions-b") / "data", **env).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture(scope="module")

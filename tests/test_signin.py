@@ -283,7 +283,7 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         set_password(running, invite(running, "strict", "owner@strict.example")).status_code == 204
     )
     yield running
-    running.stop()
+    running.retire()
 
 
 def test_logins_are_throttled_per_email_and_per_ip_without_a_lockout(strict: Server) -> None:

@@ -73,7 +73,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         tmp_path_factory.mktemp("transport") / "data", RAPPORT_HEADER_TIMEOUT=HEAD_TIMEOUT
     ).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 @pytest.fixture(scope="module")

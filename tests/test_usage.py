@@ -42,7 +42,7 @@ def node(
     )  # fmt: skip
     running = Server(tmp_path_factory.mktemp("usage") / "data", **env).start()
     yield running
-    running.stop()
+    running.retire()
 
 
 def tenant(node: Server) -> tuple[str, httpx.Client, Browser]:

@@ -198,7 +198,9 @@ class Backend:
         assert response.status_code == 202, response.text
         place = response.json()
         assert place["status"] == "queued"
-        assert set(place) == {"status", "ticket", "position", "queue_ws_url", "poll_url"}
+        assert set(place) == {
+            "status", "ticket", "position", "queue_ws_url", "poll_url", "starter_prompts",
+        }  # fmt: skip
         return place
 
     async def end(self, session_id: str) -> None:
@@ -739,7 +741,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         RAPPORT_QUEUE_RPM="2",
     ).start()
     yield server
-    server.stop()
+    server.retire()
 
 
 @pytest.fixture

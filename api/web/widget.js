@@ -2,13 +2,17 @@
  * <rapport-chat>: Rapport's chat widget. Plain ES2022, no build step, no dependency.
  *
  *   <script src="https://your-rapport/widget.js"></script>
- *   <rapport-chat session-endpoint="/your-backend/rapport-session" autostart></rapport-chat>
+ *   <rapport-chat session-endpoint="/your-backend/rapport-session" launcher></rapport-chat>
  *
  * The element never holds an API key: it asks the page's own backend (session-endpoint,
  * same origin, POST {"mode"}) for a session, and that backend relays Rapport's answer to
  * POST /api/sessions unchanged (201 ready, 202 queued, or a problem). A page may instead set
  * `element.sessionSource = async () => Response`. Everything else follows the live-session
  * contract (README, "Live sessions"): frames, seq, resume with last_seq, close codes.
+ *
+ * A page view costs nothing: the session is minted on the visitor's first message (or when
+ * the chat is opened with start="open", or at once with autostart), and a reload resumes it
+ * from what the tab keeps in sessionStorage.
  *
  * Styles live in a constructed stylesheet adopted by the shadow root (no <style>, no style
  * attribute), so a Content-Security-Policy without 'unsafe-inline' serves it as is.
@@ -19,41 +23,88 @@
   if (typeof window === "undefined" || !window.customElements) return;
   if (window.customElements.get("rapport-chat")) return;
 
-  // Closes after which nothing reconnects: what the person reading the chat is told.
-  const FINAL_CLOSES = {
-    1000: "The conversation has ended.",
-    1008: "The connection was closed because of too many or invalid messages.",
-    1013: "The service is busy; please try again shortly.",
-    4001: "This chat link has expired. Please reload the page to start again.",
-    4004: "This conversation has ended and is no longer available.",
-    4005: "You've reached the message limit for this conversation. Start a new one to keep talking.",
-    4006: "This conversation has reached its time limit.",
-    4009: "This conversation was opened in another tab or window.",
-  };
-  // After these a fresh conversation makes sense; 4001 says reload, 4009 lives elsewhere.
-  const RESTARTABLE = new Set([1000, 1008, 1013, 4004, 4005, 4006]);
-
-  const MINT_PROBLEMS = {
-    "limits.waiting_room_full":
+  // Every word the widget shows, in one place: a page replaces any of them through the
+  // `strings` property. {name} is filled in.
+  const STRINGS = {
+    launcherOpen: "Chat with us",
+    launcherClose: "Close the chat",
+    unread: "New reply",
+    logLabel: "Conversation",
+    inputLabel: "Message",
+    placeholder: "Type a message…",
+    send: "Send",
+    stop: "Stop the reply",
+    mic: "Record a voice note",
+    starters: "Suggested questions",
+    sources: "Sources",
+    tryAgain: "Try again",
+    startNew: "Start a new conversation",
+    newConversation: "New conversation",
+    connecting: "Connecting…",
+    reconnecting: "Reconnecting…",
+    inLine: "You're number {position} in line",
+    inLineWait: "You're number {position} in line — about {wait}",
+    seconds: "{n} s",
+    minutes: "{n} min",
+    messagesLeft: "{n} messages left",
+    messageLeft: "{n} message left",
+    timeLeft: "{time} left",
+    stopped: "Stopped",
+    replyFailed: "This reply couldn't be finished.",
+    voiceNote: "Voice note",
+    voiceNoteSending: "Voice note…",
+    voiceUnheard: "We couldn't hear anything in that voice note.",
+    voiceUnusable: "We couldn't use that voice note.",
+    voiceNeedsHttps: "Voice notes need a browser with microphone access on a secure (https) page.",
+    micUnavailable: "The microphone isn't available. Please allow access and try again.",
+    recordingUnsupported: "Recording isn't supported in this browser.",
+    voiceUnreadable: "The voice note couldn't be read.",
+    voiceNotSent: "The voice note couldn't be sent: the connection dropped.",
+    somethingWrong: "Something went wrong.",
+    missing: "Some messages may be missing.",
+    tooBig: "That message was too large to send.",
+    unreachable: "We couldn't reach the chat service. Please check your connection and try again.",
+    trouble: "The chat service is having trouble. Please try again shortly.",
+    notSetUp: "This chat isn't set up yet (no session endpoint).",
+    placeLost: "Your place in line was lost. Please try again.",
+    lineClosed: "The waiting line closed unexpectedly. Please try again.",
+    mintFailed: "This chat couldn't be started. Please try again later.",
+    waitingRoomFullFor: "The service is busy and the waiting line is full. Please try again in about {wait}.",
+    // Closes after which this session never reconnects: what the person reading is told.
+    "close.1000": "The conversation has ended.",
+    "close.1008": "The connection was closed because of too many or invalid messages.",
+    "close.1013": "The service is busy; please try again shortly.",
+    "close.4001": "This chat link has expired. Please reload the page to start again.",
+    "close.4004": "This conversation has ended and is no longer available.",
+    "close.4005": "You've reached the message limit for this conversation. Start a new one to keep talking.",
+    "close.4006": "This conversation has reached its time limit.",
+    "close.4007": "This chat was closed after a quiet while. Send a message to start again.",
+    "close.4009": "This conversation was opened in another tab or window.",
+    // Minting problems, by the problem's code.
+    "mint.limits.waiting_room_full":
       "The service is busy and the waiting line is full. Please try again in a few minutes.",
-    "limits.concurrent_session":
+    "mint.limits.concurrent_session":
       "Too many conversations are open at the moment. Please close one or try again shortly.",
-    "limits.rate_exceeded": "Too many attempts in a short time. Please wait a moment and try again.",
-    "limits.session_time_limit": "We're not available right now. Please come back during opening hours.",
-    "resource.not_found": "This chat isn't available right now.",
-    "validation.failed": "This chat can't be started with these settings.",
+    "mint.limits.rate_exceeded": "Too many attempts in a short time. Please wait a moment and try again.",
+    "mint.limits.session_time_limit": "We're not available right now. Please come back during opening hours.",
+    "mint.resource.not_found": "This chat isn't available right now.",
+    "mint.validation.failed": "This chat can't be started with these settings.",
   };
-  const UNREACHABLE = "We couldn't reach the chat service. Please check your connection and try again.";
-  const TROUBLE = "The chat service is having trouble. Please try again shortly.";
-  const NOT_SET_UP = "This chat isn't set up yet (no session endpoint).";
-  const PLACE_LOST = "Your place in line was lost. Please try again.";
-  const LINE_CLOSED = "The waiting line closed unexpectedly. Please try again.";
-  const MISSING = "Some messages may be missing.";
-  const TOO_BIG = "That message was too large to send.";
+  const FINAL_CLOSES = new Set([1000, 1008, 1013, 4001, 4004, 4005, 4006, 4007, 4009]);
+  // After these a fresh conversation makes sense (the next message starts one); 4001 says
+  // reload, 4009 lives elsewhere.
+  const RESTARTABLE = new Set([1000, 1008, 1013, 4004, 4005, 4006, 4007]);
+  // What a kept session's socket answers once it is gone for good (past the resume window).
+  const GONE = new Set([4001, 4004]);
+  // Scripts written right to left: the widget lays out mirrored for these languages.
+  const RTL = new Set(["ar", "arc", "ckb", "dv", "fa", "he", "iw", "ks", "ps", "sd", "ug", "ur", "yi"]);
 
   const MAX_BACKOFF_MS = 10000;
   const BASE_BACKOFF_MS = 500;
   const PING_EVERY_MS = 25000;
+  const HIDDEN_CLOSE_SECONDS = 60; // a hidden tab lets go of its socket after this long
+  const KEPT_ENTRIES = 200; // the transcript a tab keeps across page loads, newest last
+  const MAX_STARTERS = 3;
   const FULL_MODE_COST = 2; // billing units a full-mode turn costs (chat: 1)
   const VOICE_MIMES = new Set([
     "audio/aac", "audio/m4a", "audio/mp3", "audio/mp4", "audio/mpeg",
@@ -67,6 +118,7 @@
   --_fg: var(--rapport-fg, #1f2937);
   --_font: var(--rapport-font, system-ui, -apple-system, "Segoe UI", Roboto, sans-serif);
   --_radius: var(--rapport-radius, 14px);
+  --_offset: var(--rapport-launcher-offset, 20px);
   display: block;
   box-sizing: border-box;
   max-width: 100%;
@@ -77,8 +129,18 @@
   font-size: 15px;
   line-height: 1.45;
 }
+:host([launcher]) {
+  position: fixed;
+  z-index: var(--rapport-z-index, 2147483000);
+  bottom: var(--_offset);
+  right: var(--_offset);
+  height: auto;
+  max-width: calc(100vw - 2 * var(--_offset));
+}
+:host([launcher][launcher-position="bottom-left"]) { right: auto; left: var(--_offset); }
 *, *::before, *::after { box-sizing: border-box; }
 [hidden] { display: none !important; }
+.root { height: 100%; display: flex; flex-direction: column; gap: 12px; min-width: 0; }
 .frame {
   display: flex;
   flex-direction: column;
@@ -90,6 +152,28 @@
   border: 1px solid color-mix(in srgb, var(--_fg) 14%, transparent);
   border-radius: var(--_radius);
 }
+/* The corner is a place on the screen, whichever way the text runs: physical margins. */
+:host([launcher]) .frame {
+  width: var(--rapport-panel-width, 24rem);
+  max-width: 100%;
+  height: var(--rapport-height, 32rem);
+  max-height: calc(100vh - 6rem - 2 * var(--_offset));
+  margin-left: auto;
+  box-shadow: 0 10px 30px color-mix(in srgb, var(--_fg) 20%, transparent);
+}
+.launcher { margin-left: auto; position: relative; height: 48px; padding: 0 18px; border-radius: 999px; box-shadow: 0 4px 14px color-mix(in srgb, var(--_fg) 25%, transparent); }
+:host([launcher-position="bottom-left"]) .frame, :host([launcher-position="bottom-left"]) .launcher { margin-left: 0; margin-right: auto; }
+.dot {
+  position: absolute;
+  top: -2px;
+  inset-inline-end: -2px;
+  width: 14px;
+  height: 14px;
+  border-radius: 50%;
+  background: var(--rapport-unread, #d92d20);
+  border: 2px solid var(--_bg);
+}
+.visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); white-space: nowrap; }
 .head {
   display: flex;
   align-items: baseline;
@@ -119,23 +203,24 @@
   overflow-wrap: anywhere;
   white-space: pre-wrap;
 }
+/* flex-end and the logical corners follow dir: a right-to-left chat mirrors itself. */
 .message.user {
   align-self: flex-end;
   background: var(--_accent);
   color: #fff;
-  border-bottom-right-radius: 4px;
+  border-end-end-radius: 4px;
 }
 .message.assistant {
   align-self: flex-start;
   background: color-mix(in srgb, var(--_fg) 7%, var(--_bg));
-  border-bottom-left-radius: 4px;
+  border-end-start-radius: 4px;
 }
 .message.assistant[data-status="streaming"] .text:empty::before { content: "…"; opacity: 0.6; }
 .message.pending { opacity: 0.85; }
 .message .aside { display: block; margin-top: 4px; font-size: 12px; opacity: 0.7; white-space: normal; }
 .sources { margin: 6px 0 0; padding: 0; list-style: none; display: flex; flex-wrap: wrap; gap: 4px; font-size: 12px; white-space: normal; }
 .sources:empty { display: none; }
-.sources::before { content: "Sources:"; opacity: 0.7; margin-right: 2px; }
+.sources::before { content: attr(data-label) ":"; opacity: 0.7; margin-inline-end: 2px; }
 .sources li {
   padding: 1px 6px;
   border-radius: 999px;
@@ -144,6 +229,8 @@
 }
 .note { align-self: center; max-width: 100%; font-size: 12px; opacity: 0.75; text-align: center; overflow-wrap: anywhere; }
 .note.error { color: #b42318; opacity: 1; }
+.starters { display: flex; flex-wrap: wrap; gap: 6px; padding: 0 12px 8px; }
+.starters button { height: auto; min-height: 32px; padding: 4px 12px; border-radius: 999px; text-align: start; border-color: color-mix(in srgb, var(--_accent) 45%, transparent); background: var(--_bg); color: var(--_accent); }
 .status {
   padding: 0 14px;
   font-size: 13px;
@@ -194,6 +281,7 @@ button:disabled { opacity: 0.45; cursor: default; }
 button.primary { background: var(--_accent); color: #fff; }
 button[aria-pressed="true"] { background: #d92d20; color: #fff; }
 button svg { width: 18px; height: 18px; fill: currentColor; }
+[dir="rtl"] [part="send"] svg { transform: scaleX(-1); }
 button:focus-visible, textarea:focus-visible {
   outline: 2px solid var(--_accent);
   outline-offset: 2px;
@@ -214,22 +302,31 @@ button:focus-visible, textarea:focus-visible {
     mic: '<svg viewBox="0 0 24 24" aria-hidden="true" focusable="false"><path d="M12 14a3 3 0 0 0 3-3V5a3 3 0 0 0-6 0v6a3 3 0 0 0 3 3zm5-3a5 5 0 0 1-10 0H5a7 7 0 0 0 6 6.9V21h2v-3.1a7 7 0 0 0 6-6.9z"/></svg>',
   };
 
+  // Words are filled in from the strings (#applyStrings), never written here.
   const TEMPLATE = `
-<div class="frame" part="frame">
+<div class="root" part="root">
+<div class="frame" part="frame" id="panel">
   <div class="head" part="header">
     <span class="persona" part="persona"></span>
     <span class="budget" part="budget"></span>
   </div>
-  <div class="log" part="log" role="log" aria-live="polite" aria-label="Conversation" tabindex="0"></div>
+  <div class="log" part="log" role="log" aria-live="polite" tabindex="0"></div>
+  <div class="starters" part="starters" role="group" hidden></div>
   <div class="status" part="status" role="status" aria-live="polite"></div>
-  <div class="retry-row" hidden><button type="button" part="retry" class="primary">Try again</button></div>
+  <div class="retry-row" hidden><button type="button" part="retry" class="primary"></button></div>
   <div class="composer" part="composer">
-    <button type="button" part="mic" aria-label="Record a voice note" aria-pressed="false" hidden>${ICONS.mic}</button>
-    <textarea part="input" aria-label="Message" rows="1" maxlength="4000" placeholder="Type a message…" disabled></textarea>
-    <button type="button" part="stop" aria-label="Stop the reply" disabled>${ICONS.stop}</button>
-    <button type="button" part="send" class="primary" aria-label="Send" disabled>${ICONS.send}</button>
+    <button type="button" part="mic" aria-pressed="false" hidden>${ICONS.mic}</button>
+    <textarea part="input" rows="1" maxlength="4000"></textarea>
+    <button type="button" part="stop" disabled>${ICONS.stop}</button>
+    <button type="button" part="send" class="primary" disabled>${ICONS.send}</button>
   </div>
+</div>
+<button type="button" part="launcher" class="launcher primary" aria-controls="panel" aria-expanded="false" hidden><span class="label"></span><span class="dot" part="unread" hidden><span class="visually-hidden"></span></span></button>
 </div>`;
+
+  function fill(template, values) {
+    return String(template).replace(/\{(\w+)\}/g, (whole, name) => (name in values ? String(values[name]) : whole));
+  }
 
   function newId() {
     if (crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
@@ -253,6 +350,20 @@ button:focus-visible, textarea:focus-visible {
     return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
   }
 
+  /** Up to three non-empty strings from ``value`` (an array, or JSON of one), else []. */
+  function starterList(value) {
+    let list = value;
+    if (typeof list === "string") {
+      try {
+        list = JSON.parse(list);
+      } catch {
+        return [];
+      }
+    }
+    if (!Array.isArray(list)) return [];
+    return list.filter((s) => typeof s === "string" && s.trim() !== "").slice(0, MAX_STARTERS);
+  }
+
   async function toBase64(blob) {
     const bytes = new Uint8Array(await blob.arrayBuffer());
     let binary = "";
@@ -264,13 +375,17 @@ button:focus-visible, textarea:focus-visible {
 
   class RapportChat extends HTMLElement {
     static get observedAttributes() {
-      return ["autostart"];
+      return ["autostart", "launcher", "lang", "dir", "starter-prompts"];
     }
 
     #source = null;
+    #strings = STRINGS;
+    #starters = null; // the page's own (property); null: the attribute, else the last mint's
+    #mintStarters = []; // starter_prompts of this tab's last mint
     #root;
     #els;
     #started = false;
+    #restored = false; // what the tab kept has been put back (once per time on a page)
     #generation = 0; // bumped by each start()/end(): late callbacks of an older run do nothing
     // session
     #wsUrl = null;
@@ -279,22 +394,29 @@ button:focus-visible, textarea:focus-visible {
     #lastSeq = 0;
     #hadReady = false;
     #live = false; // the socket is open and its session.ready came
+    #kept = false; // this socket resumes a session left earlier (a page load, a hidden tab)
+    #restartable = false; // closed, and the next message starts a new session
     #closingCode = null;
     #attempt = 0;
     #retryTimer = null;
     #retryNow = null;
     #pingTimer = null;
+    #hiddenTimer = null;
     // waiting room
     #queueWs = null;
     #pollUrl = null;
     #admitted = false;
     // conversation
+    #outbox = []; // user bubbles written before their session was ready, oldest first
     #pending = []; // user bubbles waiting for their turn number, oldest first
     #userByTurn = new Map();
     #assistantByTurn = new Map();
     #open = new Set(); // turns known to have started and not yet done
     #streaming = new Set(); // turns whose reply is streaming
     #lastRefError = null; // {bubble, seq}: an error about a message, maybe before its failed reply
+    // launcher
+    #panelOpen = false;
+    #unread = false;
     // budget
     #interactions = null;
     #deadline = null;
@@ -305,6 +427,8 @@ button:focus-visible, textarea:focus-visible {
       // Back online: the next try need not wait out its backoff.
       if (this.#retryNow) this.#retryNow();
     };
+    #onVisibility = () => this.#visibilityChanged();
+    #onPageHide = () => this.#save();
 
     constructor() {
       super();
@@ -321,9 +445,12 @@ button:focus-visible, textarea:focus-visible {
       this.#root.append(holder.content.cloneNode(true));
       const $ = (sel) => this.#root.querySelector(sel);
       this.#els = {
+        root: $(".root"),
+        frame: $(".frame"),
         persona: $('[part="persona"]'),
         budget: $('[part="budget"]'),
         log: $('[part="log"]'),
+        starters: $('[part="starters"]'),
         status: $('[part="status"]'),
         retryRow: $(".retry-row"),
         retry: $('[part="retry"]'),
@@ -331,8 +458,11 @@ button:focus-visible, textarea:focus-visible {
         send: $('[part="send"]'),
         stop: $('[part="stop"]'),
         mic: $('[part="mic"]'),
+        launcher: $('[part="launcher"]'),
+        launcherLabel: $('[part="launcher"] .label'),
+        dot: $('[part="unread"]'),
       };
-      const { input, send, stop, mic, retry } = this.#els;
+      const { input, send, stop, mic, retry, launcher, root } = this.#els;
       input.addEventListener("keydown", (event) => {
         if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
           event.preventDefault();
@@ -343,16 +473,27 @@ button:focus-visible, textarea:focus-visible {
         this.#fitInput();
         this.#refreshControls();
       });
+      input.addEventListener("focus", () => this.#startOnOpen());
       send.addEventListener("click", () => this.#sendText());
       stop.addEventListener("click", () => this.#cancelReply());
       mic.addEventListener("click", () => this.#toggleMic());
       retry.addEventListener("click", () => this.start());
-      // Set on the element before this script defined it: keep it.
-      if (Object.hasOwn(this, "sessionSource")) {
-        const source = this.sessionSource;
-        delete this.sessionSource;
-        this.#source = source;
+      launcher.addEventListener("click", () => this.#setPanel(!this.#panelOpen, true));
+      root.addEventListener("keydown", (event) => {
+        if (event.key === "Escape" && this.hasAttribute("launcher") && this.#panelOpen) {
+          event.preventDefault();
+          this.#setPanel(false, true);
+        }
+      });
+      // Set on the element before this script defined it: keep them.
+      for (const name of ["sessionSource", "strings", "starters"]) {
+        if (Object.hasOwn(this, name)) {
+          const value = this[name];
+          delete this[name];
+          this[name] = value;
+        }
       }
+      this.#applyStrings();
     }
 
     /** A page may set this: `async () => Response` shaped like Rapport's mint answer. */
@@ -364,20 +505,52 @@ button:focus-visible, textarea:focus-visible {
       this.#source = typeof source === "function" ? source : null;
     }
 
+    /** The words the widget shows: an object merged over the English defaults. */
+    get strings() {
+      return { ...this.#strings };
+    }
+
+    set strings(value) {
+      this.#strings = { ...STRINGS, ...(value && typeof value === "object" ? value : {}) };
+      this.#applyStrings();
+    }
+
+    /** Suggested first messages (up to three) the page offers; null gives the mint's. */
+    get starters() {
+      return this.#starters ? [...this.#starters] : null;
+    }
+
+    set starters(value) {
+      this.#starters = value == null ? null : starterList(value);
+      this.#renderStarters();
+    }
+
     connectedCallback() {
       if (!this.hasAttribute("state")) this.#setState("idle");
       window.addEventListener("online", this.#onOnline);
+      window.addEventListener("pagehide", this.#onPageHide);
+      document.addEventListener("visibilitychange", this.#onVisibility);
+      this.#applyLanguage();
+      if (!this.#restored) {
+        this.#restored = true;
+        this.#restore();
+      }
+      this.#showPanel();
       if (this.hasAttribute("autostart") && !this.#started) this.start();
     }
 
     disconnectedCallback() {
       window.removeEventListener("online", this.#onOnline);
+      window.removeEventListener("pagehide", this.#onPageHide);
+      document.removeEventListener("visibilitychange", this.#onVisibility);
       // Moved within the page: carry on. Removed: let go of the sockets (the session stays
       // resumable on the server until its resume window passes; end() ends it at once).
       queueMicrotask(() => {
         if (this.isConnected) return;
+        this.#save();
         this.#teardown();
         this.#started = false; // put back on a page, it starts afresh (autostart or start())
+        this.#restored = false;
         this.#setState("idle");
       });
     }
@@ -385,6 +558,12 @@ button:focus-visible, textarea:focus-visible {
     attributeChangedCallback(name) {
       if (name === "autostart" && this.isConnected && this.hasAttribute("autostart") && !this.#started) {
         this.start();
+      } else if (name === "lang" || name === "dir") {
+        this.#applyLanguage();
+      } else if (name === "launcher") {
+        this.#showPanel();
+      } else if (name === "starter-prompts") {
+        this.#renderStarters();
       }
     }
 
@@ -396,18 +575,24 @@ button:focus-visible, textarea:focus-visible {
     async start() {
       this.#teardown();
       this.#started = true;
+      this.#restartable = false;
       const generation = ++this.#generation;
-      if (this.#els.log.childElementCount > 0) this.#note("New conversation");
+      // A line between conversations, once, before what the visitor wrote for this one.
+      const first = this.#outbox[0] || null;
+      const before = first ? first.previousElementSibling : this.#els.log.lastElementChild;
+      if (before && !before.classList.contains("fresh")) {
+        this.#note(this.#t("newConversation"), false, first).classList.add("fresh");
+      }
       this.#resetSession();
       this.#setState("connecting");
-      this.#setStatus("Connecting…");
+      this.#setStatus(this.#t("connecting"));
       this.#showRetry(null);
       let response;
       try {
         response = await this.#mint();
       } catch (error) {
         if (generation !== this.#generation) return;
-        this.#mintFailed(error && error.notSetUp ? NOT_SET_UP : UNREACHABLE, 0, null);
+        this.#mintFailed(this.#t(error && error.notSetUp ? "notSetUp" : "unreachable"), 0, null);
         return;
       }
       if (generation !== this.#generation) return;
@@ -418,10 +603,15 @@ button:focus-visible, textarea:focus-visible {
         body = null;
       }
       if (generation !== this.#generation) return;
+      if (response.ok && body && (body.status === "ready" || body.status === "queued")) {
+        this.#mintStarters = starterList(body.starter_prompts);
+        this.#renderStarters();
+      }
       if (response.ok && body && body.status === "ready" && body.ws_url) {
         this.#mode = body.mode || this.#mode;
         if (body.budget) this.#setBudget(body.budget);
         this.#wsUrl = body.ws_url;
+        this.#save();
         this.#openSession(false);
       } else if (response.ok && body && body.status === "queued" && body.queue_ws_url) {
         this.#pollUrl = body.poll_url || null;
@@ -430,12 +620,11 @@ button:focus-visible, textarea:focus-visible {
         this.#openQueue(body.queue_ws_url);
       } else {
         const code = body && typeof body.code === "string" ? body.code : null;
-        let message = (code && MINT_PROBLEMS[code]) || (response.status >= 500 ? TROUBLE : null);
-        if (!message) message = "This chat couldn't be started. Please try again later.";
+        let message = (code && this.#strings[`mint.${code}`]) || (response.status >= 500 ? this.#t("trouble") : null);
+        if (!message) message = this.#t("mintFailed");
         const after = Number(response.headers.get("Retry-After"));
         if (code === "limits.waiting_room_full" && after > 0 && after < 3600) {
-          const wait = after < 90 ? `${Math.ceil(after)} s` : `${Math.round(after / 60)} min`;
-          message = `The service is busy and the waiting line is full. Please try again in about ${wait}.`;
+          message = this.#t("waitingRoomFullFor", { wait: this.#duration(after) });
         }
         this.#mintFailed(message, response.status, body);
       }
@@ -451,8 +640,11 @@ button:focus-visible, textarea:focus-visible {
         fetch(this.#pollUrl, { method: "DELETE", keepalive: true }).catch(() => {});
       }
       this.#teardown();
+      this.#wsUrl = null;
       this.#setState("closed");
+      this.#save();
     }
+
 
     // --- minting ---------------------------------------------------------------------------
 
@@ -471,9 +663,10 @@ button:focus-visible, textarea:focus-visible {
     }
 
     #mintFailed(message, status, problem) {
+      this.#restartable = true; // the next message tries again, with what is waiting to go
       this.#setState("closed");
       this.#setStatus(message);
-      this.#showRetry("Try again");
+      this.#showRetry(this.#t("tryAgain"));
       this.dispatchEvent(
         new CustomEvent("rapport-error", { detail: { status, problem, message }, bubbles: true, composed: true }),
       );
@@ -484,9 +677,23 @@ button:focus-visible, textarea:focus-visible {
       try {
         return new WebSocket(url);
       } catch {
-        this.#finish(TROUBLE, "Try again");
+        this.#finish(this.#t("trouble"), "tryAgain", true);
         return null;
       }
+    }
+
+    /** The first message, or the chat opened with start="open": mint now unless under way. */
+    #startOnDemand() {
+      const state = this.state;
+      if (state === "idle" || (state === "closed" && this.#restartable)) {
+        this.start();
+      } else if (state === "paused") {
+        this.#wake();
+      }
+    }
+
+    #startOnOpen() {
+      if (this.getAttribute("start") === "open" && this.state === "idle") this.start();
     }
 
     // --- the waiting room ------------------------------------------------------------------
@@ -519,7 +726,8 @@ button:focus-visible, textarea:focus-visible {
           this.#wsUrl = frame.ws_url;
           this.#attempt = 0;
           this.#setState("connecting");
-          this.#setStatus("Connecting…");
+          this.#setStatus(this.#t("connecting"));
+          this.#save();
           this.#openSession(false);
         }
       });
@@ -528,11 +736,11 @@ button:focus-visible, textarea:focus-visible {
         this.#queueWs = null;
         if (this.#admitted) return;
         if (event.code === 4004) {
-          this.#finish(PLACE_LOST, "Try again");
+          this.#finish(this.#t("placeLost"), "tryAgain", true);
         } else if (event.code === 4001) {
-          this.#finish(FINAL_CLOSES[4001], null);
+          this.#finish(this.#t("close.4001"), null, false);
         } else if (event.code === 1000) {
-          this.#finish(LINE_CLOSED, "Try again");
+          this.#finish(this.#t("lineClosed"), "tryAgain", true);
         } else {
           this.#later(() => this.#openQueue(url));
         }
@@ -541,11 +749,17 @@ button:focus-visible, textarea:focus-visible {
 
     #showPlace(position, estimate) {
       if (typeof position !== "number") return;
-      let text = `You're number ${position} in line`;
-      if (typeof estimate === "number") {
-        text += ` — about ${estimate < 90 ? `${Math.max(1, Math.round(estimate))} s` : `${Math.round(estimate / 60)} min`}`;
-      }
-      this.#setStatus(text);
+      this.#setStatus(
+        typeof estimate === "number"
+          ? this.#t("inLineWait", { position, wait: this.#duration(Math.max(1, estimate)) })
+          : this.#t("inLine", { position }),
+      );
+    }
+
+    #duration(seconds) {
+      return seconds < 90
+        ? this.#t("seconds", { n: Math.ceil(seconds) })
+        : this.#t("minutes", { n: Math.round(seconds / 60) });
     }
 
     // --- the session socket ----------------------------------------------------------------
@@ -576,6 +790,8 @@ button:focus-visible, textarea:focus-visible {
           this.#lastSeq = frame.seq;
         }
         this.#onEvent(frame);
+        // What is kept and the seq kept go together: a delta is kept with what follows it.
+        if (frame.type !== "reply.delta") this.#save();
       });
       ws.addEventListener("close", (event) => {
         if (generation !== this.#generation || ws !== this.#ws) return;
@@ -592,13 +808,26 @@ button:focus-visible, textarea:focus-visible {
     }
 
     #onSessionClosed(code) {
-      if (Object.hasOwn(FINAL_CLOSES, code)) {
-        this.#finish(FINAL_CLOSES[code], RESTARTABLE.has(code) ? "Start a new conversation" : null);
+      if (this.#kept && GONE.has(code)) {
+        // The session kept from an earlier page is over (past its resume window): what was
+        // said stays as history, and the next message starts a new session.
+        this.#teardown();
+        this.#resetSession();
+        this.#restartable = false;
+        this.#setState("idle");
+        this.#setStatus("");
+        this.#showRetry(null);
+        this.#save();
+        if (this.#outbox.length > 0 || this.hasAttribute("autostart")) this.start();
         return;
       }
-      if (code === 1009) this.#note(TOO_BIG, true);
+      if (FINAL_CLOSES.has(code)) {
+        this.#finish(this.#t(`close.${code}`), RESTARTABLE.has(code) ? "startNew" : null, RESTARTABLE.has(code));
+        return;
+      }
+      if (code === 1009) this.#note(this.#t("tooBig"), true);
       this.#setState("reconnecting");
-      this.#setStatus("Reconnecting…");
+      this.#setStatus(this.#t("reconnecting"));
       this.#later(() => this.#openSession(true));
     }
 
@@ -616,12 +845,16 @@ button:focus-visible, textarea:focus-visible {
       this.#attempt += 1;
     }
 
-    /** A final close: no reconnect; ``retry`` labels the button that starts afresh. */
-    #finish(message, retry) {
+    /** A final close: no reconnect; ``retry`` names the words of the button that starts
+     * afresh; ``restartable``: the next message starts a new session too. */
+    #finish(message, retry, restartable) {
       this.#teardown();
+      this.#wsUrl = null; // nothing to resume
+      this.#restartable = restartable;
       this.#setState("closed");
       this.#setStatus(message);
-      this.#showRetry(retry);
+      this.#showRetry(retry ? this.#t(retry) : null);
+      this.#save();
     }
 
     #teardown() {
@@ -632,6 +865,8 @@ button:focus-visible, textarea:focus-visible {
       this.#pingTimer = null;
       clearInterval(this.#budgetTimer);
       this.#budgetTimer = null;
+      clearTimeout(this.#hiddenTimer);
+      this.#hiddenTimer = null;
       this.#stopRecording(true);
       for (const ws of [this.#ws, this.#queueWs]) {
         if (ws && ws.readyState <= WebSocket.OPEN) {
@@ -654,6 +889,7 @@ button:focus-visible, textarea:focus-visible {
       this.#wsUrl = null;
       this.#lastSeq = 0;
       this.#hadReady = false;
+      this.#kept = false;
       this.#closingCode = null;
       this.#attempt = 0;
       this.#admitted = false;
@@ -676,6 +912,52 @@ button:focus-visible, textarea:focus-visible {
       return true;
     }
 
+    // --- a hidden tab ----------------------------------------------------------------------
+
+    #visibilityChanged() {
+      clearTimeout(this.#hiddenTimer);
+      this.#hiddenTimer = null;
+      if (document.visibilityState !== "hidden") {
+        if (this.state === "paused") this.#wake();
+        return;
+      }
+      const attribute = this.getAttribute("hidden-close-seconds");
+      const seconds = attribute === null || attribute.trim() === "" ? HIDDEN_CLOSE_SECONDS : Number(attribute);
+      if (!(seconds > 0) || !this.#wsUrl) return; // 0: never let go
+      this.#hiddenTimer = setTimeout(() => this.#sleep(), seconds * 1000);
+    }
+
+    /** Let go of the socket of a tab nobody looks at; the session stays resumable. */
+    #sleep() {
+      this.#hiddenTimer = null;
+      if (document.visibilityState !== "hidden" || !this.#canSend()) return;
+      if (this.#busy()) {
+        // A reply is coming: let it finish, then look again.
+        this.#hiddenTimer = setTimeout(() => this.#sleep(), 1000);
+        return;
+      }
+      const ws = this.#ws;
+      this.#ws = null;
+      this.#live = false;
+      clearInterval(this.#pingTimer);
+      this.#pingTimer = null;
+      try {
+        ws.close(1000); // a plain close: the server keeps the session for a resume
+      } catch {
+        /* gone already */
+      }
+      this.#kept = true; // gone by the time the tab is back: the next message starts afresh
+      this.#setState("paused");
+      this.#save();
+    }
+
+    #wake() {
+      if (!this.#wsUrl || this.#ws) return;
+      this.#attempt = 0;
+      this.#setState("reconnecting");
+      this.#openSession(true);
+    }
+
     // --- events ----------------------------------------------------------------------------
 
     #onEvent(event) {
@@ -683,6 +965,7 @@ button:focus-visible, textarea:focus-visible {
         case "session.ready": {
           const resumedAfterDrop = this.#hadReady;
           this.#hadReady = true;
+          this.#kept = false;
           this.#live = true;
           this.#attempt = 0;
           this.#mode = event.mode || this.#mode;
@@ -690,12 +973,13 @@ button:focus-visible, textarea:focus-visible {
           if (event.budget) this.#setBudget(event.budget);
           if (resumedAfterDrop && event.resumed === false) {
             // What was missed is gone: keep what is shown, say so, and stop waiting on it.
-            this.#note(MISSING);
+            this.#note(this.#t("missing"));
             this.#forgetInFlight();
           }
           this.#els.mic.hidden = this.#mode !== "full";
           this.#setStatus("");
           this.#showRetry(null);
+          this.#flushOutbox();
           this.#settle();
           break;
         }
@@ -718,14 +1002,7 @@ button:focus-visible, textarea:focus-visible {
           const bubble = this.#assistantBubble(event.turn);
           const text = bubble.querySelector(".text");
           if (event.text) text.textContent = event.text;
-          const list = bubble.querySelector(".sources");
-          list.replaceChildren(
-            ...(event.sources || []).map((id) => {
-              const li = document.createElement("li");
-              li.textContent = String(id);
-              return li;
-            }),
-          );
+          this.#setSources(bubble, event.sources || []);
           this.#finalise(event.turn, event.status || "completed");
           this.#scroll();
           this.#settle();
@@ -746,12 +1023,9 @@ button:focus-visible, textarea:focus-visible {
     }
 
     #onError(event) {
-      let text = event.message || "Something went wrong.";
+      let text = (typeof event.code === "string" && this.#strings[`error.${event.code}`]) || event.message || this.#t("somethingWrong");
       if (typeof event.code === "string" && event.code.startsWith("voice.")) {
-        text =
-          event.code === "voice.transcription_failed"
-            ? "We couldn't hear anything in that voice note."
-            : "We couldn't use that voice note.";
+        text = this.#t(event.code === "voice.transcription_failed" ? "voiceUnheard" : "voiceUnusable");
       }
       const index = event.ref ? this.#pending.findIndex((b) => b.dataset.id === event.ref) : -1;
       let bubble = null;
@@ -769,13 +1043,10 @@ button:focus-visible, textarea:focus-visible {
         return;
       }
       if (bubble.classList.contains("pending")) {
-        bubble.querySelector(".text").textContent = "Voice note"; // no transcript will come
+        bubble.querySelector(".text").textContent = this.#t("voiceNote"); // no transcript will come
       }
       bubble.classList.remove("pending");
-      const aside = document.createElement("span");
-      aside.className = "aside error";
-      aside.textContent = text;
-      bubble.append(aside);
+      this.#aside(bubble, text, true);
       this.#settle();
     }
 
@@ -806,14 +1077,30 @@ button:focus-visible, textarea:focus-visible {
         bubble = this.#bubble("assistant", "");
         bubble.dataset.turn = String(turn);
         bubble.dataset.status = "streaming";
-        const list = document.createElement("ul");
-        list.className = "sources";
-        list.setAttribute("aria-label", "Sources");
-        bubble.append(list);
+        this.#setSources(bubble, []);
         this.#assistantByTurn.set(turn, bubble);
         this.#streaming.add(turn);
+        if (this.hasAttribute("launcher") && !this.#panelOpen) this.#setUnread(true);
       }
       return bubble;
+    }
+
+    #setSources(bubble, sources) {
+      let list = bubble.querySelector(".sources");
+      if (!list) {
+        list = document.createElement("ul");
+        list.className = "sources";
+        bubble.append(list);
+      }
+      list.setAttribute("aria-label", this.#t("sources"));
+      list.dataset.label = this.#t("sources");
+      list.replaceChildren(
+        ...sources.map((id) => {
+          const li = document.createElement("li");
+          li.textContent = String(id);
+          return li;
+        }),
+      );
     }
 
     /** Nothing in flight will be heard of again (a new run, or a resume that lost events). */
@@ -833,28 +1120,68 @@ button:focus-visible, textarea:focus-visible {
       bubble.dataset.status = status;
       bubble.querySelector(".aside")?.remove();
       if (status === "cancelled" || status === "failed") {
-        const aside = document.createElement("span");
-        aside.className = "aside";
-        aside.textContent = status === "cancelled" ? "Stopped" : "This reply couldn't be finished.";
-        bubble.querySelector(".sources").before(aside);
+        this.#aside(bubble, this.#t(status === "cancelled" ? "stopped" : "replyFailed"), false);
       }
+    }
+
+    #aside(bubble, text, error) {
+      const aside = document.createElement("span");
+      aside.className = error ? "aside error" : "aside";
+      aside.textContent = text;
+      const sources = bubble.querySelector(".sources");
+      if (sources) sources.before(aside);
+      else bubble.append(aside);
     }
 
     // --- what the user does ----------------------------------------------------------------
 
-    #sendText() {
+    #sendText(given) {
       const { input } = this.#els;
-      const text = input.value.trim();
-      if (!text || !this.#canSend()) return;
-      const id = newId();
-      if (!this.#sendFrame({ type: "user.message", id, text })) return;
-      input.value = "";
-      this.#fitInput();
+      const text = (given ?? input.value).trim();
+      if (!text) return;
+      if (this.#canSend()) {
+        const id = newId();
+        if (!this.#sendFrame({ type: "user.message", id, text })) return;
+        this.#wrote(text, id, false);
+      } else if (this.#acceptsText()) {
+        // No session yet (or it is on its way back): the message waits for it, and goes the
+        // moment session.ready comes, once (its id makes a resend run nothing).
+        this.#startOnDemand();
+        this.#wrote(text, newId(), true);
+      } else {
+        return;
+      }
+      if (given === undefined) {
+        input.value = "";
+        this.#fitInput();
+      }
+    }
+
+    #wrote(text, id, waiting) {
       const bubble = this.#bubble("user", text);
       bubble.dataset.id = id;
-      this.#pending.push(bubble);
+      if (waiting) {
+        bubble.classList.add("pending");
+        this.#outbox.push(bubble);
+      } else {
+        this.#pending.push(bubble);
+      }
+      this.#renderStarters();
       this.#scroll(true);
       this.#settle();
+      this.#save();
+    }
+
+    #flushOutbox() {
+      const waiting = this.#outbox;
+      this.#outbox = [];
+      for (const bubble of waiting) {
+        const text = bubble.querySelector(".text").textContent;
+        if (this.#sendFrame({ type: "user.message", id: bubble.dataset.id, text })) {
+          bubble.classList.remove("pending");
+          this.#pending.push(bubble);
+        }
+      }
     }
 
     #cancelReply() {
@@ -868,14 +1195,14 @@ button:focus-visible, textarea:focus-visible {
       }
       if (!this.#canSend()) return;
       if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia || !window.MediaRecorder) {
-        this.#note("Voice notes need a browser with microphone access on a secure (https) page.", true);
+        this.#note(this.#t("voiceNeedsHttps"), true);
         return;
       }
       let stream;
       try {
         stream = await navigator.mediaDevices.getUserMedia({ audio: true });
       } catch {
-        this.#note("The microphone isn't available. Please allow access and try again.", true);
+        this.#note(this.#t("micUnavailable"), true);
         return;
       }
       const preferred = "audio/webm;codecs=opus";
@@ -885,7 +1212,7 @@ button:focus-visible, textarea:focus-visible {
         recorder = new MediaRecorder(stream, options);
       } catch {
         stream.getTracks().forEach((t) => t.stop());
-        this.#note("Recording isn't supported in this browser.", true);
+        this.#note(this.#t("recordingUnsupported"), true);
         return;
       }
       const chunks = [];
@@ -927,19 +1254,20 @@ button:focus-visible, textarea:focus-visible {
       try {
         data_b64 = await toBase64(blob);
       } catch {
-        this.#note("The voice note couldn't be read.", true);
+        this.#note(this.#t("voiceUnreadable"), true);
         return;
       }
       if (generation !== this.#generation || !this.#canSend()) {
-        this.#note("The voice note couldn't be sent: the connection dropped.", true);
+        this.#note(this.#t("voiceNotSent"), true);
         return;
       }
       const id = newId();
       if (!this.#sendFrame({ type: "user.message", id, audio: { data_b64, mime } })) return;
-      const bubble = this.#bubble("user", "Voice note…");
+      const bubble = this.#bubble("user", this.#t("voiceNoteSending"));
       bubble.classList.add("pending");
       bubble.dataset.id = id;
       this.#pending.push(bubble);
+      this.#renderStarters();
       this.#scroll(true);
       this.#settle();
     }
@@ -948,6 +1276,13 @@ button:focus-visible, textarea:focus-visible {
 
     #canSend() {
       return this.#live && this.#ws !== null && this.#ws.readyState === WebSocket.OPEN;
+    }
+
+    /** A message written now goes, at once or as soon as its session is ready. */
+    #acceptsText() {
+      const state = this.state;
+      if (["idle", "connecting", "queued", "reconnecting", "paused"].includes(state)) return true;
+      return state === "closed" && this.#restartable;
     }
 
     /** A message sent and its reply not done yet. */
@@ -964,10 +1299,12 @@ button:focus-visible, textarea:focus-visible {
     #refreshControls() {
       const { input, send, stop, mic } = this.#els;
       const live = this.#canSend();
-      input.disabled = !live && this.state !== "reconnecting";
-      send.disabled = !live || input.value.trim() === "";
+      const accepts = live || this.#acceptsText();
+      input.disabled = !accepts;
+      send.disabled = !accepts || input.value.trim() === "";
       stop.disabled = !(live && this.#busy());
       mic.disabled = !live && !this.#recording;
+      for (const chip of this.#els.starters.children) chip.disabled = !accepts;
     }
 
     #setState(state) {
@@ -982,7 +1319,7 @@ button:focus-visible, textarea:focus-visible {
       if (this.#els.status.textContent !== text) this.#els.status.textContent = text;
     }
 
-    /** The one button that starts afresh, labelled ``label``; hidden when null. */
+    /** The one button that starts afresh, with ``label``; hidden when null. */
     #showRetry(label) {
       this.#els.retryRow.hidden = !label;
       if (label) this.#els.retry.textContent = label;
@@ -1001,11 +1338,11 @@ button:focus-visible, textarea:focus-visible {
       const parts = [];
       if (typeof this.#interactions === "number") {
         // Billing units: a full-mode turn costs two.
-        const messages = this.#mode === "full" ? Math.floor(this.#interactions / FULL_MODE_COST) : this.#interactions;
-        parts.push(`${messages} ${messages === 1 ? "message" : "messages"} left`);
+        const n = this.#mode === "full" ? Math.floor(this.#interactions / FULL_MODE_COST) : this.#interactions;
+        parts.push(this.#t(n === 1 ? "messageLeft" : "messagesLeft", { n }));
       }
       if (this.#deadline !== null) {
-        parts.push(`${clock((this.#deadline - performance.now()) / 1000)} left`);
+        parts.push(this.#t("timeLeft", { time: clock((this.#deadline - performance.now()) / 1000) }));
       }
       const text = parts.join(" · ");
       if (this.#els.budget.textContent !== text) this.#els.budget.textContent = text;
@@ -1023,12 +1360,14 @@ button:focus-visible, textarea:focus-visible {
       return bubble;
     }
 
-    #note(text, error = false) {
+    #note(text, error = false, before = null) {
       const note = document.createElement("div");
       note.className = error ? "note error" : "note";
       note.textContent = text;
-      this.#els.log.append(note);
+      if (before) before.before(note);
+      else this.#els.log.append(note);
       this.#scroll();
+      return note;
     }
 
     #scroll(force = false) {
@@ -1041,6 +1380,223 @@ button:focus-visible, textarea:focus-visible {
       const input = this.#els.input;
       input.style.height = "auto";
       input.style.height = `${Math.min(input.scrollHeight + 2, 128)}px`;
+    }
+
+    // --- words and languages ---------------------------------------------------------------
+
+    #t(key, values = {}) {
+      return fill(this.#strings[key] ?? STRINGS[key] ?? key, values);
+    }
+
+    /** The words of the controls (what the conversation already said stays as said). */
+    #applyStrings() {
+      const { log, input, send, stop, mic, starters } = this.#els;
+      log.setAttribute("aria-label", this.#t("logLabel"));
+      input.setAttribute("aria-label", this.#t("inputLabel"));
+      input.placeholder = this.#t("placeholder");
+      send.setAttribute("aria-label", this.#t("send"));
+      stop.setAttribute("aria-label", this.#t("stop"));
+      mic.setAttribute("aria-label", this.#t("mic"));
+      starters.setAttribute("aria-label", this.#t("starters"));
+      this.#els.dot.firstElementChild.textContent = this.#t("unread");
+      for (const list of log.querySelectorAll(".sources")) {
+        list.setAttribute("aria-label", this.#t("sources"));
+        list.dataset.label = this.#t("sources");
+      }
+      this.#showPanel();
+    }
+
+    #applyLanguage() {
+      const lang = (this.getAttribute("lang") || "").trim();
+      const root = this.#els.root;
+      if (lang) root.setAttribute("lang", lang);
+      else root.removeAttribute("lang");
+      const dir = (this.getAttribute("dir") || "").trim().toLowerCase();
+      if (dir === "rtl" || dir === "ltr" || dir === "auto") {
+        root.setAttribute("dir", dir);
+      } else if (lang) {
+        root.setAttribute("dir", RTL.has(lang.toLowerCase().split(/[-_]/)[0]) ? "rtl" : "ltr");
+      } else {
+        root.removeAttribute("dir"); // the page's own direction
+      }
+    }
+
+    // --- the launcher ----------------------------------------------------------------------
+
+    /** Open or close the panel; ``moveFocus``: the box when opened, the button when closed. */
+    #setPanel(open, moveFocus) {
+      this.#panelOpen = open;
+      if (open) this.#setUnread(false);
+      this.#showPanel();
+      this.#save();
+      if (!this.hasAttribute("launcher")) return;
+      if (open) {
+        this.#startOnOpen();
+        if (moveFocus) this.#els.input.focus();
+      } else if (moveFocus) {
+        this.#els.launcher.focus();
+      }
+    }
+
+    #showPanel() {
+      const { launcher, launcherLabel, frame, dot } = this.#els;
+      const has = this.hasAttribute("launcher");
+      launcher.hidden = !has;
+      frame.hidden = has && !this.#panelOpen;
+      launcher.setAttribute("aria-expanded", String(has && this.#panelOpen));
+      launcherLabel.textContent = this.#t(this.#panelOpen ? "launcherClose" : "launcherOpen");
+      dot.hidden = !(has && this.#unread && !this.#panelOpen);
+    }
+
+    #setUnread(unread) {
+      this.#unread = unread;
+      this.#showPanel();
+    }
+
+    // --- starter prompts -------------------------------------------------------------------
+
+    /** Chips before the first message: the page's (property, then attribute), else the
+     * last mint's starter_prompts. */
+    #renderStarters() {
+      const box = this.#els.starters;
+      let list = this.#starters;
+      if (list === null && this.hasAttribute("starter-prompts")) list = starterList(this.getAttribute("starter-prompts"));
+      if (!list || list.length === 0) list = this.#mintStarters;
+      const show = list.length > 0 && !this.#els.log.querySelector(".message.user");
+      box.hidden = !show;
+      if (!show) {
+        box.replaceChildren();
+        return;
+      }
+      box.replaceChildren(
+        ...list.map((text) => {
+          const chip = document.createElement("button");
+          chip.type = "button";
+          chip.setAttribute("part", "starter");
+          chip.textContent = text;
+          chip.addEventListener("click", () => this.#sendText(text));
+          return chip;
+        }),
+      );
+      this.#refreshControls();
+    }
+
+    // --- what the tab keeps across page loads ----------------------------------------------
+
+    /** Where this widget's record lives in sessionStorage; null keeps nothing. Only a widget
+     * minting through its page's backend keeps anything: the playground and the dashboard
+     * (sessionSource) start afresh each time. */
+    #storageKey() {
+      const endpoint = this.getAttribute("session-endpoint");
+      if (!endpoint) return null;
+      return `rapport-chat:${endpoint}:${this.getAttribute("mode") || "chat"}:${this.id}`;
+    }
+
+    #save() {
+      const key = this.#storageKey();
+      if (!key) return;
+      const turnOf = (bubble, map) => {
+        const turn = Number(bubble.dataset.turn);
+        return map.get(turn) === bubble ? turn : undefined;
+      };
+      const log = [];
+      for (const node of this.#els.log.children) {
+        if (this.#outbox.includes(node)) continue; // not sent: nothing to resume for it
+        const aside = node.querySelector(".aside");
+        if (node.classList.contains("note")) {
+          log.push({ kind: "note", text: node.textContent, error: node.classList.contains("error") });
+        } else if (node.classList.contains("user")) {
+          log.push({
+            kind: "user",
+            text: node.querySelector(".text").textContent,
+            id: node.dataset.id,
+            turn: turnOf(node, this.#userByTurn),
+            waiting: this.#pending.includes(node),
+            aside: aside?.textContent,
+          });
+        } else {
+          log.push({
+            kind: "assistant",
+            text: node.querySelector(".text").textContent,
+            turn: turnOf(node, this.#assistantByTurn),
+            status: node.dataset.status,
+            sources: [...node.querySelectorAll(".sources li")].map((li) => li.textContent),
+            aside: aside?.textContent,
+          });
+        }
+      }
+      const record = {
+        session: this.#wsUrl
+          ? { wsUrl: this.#wsUrl, lastSeq: this.#lastSeq, mode: this.#mode, persona: this.#els.persona.textContent }
+          : null,
+        log: log.slice(-KEPT_ENTRIES),
+        open: this.#panelOpen,
+        unread: this.#unread,
+        starters: this.#mintStarters,
+      };
+      try {
+        sessionStorage.setItem(key, JSON.stringify(record));
+      } catch {
+        /* storage off or full: this page still works, a reload starts afresh */
+      }
+    }
+
+    /** Put back what this tab kept, and resume its session with last_seq. */
+    #restore() {
+      const key = this.#storageKey();
+      let record = null;
+      try {
+        record = key && JSON.parse(sessionStorage.getItem(key) || "null");
+      } catch {
+        record = null;
+      }
+      if (!record || typeof record !== "object") return;
+      this.#panelOpen = record.open === true;
+      this.#unread = record.unread === true;
+      this.#mintStarters = starterList(record.starters);
+      const session = record.session && typeof record.session.wsUrl === "string" ? record.session : null;
+      const log = this.#els.log;
+      log.replaceChildren();
+      for (const entry of Array.isArray(record.log) ? record.log : []) {
+        if (entry.kind === "note") {
+          this.#note(String(entry.text), entry.error === true);
+          continue;
+        }
+        const role = entry.kind === "user" ? "user" : "assistant";
+        const bubble = this.#bubble(role, String(entry.text ?? ""));
+        if (entry.id) bubble.dataset.id = String(entry.id);
+        if (role === "assistant") {
+          bubble.dataset.status = String(entry.status || "completed");
+          this.#setSources(bubble, Array.isArray(entry.sources) ? entry.sources : []);
+        }
+        if (entry.aside) this.#aside(bubble, String(entry.aside), role === "user");
+        const turn = session && typeof entry.turn === "number" ? entry.turn : null;
+        if (turn !== null) {
+          bubble.dataset.turn = String(turn);
+          if (role === "user") {
+            this.#userByTurn.set(turn, bubble);
+            this.#open.add(turn); // until its reply is known done
+          } else {
+            this.#assistantByTurn.set(turn, bubble);
+            if (bubble.dataset.status === "streaming") this.#streaming.add(turn);
+            else this.#open.delete(turn);
+          }
+        } else if (session && role === "user" && entry.waiting) {
+          this.#pending.push(bubble);
+        }
+      }
+      this.#scroll(true);
+      this.#renderStarters();
+      if (!session) return;
+      this.#wsUrl = session.wsUrl;
+      this.#lastSeq = Number(session.lastSeq) || 0;
+      this.#mode = session.mode || this.#mode;
+      if (session.persona) this.#els.persona.textContent = String(session.persona);
+      this.#started = true;
+      this.#hadReady = true; // a resume that lost events says so
+      this.#kept = true;
+      this.#setState("reconnecting");
+      this.#openSession(true);
     }
   }
 
