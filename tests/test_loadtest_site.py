@@ -8,17 +8,13 @@ import sys
 from pathlib import Path
 
 from loadtest import load
+from loadtest.fake_llm import FakeOpenAI
 from tests.conftest import Server, llm_env
-
-try:  # the fake LLM moved from tests/ to the package; either way the fixtures start it
-    from loadtest.fake_llm import FakeOpenAI
-except ImportError:  # pragma: no cover
-    from tests.fake_openai import FakeOpenAI  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP = 5
-VIEWS = 40
-CHATTING = 10  # 25 % of VIEWS, spread evenly
+VIEWS = 20
+CHATTING = 5  # 25 % of VIEWS, spread evenly
 
 
 def site_run(server: Server, out: Path, start: str) -> None:
@@ -28,7 +24,7 @@ def site_run(server: Server, out: Path, start: str) -> None:
             "--key", server.demo_key, "--out", str(out), "--quiet", "--page-views", str(VIEWS),
             "--views-per-second", "20", "--chat-share", "0.25", "--start", start,
             "--dwell-seconds", "0.5-1.5", "--think-seconds", "0.2-0.5", "--messages", "1",
-            "--settle", "3", "--drain", "5", "--seed", "7",
+            "--settle", "2", "--drain", "5", "--seed", "7",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -76,7 +72,7 @@ def test_autostart_mints_every_page_view_and_first_message_only_the_chats(
     assert auto.site.mints == VIEWS
     assert auto.site.samples
     assert 0 < auto.site.peak_held <= CAP
-    # Forty pages minting at once against five slots: the line forms.
+    # Twenty pages minting within a second against five slots: the line forms.
     assert auto.site.peak_waiting > 0
     report = (tmp_path / "auto" / "report.html").read_text()
     assert "A site&#x27;s page views" in report and "sessions held" in report
