@@ -298,6 +298,11 @@ async def test_every_string_is_replaceable_and_arabic_lays_out_right_to_left(
             ".getBoundingClientRect(); return r.left + r.width / 2 < log.left + log.width / 2; })"
         )
         assert sides == [True, False]
+        # A `dir` the page gives wins over the language's own.
+        await tab.page.evaluate("document.querySelector('rapport-chat').setAttribute('dir', 'ltr')")
+        assert await tab.shadow("getComputedStyle(root.querySelector('.frame')).direction") == (
+            "ltr"
+        )
         await tab.page.evaluate("document.querySelector('rapport-chat').end()")
         await tab.watched.state("closed")
         assert await tab.watched.status() == "انتهت المحادثة."
