@@ -236,6 +236,13 @@ async def test_a_hidden_tab_lets_go_of_its_socket_and_resumes_when_seen(
         await tab.watched.say("Still there?")
         assert (await tab.watched.reply_done(2))["text"] == DEFAULT_REPLY
         assert tab.mints() == 1 and len(await tab.watched.replies()) == 2
+        # hidden-close-seconds="0": a hidden tab keeps its socket however long it stays hidden.
+        await tab.page.evaluate(
+            "document.querySelector('rapport-chat').setAttribute('hidden-close-seconds', '0')"
+        )
+        await tab.page.evaluate(seen, "hidden")
+        await tab.page.wait_for_timeout(1500)  # past the 1 s it let go after before
+        assert not tab.sockets[1].is_closed() and len(tab.sockets) == 2
 
 
 async def test_starter_chips_from_the_page_and_from_the_mint_are_sent_on_click(
