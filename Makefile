@@ -19,12 +19,15 @@ browser:
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; } \
 		|| echo "could not install chromium: the browser tests will fail"
 
-# The grounding tests ask the Python FAQ of Debian's python3.11-doc (tests/test_grounding_eval.py,
-# bench/grounding.py); installed here when missing, as chromium is.
+# The grounding tests ask every evaluation set of bench/evalsets.py (tests/test_grounding_eval.py):
+# the FAQs and manual of these Debian packages, and the package index through lz4; installed
+# here when missing, as chromium is.
+EVAL_PACKAGES := python3.11-doc sqlite3-doc perl-doc git-doc lz4
 faq:
-	@test -d /usr/share/doc/python3.11/html/faq || DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11-doc \
-		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3.11-doc; } \
-		|| echo "could not install python3.11-doc: the grounding tests will fail"
+	@missing=$$(for p in $(EVAL_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	test -z "$$missing" || DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; } \
+		|| echo "could not install $$missing: the grounding tests will fail"
 
 # tests/test_readme_examples.py runs the README's examples, which are curl commands.
 curl:

@@ -19,9 +19,16 @@ Debian packages' files (installed with apt-get when missing) and built determini
   The questions repeat the description's words, so this set is lexically easy; many short,
   similar documents are its difficulty. Packages without debtags, those named ``-data``,
   ``-dbg``, ``-doc``, ``-common`` and any whose short description
-  another package shares are left out; of the rest, sorted by name, every k-th so that
-  :data:`CATALOGUE_SIZE` remain. Licence: each package's description is part of its
+  another package shares are left out; of the rest (736), sorted by name, every 6th, 120 in
+  all, pinned by name in :data:`CATALOGUE_PACKAGES` (chosen on 2026-12-07) so that an update
+  of the index cannot change the set. Licence: each package's description is part of its
   ``debian/control``, under that package's own licence (all in Debian main: DFSG-free).
+- ``perl_faq``: another project's FAQ, long and code-heavy. Debian ``perl-doc``,
+  ``/usr/share/perl/5.36/pod/perlfaq1.pod`` to ``perlfaq9.pod``: each ``=head2`` heading
+  that asks a question and its text up to the next heading, formatting codes reduced to
+  text; of the 291 with an answer of 20 words or more, every 2nd (120). Licence: the same
+  terms as Perl (GPL-1+ or Artistic), per ``/usr/share/doc/perl-doc/copyright``; the FAQ's
+  code examples are in the public domain, per the FAQ itself.
 
 Every set comes as :class:`bench.faq.Entry` values (one document and one question each; the
 label is the source's title and a running number, nothing of the question) plus off-topic
@@ -34,7 +41,6 @@ import html
 import re
 import shutil
 import subprocess
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -373,8 +379,6 @@ def git_manual() -> EvalSet:
 
 
 CATALOGUE_SECTION = "games"
-CATALOGUE_SIZE = 120
-_SKIP_SUFFIXES = ("-data", "-dbg", "-doc", "-common")
 
 CATALOGUE_OFF_TOPIC = (
     "What time does the pharmacy on the high street close?",
@@ -423,26 +427,41 @@ def _packages() -> list[dict[str, str]]:
     return out
 
 
+CATALOGUE_PACKAGES = tuple(
+    """
+    0ad ace-of-penguins alienblaster angrydd asc atomix bastet billard-gl blobandconquer
+    blockout2 boswars brutalchess bzflag caveexpress chessx circuslinux crack-attack
+    crossfire-client csmash-demosong dangen deutex dopewars drascula-music eboard
+    empire-lafe etw fb-music-high filters flare-game fortunes fortunes-debian-hints
+    fortunes-ga fortunes-ru freeciv-client-gtk freecol freedroid frotz gamescope gbatnav
+    geki3 glaurung gm-assistant gnome-klotski gnome-sudoku gnugo goverlay gravitation
+    gtetrinet hannah hexxagon iagno jag kajongg kblackbox ketm killbots kmines kollision
+    kraptor ksquares late lierolibre liquidwar-server lskat macopix manaplus mednaffe
+    miceamaze minetest-mod-pycraft monopd mousetrap mupen64plus-qt nbsdgames netpanzer
+    nexuiz-music njam ogamesim-www openarena-081-maps openarena-server openpref openyahtzee
+    pacman4console pathogen pegsolitaire performous-tools pianobooster pioneers planetblupi
+    pong2 purity pychess quadrapassel randtype robocode scid sdlfrotz simutrans-makeobj
+    slashem sm spring stockfish supertuxkart tdfsb tennix tintin++ torcs trigger-rally
+    tuxfootball ufoai vonsh wesnoth wing xabacus xblast-tnt-models xchain xfishtank xinv3d
+    xmoto xphoon xscorch
+    """.split()
+)
+"""The catalogue's packages, chosen from bookworm's index by the rule of the module's
+docstring and pinned by name, so that an update of the index cannot change the set."""
+
+
 def package_catalogue() -> EvalSet:
     """One section of Debian's package index as a product catalogue."""
-    packages = [
-        p
-        for p in _packages()
+    by_name = {
+        p["Package"]: p
+        for p in sorted(_packages(), key=lambda p: p["Version"])
         if p.get("Section") == CATALOGUE_SECTION
-        and not p["Package"].endswith(_SKIP_SUFFIXES)
-        and p.get("Tag")
-    ]
-    by_name = {p["Package"]: p for p in sorted(packages, key=lambda p: p["Version"])}
-    shorts = Counter(p["Description"].lower() for p in by_name.values())
-    kept = [
-        by_name[name]
-        for name in sorted(by_name)
-        if shorts[by_name[name]["Description"].lower()] == 1
-    ]
-    step = max(1, len(kept) // CATALOGUE_SIZE)
-    chosen = kept[::step][:CATALOGUE_SIZE]
+    }
+    missing = [name for name in CATALOGUE_PACKAGES if name not in by_name]
+    if missing:
+        raise SystemExit(f"not in this machine's package index (bookworm main): {missing}")
     entries = []
-    for p in chosen:
+    for p in (by_name[name] for name in CATALOGUE_PACKAGES):
         short = p["Description"]
         tags = ", ".join(t.strip().replace("::", ": ") for t in p["Tag"].split(","))
         document = (
@@ -457,21 +476,106 @@ def package_catalogue() -> EvalSet:
         "package_catalogue",
         "a product catalogue",
         f"Debian bookworm main Packages index, Section {CATALOGUE_SECTION}, "
-        f"{len(entries)} of {len(kept)} packages (every {step}th by name)",
+        f"{len(entries)} packages pinned by name",
         "each description under its package's licence (Debian main, DFSG-free)",
         entries,
         CATALOGUE_OFF_TOPIC,
     )
 
 
+PERL_PACKAGE = "perl-doc"
+PERL_POD = Path("/usr/share/perl/5.36/pod")
+PERL_FAQ_SIZE = 120
+_POD_CODE = re.compile(r"[A-Z]<<+\s+(.*?)\s+>>+|[A-Z]<([^<>]*)>", re.S)
+_POD_ESCAPES = {"lt": "<", "gt": ">", "verbar": "|", "sol": "/"}
+
+PERL_OFF_TOPIC = (
+    "How do I plant a hedge along a garden fence?",
+    "What is the best way to learn to swim as an adult?",
+    "How long does it take to get a driving licence?",
+    "Which cheeses go on a traditional fondue?",
+    "How do I get my toddler to sleep through the night?",
+    "What should I wear for a winter hike in the mountains?",
+    "How do I unblock a bathroom sink without chemicals?",
+    "When did the Roman Empire fall?",
+    "How much water should a dog drink each day?",
+    "What is the best way to keep cut flowers fresh?",
+    "How do I prepare for a job interview at a bank?",
+    "Why is the sky blue?",
+    "How do I make pancakes without eggs?",
+    "What documents do I need to open a bank account?",
+    "How often should I replace my running shoes?",
+    "Which planets can be seen without a telescope?",
+    "How do I calm a nervous horse?",
+    "What is the difference between a cold and the flu?",
+    "How do I paint a room without leaving streaks?",
+    "Who composed The Four Seasons?",
+)
+
+
+def _pod_text(paragraph: str) -> str:
+    """A POD paragraph's text: formatting codes (perlpod, "Formatting Codes") reduced to
+    their text, ``L<text|target>`` to its text, ``E<lt>`` and friends to their character."""
+
+    def plain(match: re.Match[str]) -> str:
+        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        code = match.group(0)[0]
+        if code == "E":
+            return _POD_ESCAPES.get(inner, inner)
+        if code == "L":
+            return inner.split("|", 1)[0].replace('"', "")
+        return "" if code in "XZ" else inner
+
+    while _POD_CODE.search(paragraph):
+        paragraph = _POD_CODE.sub(plain, paragraph)
+    return paragraph
+
+
+def perl_faq() -> EvalSet:
+    """The Perl FAQ (``perlfaq1`` to ``perlfaq9``): each ``=head2`` that asks a question and
+    its text up to the next heading, verbatim (code) paragraphs kept as lines."""
+    first = PERL_POD / "perlfaq1.pod"
+    _ensure(PERL_PACKAGE, first)
+    found: list[tuple[str, str, str]] = []
+    for part in range(1, 10):
+        path = PERL_POD / f"perlfaq{part}.pod"
+        title = f"Perl FAQ {part}"
+        question = ""
+        body: list[str] = []
+        for paragraph in [*path.read_text(encoding="utf-8").split("\n\n"), "=head1 end"]:
+            if paragraph.startswith(("=head1", "=head2")):
+                if question and len(" ".join(body).split()) >= faq.MIN_ANSWER_WORDS:
+                    found.append((title, question, "\n".join(body)))
+                heading = _SPACE.sub(" ", _pod_text(paragraph.split(None, 1)[1])).strip()
+                question = heading if paragraph.startswith("=head2") and "?" in heading else ""
+                body = []
+            elif question and paragraph.startswith("=item"):
+                body.append(_SPACE.sub(" ", _pod_text(paragraph[5:])).strip())
+            elif question and not paragraph.startswith("="):
+                verbatim = paragraph[:1].isspace()
+                text = _pod_text(paragraph)
+                body.append(text.strip("\n") if verbatim else _SPACE.sub(" ", text).strip())
+    step = max(1, len(found) // PERL_FAQ_SIZE)
+    entries = [
+        faq.Entry("perlfaq.pod", title, number + 1, question, answer)
+        for number, (title, question, answer) in enumerate(found[::step][:PERL_FAQ_SIZE])
+    ]
+    return EvalSet(
+        "perl_faq",
+        "another project's FAQ (9 parts)",
+        f"Debian {PERL_PACKAGE} {_version(PERL_PACKAGE)}, {PERL_POD}/perlfaq[1-9].pod, "
+        f"{len(entries)} of {len(found)} questions (one in {step})",
+        "same terms as Perl itself (GPL-1+ or Artistic), per /usr/share/doc/perl-doc/copyright",
+        entries,
+        PERL_OFF_TOPIC,
+    )
+
+
 SETS = {
     "python_faq": python_faq,
     "sqlite_faq": sqlite_faq,
+    "perl_faq": perl_faq,
     "git_manual": git_manual,
     "package_catalogue": package_catalogue,
 }
 """Every evaluation set by name, the Python FAQ first."""
-
-TUNED_ON = frozenset({"python_faq"})
-"""The sets Rapport's current defaults (weights, the relevance cut, context rules) were
-chosen on: every figure on another set is out of sample."""

@@ -149,42 +149,18 @@ def retrieval_parts(entries: Sequence[faq.Entry]) -> dict[str, list[list[str]]]:
     """Rapport's own retrieval, in this process, with each of its parts alone: the same
     chunks, contexts, vectors (chunk and document), lexical index and ``fuse`` as
     the server, but every chunk scored exactly instead of Chroma's top candidates."""
-    from kb.chunking import chunk_contexts, chunk_text, passage
+    from bench.tuning import DOCUMENT_VECTORS, Vectors, build
     from kb.documents import chunk_owner
-    from kb.embedder import shared_embedder
-    from kb.index import Hit
-    from kb.lexical import LexicalIndex
     from kb.retrieval import fuse
 
-    embedder = shared_embedder()
-    lexical = LexicalIndex()
-    hits: list[Hit] = []
-    chunk_vectors = []
-    for e in entries:
-        chunks = chunk_text(e.answer)
-        contexts = chunk_contexts(e.answer, chunks, e.label)
-        vectors = embedder.embed(
-            [passage(context, c.text, [])[0] for context, c in zip(contexts, chunks, strict=True)]
-        )
-        mean = vectors.mean(axis=0)
-        document = mean / float((mean @ mean) ** 0.5)
-        for chunk, context, vector in zip(chunks, contexts, vectors, strict=True):
-            chunk_id = f"{e.external_id}@1#{chunk.index}"
-            lexical.add("bench", chunk_id, f"{context}\n{chunk.text}")
-            chunk_vectors.append(vector)
-            hits.append(
-                Hit(
-                    chunk_id=chunk_id,
-                    external_id=e.external_id,
-                    text=chunk.text,
-                    score=0.0,
-                    context=context,
-                    document=document,
-                )
-            )
+    vectors = Vectors()
+    built = build(list(entries), vectors)
+    own = built.documents[DOCUMENT_VECTORS[0]]  # the worker's (kb.retrieval.document_vector)
+    hits = [msgspec.structs.replace(h, document=own[h.external_id]) for h in built.hits]
+    chunk_vectors, lexical = built.chunk_vectors, built.lexical
     ids = [h.chunk_id for h in hits]
     labels = {e.external_id: e.label for e in entries}
-    asked = embedder.embed([e.question for e in entries])
+    asked = vectors.embed([e.question for e in entries])
     out: dict[str, list[list[str]]] = {name: [] for name in PARTS}
     for e, vector in zip(entries, asked, strict=True):
         scored = [

@@ -122,9 +122,10 @@ class OpenAICompatible:
                     if delta:
                         parts.append(delta)
                         emit(ReplyDelta(delta))
-        reply = Reply(
-            text="".join(parts).strip(), sources=[s.external_id for s in context.snippets]
-        )
+        # The documents the model was given, each once, best first (a document comes as up
+        # to three of its chunks).
+        sources = list(dict.fromkeys(s.external_id for s in context.snippets))
+        reply = Reply(text="".join(parts).strip(), sources=sources)
         emit(ReplySources(reply.sources))
         emit(ReplyDone(reply))
         return reply

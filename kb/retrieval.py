@@ -7,11 +7,12 @@ embedding model's. The persona's active set is read by the turn's
 opening script with the rest of its state (:mod:`engine.turn_store`) and handed in.
 
 Documents are ranked, not chunks; each comes back as its best chunks (up to
-``CHUNKS_PER_DOCUMENT``), best first. A document's score fuses three things (BENCHMARKS.md,
-"Grounding", has the measurements on the Python FAQ):
+``CHUNKS_PER_DOCUMENT``), best first. A document's score fuses three things, weighed on five
+evaluation sets of different shapes and reported on each set out of sample (BENCHMARKS.md,
+"Replies on knowledge bases nobody tuned for"; ``bench/tuning.py``):
 
 - its best chunk's cosine to the question (Chroma's search, among the active chunks);
-- the cosine of the document's own vector, the mean of its chunks', which every chunk
+- the cosine of the document's own vector (:func:`document_vector`), which every chunk
   carries: several chunks that each hold part of an answer count for their document;
 - its best chunk's BM25 score (:mod:`kb.lexical`) as a share of the best any chunk got, so
   rare words the model blurs still count.
@@ -45,12 +46,26 @@ CHUNKS_PER_DOCUMENT = 3
 """A document's chunks handed on, best first: the one closest to the question as a whole is
 not always the one that holds what is asked ("Which colours does the Umber rain jacket
 come in?" is closest to a chunk about the jacket's redesign)."""
-DOCUMENT_WEIGHT = 0.5
-"""How much the document's own vector counts beside its best chunk's."""
-LEXICAL_WEIGHT = 0.1
-"""How much BM25 (as a share of the best score) counts beside the cosines. Set on the Python
-FAQ (BENCHMARKS.md, "Grounding"): 0.1 to 0.3 all beat either part alone; more lets shared
-common words outrank meaning."""
+DOCUMENT_WEIGHT = 2.0
+"""How much the document's own vector counts beside its best chunk's: twice. Chosen on the
+evaluation sets with each held out in turn (``bench/tuning.py``, from 0.5, 1 and 2): the
+document stands for the whole answer, a chunk for a part of it."""
+LEXICAL_WEIGHT = 0.15
+"""How much BM25 (as a share of the best score) counts beside the cosines (chosen as
+``DOCUMENT_WEIGHT``, from 0.1, 0.15 and 0.2): more lets shared common words outrank
+meaning."""
+
+
+def document_vector(chunk_vectors: np.ndarray, whole: np.ndarray | None) -> np.ndarray:
+    """The vector a document is known by beside its chunks': ``whole``, the document's bare
+    text embedded on its own, when it is one chunk (it fits the model's window with room to
+    spare); otherwise the normalised mean of its chunks' vectors, which stands for the whole
+    of a document too long to embed at once. Chosen on the evaluation sets, each figure out of
+    sample (BENCHMARKS.md, "Replies on knowledge bases nobody tuned for"): a chunk is embedded
+    after its context (label, heading, first sentence), which helps a chunk of a long
+    document and blurs a short one whose label says nothing of what it answers."""
+    chosen = whole if whole is not None else chunk_vectors.mean(axis=0)
+    return chosen / max(float(np.linalg.norm(chosen)), 1e-12)
 
 
 class KnowledgeRetriever:

@@ -49,6 +49,7 @@ from kb.embedder import Embedder
 from kb.extract import extract
 from kb.index import VectorIndex, pack
 from kb.queue import Job, ProcessingQueue
+from kb.retrieval import document_vector
 
 log = logging.getLogger("rapport.kb")
 T = TypeVar("T")
@@ -341,15 +342,17 @@ class Processor:
         embedded = [passage(c, t, doc.keywords)[0] for c, t in zip(contexts, texts, strict=True)]
         vectors, tokens = await self._embed_batches(embedded, deadline)
         said = [sentences(text) for text in texts]
-        unique = sorted({s for found in said for s in found}, key=len)
-        sentence_vectors = dict(
+        # A document of one chunk is embedded once more without its context (with its
+        # keywords, as its chunk), in the sentences' batches (it is often one of them): its
+        # own vector (kb.retrieval.document_vector).
+        whole = [passage("", texts[0], doc.keywords)[0]] if len(texts) == 1 else []
+        unique = sorted({*(s for found in said for s in found), *whole}, key=len)
+        embedded_units = dict(
             zip(unique, (await self._embed_batches(unique, deadline))[0], strict=True)
         )
         dimensions = self._embedder.model.dimensions
-        # The document's own vector, which every chunk carries: a question about the whole
-        # answer finds a document whose chunks each hold only part of it.
-        mean = vectors.mean(axis=0)
-        document = pack([mean / max(float(np.linalg.norm(mean)), 1e-12)], dimensions)
+        own = embedded_units[whole[0]] if whole else None
+        document = pack([document_vector(vectors, own)], dimensions)
         tag = doc.chunk_tag(doc.generation)
         prepared = Chunks(
             ids=[doc.chunk_id(doc.generation, index) for index in range(len(texts))],
@@ -362,7 +365,7 @@ class Processor:
                     "chunk": index,
                     "context": context,
                     "document": document,
-                    "sentences": pack([sentence_vectors[s] for s in found], dimensions),
+                    "sentences": pack([embedded_units[s] for s in found], dimensions),
                 }
                 for index, (context, found) in enumerate(zip(contexts, said, strict=True))
             ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from datetime import UTC, datetime
 
@@ -135,3 +136,25 @@ def test_the_prompt_carries_persona_memory_and_snippets(llm_server, fake: FakeOp
     assert f"[refunds] {refunds}" in system["content"]
     assert [t["content"] for t in turns][:1] == ["Hello, my name is Ada."]
     assert answer["sources"] == ["refunds"]
+
+
+def test_sources_name_each_document_the_model_was_given_once_best_first(
+    llm_server, fake: FakeOpenAI
+) -> None:
+    # A document comes to the model as up to three of its chunks; its id was listed once a
+    # chunk.
+    key = llm_server.new_tenant(f"once-{uuid.uuid4().hex[:8]}")
+    policy = " ".join(
+        f"Rule {n}: a refund for an order of type {n} is paid back to the original card."
+        for n in range(40)
+    )
+    with llm_server.client(headers={"X-Api-Key": key}, timeout=30) as client:
+        client.put(doc_path("policy"), json={"content": policy})
+        client.put(doc_path("cards"), json={"content": "Gift cards cannot be refunded."})
+        wait_ready(client, "policy")
+        wait_ready(client, "cards")
+        assert activate(client, ["policy", "cards"]).status_code == 200
+        answer = client.post(URL, json={"user_id": "ada", "message": "How is a refund paid?"})
+    given = re.findall(r"^\[([^\]]+)\]", fake.calls()[-1]["messages"][0]["content"], re.M)
+    assert given.count("policy") >= 2
+    assert answer.json()["sources"] == list(dict.fromkeys(given))

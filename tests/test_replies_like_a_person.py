@@ -290,7 +290,8 @@ _DATE = re.compile(
     r"\b(?:January|February|March|April|June|July|August|September|October|November|"
     r"December|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)\b"
 )
-_WORD = re.compile(r"[^\W\d_][\w'\u2019-]*")
+_WORD = re.compile(r"(?<!\w)[^\W\d_][\w'\u2019-]*")
+"""A word that starts a token: the "D" of "2D" is no name (its number is checked as one)."""
 ORDINARY = frozenset(["I", "I'm", "I'd", "I'll", "I've", "I\u2019m", "I\u2019d", "OK"])
 """Capitalised words any reply may hold."""
 

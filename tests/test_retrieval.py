@@ -440,3 +440,32 @@ async def test_inactive_and_other_accounts_documents_never_show(
         assert all("Zorblax" not in s.text and "Zorblax" not in s.context for s in found.snippets)
     # Another account's external_id alone finds nothing in this one.
     assert (await kb.retriever.retrieve(first.id, ["zorblax"], query, 5)).snippets == []
+
+
+async def test_a_document_of_one_chunk_is_known_by_its_own_text_a_longer_one_by_its_chunks(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    # A one-chunk document's vector is its text embedded without the label-and-heading
+    # context its chunk is embedded after (kb.retrieval.document_vector); a longer one's is
+    # the mean of its chunks'.
+    kb = KB(redis, tmp_path)
+    account = await kb.accounts.create("shop")
+    short = "Orders ship from Lisbon within two working days."
+    docs = await kb.load(
+        account.id,
+        {"short": short, "long": repeated(GRINDER, 300)},
+        labels={"short": "Shipping FAQ #3", "long": "Grinder"},
+    )
+    by_id = {d.external_id: d for d in docs}
+    held = {
+        eid: await kb.index.chunks(account.id, by_id[eid].live_chunk_ids())
+        for eid in ("short", "long")
+    }
+    (only,) = held["short"]
+    assert only.document is not None
+    assert float(only.document @ kb.embed(short)) == pytest.approx(1.0, abs=1e-3)
+    assert float(only.document @ kb.embed(f"{only.context}\n\n{short}")) < 0.99
+    vectors = np.stack([kb.embed(f"{h.context}\n\n{h.text}") for h in held["long"]])
+    mean = vectors.mean(axis=0)
+    assert len(held["long"]) > 1 and held["long"][0].document is not None
+    assert held["long"][0].document @ (mean / np.linalg.norm(mean)) == pytest.approx(1.0, abs=1e-3)
