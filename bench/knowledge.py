@@ -208,10 +208,14 @@ def chunk_texts(text: str) -> list[str]:
 
 
 def sentence_batches(text: str) -> list[list[str]]:
-    """The worker's second embedding of a document: each sentence of its chunks once,
-    shortest first, EMBED_BATCH at a time (``kb.worker.Processor._embed``)."""
+    """The worker's second embedding of a document: each sentence of its chunks once, and
+    a one-chunk document's own text, shortest first, EMBED_BATCH at a time
+    (``kb.worker.Processor._embed``)."""
     extracted = extract("txt", text.encode(), max_pages=500)
-    found = {s for chunk in chunk_text(extracted.text) for s in sentences(chunk.text)}
+    chunks = chunk_text(extracted.text)
+    found = {s for chunk in chunks for s in sentences(chunk.text)}
+    if len(chunks) == 1:
+        found.add(passage("", chunks[0].text, [])[0])
     unique = sorted(found, key=len)
     return [unique[i : i + EMBED_BATCH] for i in range(0, len(unique), EMBED_BATCH)]
 

@@ -16,16 +16,16 @@ configuration: the reply's first source, the answering document cited among at m
 sources, off-topic questions answered with no source, recall@1/3/5 and the mean reciprocal
 rank of the ranking.
 
-The choice, for each set held out: among the configurations that decline at least 0.95 of
-the off-topic questions of every other set, the best mean of (first + cited) over the other
-sets; ties go to the higher mean reciprocal rank, then to the stricter cut. The defaults are
-the same choice over every set. Printed: the grid's choice for each fold and, per set, the
-defaults' figures (in sample: the set was among those they were chosen on) beside its own
-fold's (out of sample).
+The choice, for each set held out: among the configurations that decline every off-topic
+question of every other set (``OFF_TOPIC_DECLINED``), the best mean of (first + cited) over
+the other sets; ties go to the higher mean reciprocal rank, then to the stricter cut. The
+defaults are the same choice over every set. Printed: the grid's choice for each fold and,
+per set, the defaults' figures (in sample: the set was among those they were chosen on)
+beside its own fold's (out of sample).
 
     .venv/bin/python -m bench.tuning [--sets a,b]
 
-In process, nothing served; bounded by the sets and the grid (about 10 minutes on 2 cores).
+In process, nothing served; bounded by the sets and the grid (about 3 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -61,10 +61,13 @@ DOCUMENT_VECTORS = ("own if one chunk", "mean of chunks")
 """``own if one chunk``: :func:`kb.retrieval.document_vector` (the default); ``mean of
 chunks``: the mean for every document, as before issue 25."""
 DOCUMENT_WEIGHTS = (0.5, 1.0, 2.0)
-LEXICAL_WEIGHTS = (0.1, 0.15, 0.2)
-CUTS = (0.38, 0.40, 0.42)
-OFF_TOPIC_DECLINED = 0.95
-"""Issue 25's floor for off-topic questions answered with no source."""
+LEXICAL_WEIGHTS = (0.1, 0.15, 0.2, 0.3)
+CUTS = (0.34, 0.36, 0.38, 0.40, 0.42)
+OFF_TOPIC_DECLINED = 1.0
+"""Off-topic questions a configuration must decline on every set it is chosen on: all of
+them. Issue 25's floor is 0.95, but a cut that already lets one through on a set it was
+chosen on ("How do I make a sourdough starter from scratch?" scores 0.346 against the Git
+manual) sits at the edge for a set it has not seen."""
 BATCH = 32
 FIGURES = ("first", "cited")
 PERSONA = Persona(id="tuning", name="Nora", created_at=datetime(2026, 1, 1, tzinfo=UTC))
