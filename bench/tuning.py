@@ -17,15 +17,17 @@ sources, off-topic questions answered with no source, recall@1/3/5 and the mean 
 rank of the ranking.
 
 The choice, for each set held out: among the configurations that decline every off-topic
-question of every other set (``OFF_TOPIC_DECLINED``), the best mean of (first + cited) over
-the other sets; ties go to the higher mean reciprocal rank, then to the stricter cut. The
-defaults are the same choice over every set. Printed: the grid's choice for each fold and,
-per set, the defaults' figures (in sample: the set was among those they were chosen on)
-beside its own fold's (out of sample).
+question of every other set (``OFF_TOPIC_DECLINED``) and of the product bench
+(:func:`product_probes`: "Do you sell fishing rods?" to an outdoor shop), the best mean of
+(first + cited) over the other sets; ties go to the higher mean reciprocal rank, then to the
+stricter cut. The defaults are the same choice over every set. Printed: the grid's choice for
+each fold and, per set, the defaults' figures (in sample: the set was among those they were
+chosen on) beside its own fold's (out of sample); the product bench's verdicts before and
+with the defaults.
 
     .venv/bin/python -m bench.tuning [--sets a,b]
 
-In process, nothing served; bounded by the sets and the grid (about 3 minutes on 2 cores).
+In process, nothing served; bounded by the sets and the grid (about 5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -37,16 +39,17 @@ import shlex
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
 import numpy as np
 
-from bench import evalsets, faq
+from bench import evalsets, faq, replies
 from engine.memory import Memory
 from engine.personas import Persona
-from engine.replies import TurnContext
+from engine.replies import Reply, TurnContext
 from engine.responder import RELEVANT, EmbeddedResponder
 from engine.sentences import sentences
 from engine.smalltalk import social
@@ -70,6 +73,9 @@ chosen on ("How do I make a sourdough starter from scratch?" scores 0.346 agains
 manual) sits at the edge for a set it has not seen."""
 BATCH = 32
 FIGURES = ("first", "cited")
+PRODUCTS = 250
+PRODUCT_CHUNKS = 4
+"""The product bench's size in BENCHMARKS.md ("After issue 15")."""
 PERSONA = Persona(id="tuning", name="Nora", created_at=datetime(2026, 1, 1, tzinfo=UTC))
 MEMORY = Memory(summary="", facts={}, recent=[])
 
@@ -88,6 +94,8 @@ class Config(msgspec.Struct, frozen=True, order=True):
 
 
 DEFAULTS = Config(DOCUMENT_VECTORS[0], DOCUMENT_WEIGHT, LEXICAL_WEIGHT, RELEVANT)
+BEFORE = Config("mean of chunks", 0.5, 0.1, 0.42)
+"""The defaults before issue 25."""
 
 
 class Vectors:
@@ -165,24 +173,27 @@ class Figures(msgspec.Struct):
     mrr: float
 
 
-def measure(
-    built: Built, off_topic: tuple[str, ...], vectors: Vectors, configs: list[Config]
-) -> dict[Config, Figures]:
-    """Every configuration on one set. Replies are memoised by (question, documents handed
-    over, cut): most configurations hand over the same documents for most questions."""
-    entries = built.entries
-    asked = [(e.question, e.external_id) for e in entries]
-    asked += [(q, None) for q in off_topic]
-    ids = [h.chunk_id for h in built.hits]
-    labels = built.labels
-    replied: dict[tuple[str, tuple[str, ...], float], list[str]] = {}
-    responders = {cut: EmbeddedResponder(vectors.embed, relevant=cut) for cut in CUTS}
-    tallies: dict[Config, list[float]] = {c: [0.0] * 7 for c in configs}
-    for message, truth in asked:
+class Answerer:
+    """One set's questions ranked and answered under any configuration, in this process.
+    Replies are memoised by (question, documents handed over, cut): most configurations
+    hand over the same documents for most questions."""
+
+    def __init__(self, built: Built, vectors: Vectors) -> None:
+        self._built = built
+        self._vectors = vectors
+        self._ids = [h.chunk_id for h in built.hits]
+        self._topics = sorted({e.title for e in built.entries})
+        self._responders = {cut: EmbeddedResponder(vectors.embed, relevant=cut) for cut in CUTS}
+        self._replies: dict[tuple[str, tuple[str, ...], float], Reply] = {}
+
+    def ask(self, message: str, configs: list[Config]) -> dict[Config, tuple[list[str], Reply]]:
+        """Per configuration: the documents in ranked order, and the reply."""
+        built = self._built
         question = social(message, PERSONA, MEMORY).rest
-        query = vectors.embed([question])[0]
+        query = self._vectors.embed([question])[0]
         cosines = built.chunk_vectors @ query
-        lexical = built.lexical.search("bench", ids, question)
+        lexical = built.lexical.search("bench", self._ids, question)
+        out = {}
         for config in configs:
             scored = [
                 msgspec.structs.replace(
@@ -193,21 +204,34 @@ def measure(
                 for hit, cosine in zip(built.hits, cosines, strict=True)
             ]
             ranked = fuse(
-                scored, lexical, query, labels,
+                scored, lexical, query, built.labels,
                 document_weight=config.document_weight, lexical_weight=config.lexical_weight,
             )  # fmt: skip
             order = [found[0].external_id for found in ranked]
-            handed = order[:KNOWLEDGE_K]
-            key = (message, tuple(handed), config.relevant)
-            if key not in replied:
-                snippets = [s for found in ranked[:KNOWLEDGE_K] for s in found]
+            key = (message, tuple(order[:KNOWLEDGE_K]), config.relevant)
+            if key not in self._replies:
                 context = TurnContext(
-                    persona=PERSONA, memory=MEMORY, message=message, snippets=snippets,
-                    topics=sorted({e.title for e in entries}),
+                    persona=PERSONA, memory=MEMORY, message=message,
+                    snippets=[s for found in ranked[:KNOWLEDGE_K] for s in found],
+                    topics=self._topics,
                 )  # fmt: skip
-                reply = asyncio.run(responders[config.relevant].reply(context))
-                replied[key] = reply.sources
-            sources = replied[key]
+                self._replies[key] = asyncio.run(self._responders[config.relevant].reply(context))
+            out[config] = (order, self._replies[key])
+        return out
+
+
+def measure(
+    built: Built, off_topic: tuple[str, ...], vectors: Vectors, configs: list[Config]
+) -> dict[Config, Figures]:
+    """Every configuration on one set."""
+    entries = built.entries
+    asked = [(e.question, e.external_id) for e in entries]
+    asked += [(q, None) for q in off_topic]
+    answerer = Answerer(built, vectors)
+    tallies: dict[Config, list[float]] = {c: [0.0] * 7 for c in configs}
+    for message, truth in asked:
+        for config, (order, reply) in answerer.ask(message, configs).items():
+            sources = reply.sources
             tally = tallies[config]
             if truth is None:
                 tally[2] += not sources
@@ -226,11 +250,38 @@ def measure(
     }
 
 
-def choose(results: dict[str, dict[Config, Figures]], sets: list[str]) -> Config:
-    """The configuration chosen on ``sets`` (see the module's docstring)."""
-    configs = list(next(iter(results.values())))
+def product_probes(vectors: Vectors, configs: list[Config]) -> dict[Config, Counter[str]]:
+    """``bench/replies.py``'s grounding probes on its knowledge base of ``PRODUCTS``
+    generated products of ``PRODUCT_CHUNKS`` chunks (each document labelled with its
+    product's title and a running number): per configuration, each probe's kind and verdict
+    (``bench.replies.verdict``), counted. Its questions about a product on something the
+    documents do not say, and its off-topic questions ("Do you sell fishing rods?" against an
+    outdoor shop's trekking poles), are the in-domain honesty test the sets lack."""
+    products, texts = replies.knowledge_base(PRODUCTS, PRODUCT_CHUNKS)
+    entries = [
+        faq.Entry(p.external_id, p.title, number, p.title, text)
+        for number, (p, text) in enumerate(zip(products, texts, strict=True), start=1)
+    ]
+    product_of = {e.external_id: p.external_id for e, p in zip(entries, products, strict=True)}
+    answerer = Answerer(build(entries, vectors), vectors)
+    counts: dict[Config, Counter[str]] = {c: Counter() for c in configs}
+    for probe in replies.probes(products):
+        for config, (_, reply) in answerer.ask(probe.text, configs).items():
+            sources = [product_of[s] for s in reply.sources]
+            verdict = replies.verdict(probe, {"sources": sources, "reply": reply.text})
+            counts[config][f"{probe.kind}: {verdict}"] += 1
+    return counts
+
+
+def choose(
+    results: dict[str, dict[Config, Figures]], sets: list[str], honest_in_domain: set[Config]
+) -> Config:
+    """The configuration chosen on ``sets`` among ``honest_in_domain`` (see the module's
+    docstring)."""
     honest = [
-        c for c in configs if all(results[s][c].off_topic >= OFF_TOPIC_DECLINED for s in sets)
+        c
+        for c in honest_in_domain
+        if all(results[s][c].off_topic >= OFF_TOPIC_DECLINED for s in sets)
     ]
 
     def merit(c: Config) -> tuple[float, float, float]:
@@ -254,8 +305,11 @@ def run(names: list[str]) -> None:
         built = build(evalset.entries, vectors)
         results[name] = measure(built, evalset.off_topic, vectors, configs)
         print(f"measured {name} ({time.monotonic() - wall:.0f} s)", file=sys.stderr)
-    chosen_all = choose(results, names)
-    folds = {name: choose(results, [n for n in names if n != name]) for name in names}
+    probed = product_probes(vectors, configs)
+    in_domain = {c for c, counts in probed.items() if not counts["off-topic: answered"]}
+    print(f"measured the product bench ({time.monotonic() - wall:.0f} s)", file=sys.stderr)
+    chosen_all = choose(results, names, in_domain)
+    folds = {name: choose(results, [n for n in names if n != name], in_domain) for name in names}
 
     say = print
     say("## Leave-one-set-out choice (bench/tuning.py)")
@@ -305,6 +359,16 @@ def run(names: list[str]) -> None:
         mean = statistics.fmean(results[n][config].first for n in names)
         cited = statistics.fmean(results[n][config].cited for n in names)
         say(f"| {config} | " + " | ".join(cells) + f" | {mean:.3f} / {cited:.3f} |")
+    say()
+    say(
+        f"The product bench's probes ({PRODUCTS} products x {PRODUCT_CHUNKS} chunks, "
+        "bench/replies.py), before and with the defaults:"
+    )
+    say()
+    say(f"| probe: verdict | before ({BEFORE}) | defaults ({DEFAULTS}) |")
+    say("|---|--:|--:|")
+    for outcome in sorted(set(probed[BEFORE]) | set(probed[DEFAULTS])):
+        say(f"| {outcome} | {probed[BEFORE][outcome]} | {probed[DEFAULTS][outcome]} |")
     say()
     say(f"total time: {time.monotonic() - wall:.0f} s")
 
