@@ -136,6 +136,24 @@ def _environ(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+def cli_in_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``rapport`` run in this process (the same ``main``) with the RAPPORT_* settings of
+    ``env``, where the command is a means, not what is tested: a ``rapport`` subprocess costs
+    ~0.7 s to start (2-3 s on a busy machine), and fixtures make a tenant per test. Tests of
+    the CLI itself run it as an operator does (``Server.cli``). A thread of its own lets
+    ``main``'s ``asyncio.run`` run under an async test."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        _IN_PROCESS,
+        _environ(env),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        ThreadPoolExecutor(1) as thread,
+    ):
+        code = thread.submit(rapport_cli, list(args)).result()
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 class Server:
     """One ``rapport serve`` process with its own data dir and port."""
 
@@ -232,21 +250,9 @@ class Server:
         return next(line for line in issued.stdout.splitlines() if line.startswith("rk_live_"))
 
     def cli_in_process(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """``rapport`` run in this process (the same ``main``) against this server's state,
-        for setup only: a ``rapport`` subprocess costs ~0.7 s to start (2-3 s on a busy
-        machine), and fixtures make a tenant per test. Tests of the CLI itself use ``cli``.
-        The settings come from this server's RAPPORT_* variables, as ``cli`` passes them; a
-        thread of its own lets ``main``'s ``asyncio.run`` run under an async test."""
-        out, err = io.StringIO(), io.StringIO()
-        with (
-            _IN_PROCESS,
-            _environ(self.env),
-            contextlib.redirect_stdout(out),
-            contextlib.redirect_stderr(err),
-            ThreadPoolExecutor(1) as thread,
-        ):
-            code = thread.submit(rapport_cli, list(args)).result()
-        return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+        """``rapport`` run in this process against this server's state: see
+        :func:`cli_in_process`. Tests of the CLI itself use ``cli``."""
+        return cli_in_process(self.env, *args)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``rapport`` against the same state as this server."""
@@ -257,6 +263,19 @@ class Server:
             text=True,
             timeout=60,
         )
+
+
+def start_together(*servers: Server) -> None:
+    """Start ``servers`` at once: a start is mostly an interpreter importing Rapport, so on
+    two cores a pair is up sooner than one after the other. If one fails, every one is
+    retired."""
+    with ThreadPoolExecutor(len(servers)) as pool:
+        starts = [pool.submit(running.start) for running in servers]
+    failed = [error for start in starts if (error := start.exception()) is not None]
+    if failed:
+        for running in servers:
+            running.retire()
+        raise failed[0]
 
 
 @pytest.fixture(scope="session")
@@ -373,6 +392,17 @@ def server_on(tmp_path: Path):
     yield start
     for running in started:
         running.retire()
+
+
+@pytest.fixture(scope="session")
+def persona_uploads_limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Two persona uploads a minute per key (RAPPORT_PERSONA_UPLOADS_RPM): the window that
+    test_clone_admin and test_persona_media each spend, on an account of their own."""
+    running = Server(
+        tmp_path_factory.mktemp("persona-uploads") / "data", RAPPORT_PERSONA_UPLOADS_RPM="2"
+    ).start()
+    yield running
+    running.retire()
 
 
 @pytest.fixture(scope="session")

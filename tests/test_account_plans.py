@@ -15,7 +15,7 @@ import pytest
 from engine.accounts import AccountStore, Plan, normalise_origin
 from engine.errors import NotFound, ValidationFailed
 from engine.state import Client
-from tests.conftest import ON_BOTH, RedisServer
+from tests.conftest import ON_BOTH, RedisServer, cli_in_process
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 BAD_ORIGINS = ["*", "null", "ftp://x", "https://a.com/path", "https://user@a.com"]
@@ -36,7 +36,8 @@ def cli(redis_server: RedisServer, tmp_path: Path) -> Cli:
             timeout=60,
         )
 
-    created = run("accounts", "create", "shop")
+    # The account every case starts from is setup: made in this process, not a subprocess.
+    created = cli_in_process(env, "accounts", "create", "shop")
     assert created.returncode == 0, created.stderr
     return run
 

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from websockets.asyncio.client import connect
 
 from loadtest.fake_llm import DEFAULT_REPLY
-from tests.conftest import FakeOpenAI, Server, chromium_path, free_port, llm_env
+from tests.conftest import FakeOpenAI, Server, chromium_path, free_port, llm_env, start_together
 from tests.test_knowledge import activate, doc_path, wait_ready
 
 AUDIO = Path(__file__).parent / "audio"
@@ -47,12 +47,36 @@ CHAT = "<rapport-chat session-endpoint='/rapport-session' {attributes}></rapport
 
 
 @pytest.fixture(scope="module")
-def rapport(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> Iterator[Server]:
+def deployments(
+    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI
+) -> Iterator[tuple[Server, Server]]:
+    """(``rapport``, ``crowded``), started at once."""
+    both = (
+        Server(
+            tmp_path_factory.mktemp("browser") / "data",
+            **llm_env(fake_llm, RAPPORT_MAX_SESSIONS=str(SLOTS), RAPPORT_WAITING_ROOM_SIZE="10"),
+        ),
+        Server(
+            tmp_path_factory.mktemp("crowded") / "data",
+            **llm_env(fake_llm, RAPPORT_MAX_SESSIONS="1", RAPPORT_WAITING_ROOM_SIZE="0"),
+        ),
+    )
+    start_together(*both)
+    yield both
+    for running in both:
+        running.retire()
+
+
+@pytest.fixture(scope="module")
+def rapport(deployments: tuple[Server, Server]) -> Server:
     """Rapport with the fake LLM, a few slots, and short windows."""
-    env = llm_env(fake_llm, RAPPORT_MAX_SESSIONS=str(SLOTS), RAPPORT_WAITING_ROOM_SIZE="10")
-    running = Server(tmp_path_factory.mktemp("browser") / "data", **env).start()
-    yield running
-    running.retire()
+    return deployments[0]
+
+
+@pytest.fixture(scope="module")
+def crowded(deployments: tuple[Server, Server]) -> Server:
+    """Rapport with one slot and no waiting room: a second visitor finds no place."""
+    return deployments[1]
 
 
 class Proxy:
@@ -543,25 +567,18 @@ async def test_the_widgets_pages_need_nothing_beyond_127_0_0_1(
 
 
 async def test_the_widget_says_so_when_the_waiting_room_is_full(
-    browser: Browser, rapport: Server, tmp_path: Path, fake_llm: FakeOpenAI
+    browser: Browser, crowded: Server
 ) -> None:
-    crowded = Server(
-        tmp_path / "data",
-        **llm_env(fake_llm, RAPPORT_MAX_SESSIONS="1", RAPPORT_WAITING_ROOM_SIZE="0"),
-    ).start()
-    try:
-        key = crowded.demo_key
-        async with httpx.AsyncClient(
-            base_url=crowded.base_url, headers={"X-Api-Key": key}, timeout=10
-        ) as http:
-            held = await http.post("/api/sessions", json={"user_id": "holder", "mode": "chat"})
-            assert held.status_code == 201
-        async with business(crowded, key) as site, opened(browser, site.url) as page:
-            # ("Connecting…" shows first, while the backend mints.)
-            await page.until("/busy/i.test(root.querySelector('[part=\"status\"]').textContent)")
-            assert "waiting line is full" in (await page.status()).lower()
-    finally:
-        crowded.stop()
+    key = crowded.demo_key
+    async with httpx.AsyncClient(
+        base_url=crowded.base_url, headers={"X-Api-Key": key}, timeout=10
+    ) as http:
+        held = await http.post("/api/sessions", json={"user_id": "holder", "mode": "chat"})
+        assert held.status_code == 201
+    async with business(crowded, key) as site, opened(browser, site.url) as page:
+        # ("Connecting…" shows first, while the backend mints.)
+        await page.until("/busy/i.test(root.querySelector('[part=\"status\"]').textContent)")
+        assert "waiting line is full" in (await page.status()).lower()
 
 
 async def test_a_second_tab_takes_the_conversation_and_the_first_says_so(

@@ -265,10 +265,10 @@ async def test_a_description_goes_only_with_its_kind(redis_server: RedisServer) 
     await redis.aclose()
 
 
-def test_voice_and_video_count_as_persona_uploads(server_on) -> None:
-    server = server_on(RAPPORT_PERSONA_UPLOADS_RPM="2")
+def test_voice_and_video_count_as_persona_uploads(persona_uploads_limited: Server) -> None:
+    server = persona_uploads_limited
     wav = (AUDIO / "silence.wav").read_bytes()
-    with server.client(headers={"X-Api-Key": server.demo_key}) as http:
+    with server.client(headers={"X-Api-Key": server.new_tenant(unique("uploads"))}) as http:
         codes = [
             http.post(VOICE, json=voice_body(wav)).status_code,
             http.post(VIDEO, json=video_body(video())).status_code,

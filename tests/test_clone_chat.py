@@ -330,12 +330,15 @@ def test_a_chat_turn_spends_the_balance_and_the_keys_turn_window(server_on) -> N
         assert first.headers["RateLimit-Remaining"] == "2"
         turn = client.post("/api/v1/conversation", json={"user_id": "u", "message": "Hi"})
         assert turn.status_code == 200 and turn.headers["RateLimit-Remaining"] == "1"
-        # A spent balance is 402, in the /api/ family's shape; nothing is remembered.
-        left = running.cli("balance", "show", "--account", name).stdout.split(": ")[1].split()[0]
-        spent = running.cli("balance", "add", "--account", name, "--", str(-int(left)))
+        # A spent balance is 402, in the /api/ family's shape; nothing is remembered. (The
+        # balance is set with the CLI's ``main`` in this process: test_limits runs it as the
+        # operator's subprocess.)
+        shown = running.cli_in_process("balance", "show", "--account", name)
+        left = shown.stdout.split(": ")[1].split()[0]
+        spent = running.cli_in_process("balance", "add", "--account", name, "--", str(-int(left)))
         assert spent.returncode == 0, spent.stderr
         assert_problem(client.post(CHAT, json=body), 402, "limits.quota_exceeded")
-        assert running.cli("balance", "add", "--account", name, "5").returncode == 0
+        assert running.cli_in_process("balance", "add", "--account", name, "5").returncode == 0
         # The key's window counts the turns of both APIs (the 402 one too): a fourth is refused.
         limited = client.post(CHAT, json=body)
         assert_problem(limited, 429, "limits.rate_exceeded")

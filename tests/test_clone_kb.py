@@ -251,7 +251,7 @@ def test_an_ndjson_stream_of_ten_thousand_pages_in_flat_memory(server_on) -> Non
     # measured is the stream's memory, not the embedding of 10,000 pages.
     server: Server = server_on(RAPPORT_KB_WORKER="false")
     key = server.new_tenant("clone-kb-stream")
-    raised = server.cli(
+    raised = server.cli_in_process(
         "accounts", "plan", "--account", "clone-kb-stream", "--knowledge-units", "1000000"
     )
     assert raised.returncode == 0, raised.stderr

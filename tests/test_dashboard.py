@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +21,7 @@ from playwright.async_api import Browser, Page, Response
 
 from loadtest.fake_llm import DEFAULT_REPLY
 from tests import axe_core
-from tests.conftest import FakeOpenAI, Server, llm_env
+from tests.conftest import Server
 from tests.test_browser import only_local
 from tests.test_signin import PASSWORD, invite, set_password
 
@@ -30,10 +30,10 @@ WAIT_MS = 20_000
 
 
 @pytest.fixture(scope="module")
-def rapport(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("dashboard") / "data", **llm_env(fake_llm)).start()
-    yield running
-    running.retire()
+def rapport(llm_server: Server) -> Server:
+    """The shared server on the fake LLM: the dashboard needs no settings of its own, and
+    every test here keeps to its own account (``tenant``)."""
+    return llm_server
 
 
 @pytest.fixture(scope="module")

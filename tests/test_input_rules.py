@@ -371,10 +371,11 @@ def test_the_cli_lists_print_tenant_text_escaped(server: Server, redis_store: Re
     text: no terminal escape runs, no newline forges a row."""
     running = server
     name = unique("cli")
-    created = running.cli("accounts", "create", name)
+    # Setup in this process (the CLI's ``main``); the listings below run as subprocesses.
+    created = running.cli_in_process("accounts", "create", name)
     assert created.returncode == 0, created.stderr
     account_id = created.stdout.split(" with id ")[1].split()[0]
-    issued = running.cli("keys", "create", "--account", name)
+    issued = running.cli_in_process("keys", "create", "--account", name)
     key = next(line for line in issued.stdout.splitlines() if line.startswith("rk_live_"))
     with running.client(headers={"X-Api-Key": key}) as client:
         persona_id = client.get("/api/personas/default").json()["id"]
@@ -404,10 +405,10 @@ def test_names_stored_as_spelt_before_folding_are_reindexed(
     version marker) is rebuilt at its next name change: a lookalike of an old name is 409, and
     deleting the old persona frees its name and leaves nothing of it in the hash."""
     name = unique("old-names")
-    created = server.cli("accounts", "create", name)
+    created = server.cli_in_process("accounts", "create", name)
     assert created.returncode == 0, created.stderr
     account_id = created.stdout.split(" with id ")[1].split()[0]
-    issued = server.cli("keys", "create", "--account", name)
+    issued = server.cli_in_process("keys", "create", "--account", name)
     key = next(line for line in issued.stdout.splitlines() if line.startswith("rk_live_"))
     base = unique("Nora")
     with server.client(headers={"X-Api-Key": key}) as client:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -46,10 +47,22 @@ def codes(responses: list[httpx.Response]) -> Counter:
     )
 
 
-def test_the_key_limit_is_exact_under_200_concurrent_requests(
-    server_on, fake_llm: FakeOpenAI
-) -> None:
-    server = server_on(**llm_env(fake_llm, RAPPORT_KEY_RPM="60", RAPPORT_IP_RPM="360"))
+KEY_RPM = 60
+"""RAPPORT_KEY_RPM of ``key_limited``."""
+
+
+@pytest.fixture(scope="module")
+def key_limited(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> Iterator[Server]:
+    """60 turns a minute per key, 360 per IP: the IP window holds the bursts of both key
+    tests (each with keys of its own) within one minute."""
+    env = llm_env(fake_llm, RAPPORT_KEY_RPM=str(KEY_RPM), RAPPORT_IP_RPM="360")
+    running = Server(tmp_path_factory.mktemp("key-limited") / "data", **env).start()
+    yield running
+    running.retire()
+
+
+def test_the_key_limit_is_exact_under_200_concurrent_requests(key_limited: Server) -> None:
+    server = key_limited
     responses = asyncio.run(burst([(server.base_url, server.demo_key)], 200))
     assert codes(responses) == {200: 60, "rate_limited": 140}
     limited = next(r for r in responses if r.status_code == 429)
@@ -86,12 +99,12 @@ def test_the_key_limit_holds_across_two_processes_sharing_redis(
     assert codes(responses) == {200: 60, "rate_limited": 140}
 
 
-def test_keys_have_separate_windows(server_on, fake_llm: FakeOpenAI) -> None:
-    server = server_on(**llm_env(fake_llm, RAPPORT_KEY_RPM="5"))
-    other = server.new_tenant("window-b")
-    first = asyncio.run(burst([(server.base_url, server.demo_key)], 8))
-    second = asyncio.run(burst([(server.base_url, other)], 8))
-    assert codes(first) == codes(second) == {200: 5, "rate_limited": 3}
+def test_keys_have_separate_windows(key_limited: Server) -> None:
+    server = key_limited
+    one, other = server.new_tenant("window-a"), server.new_tenant("window-b")
+    first = asyncio.run(burst([(server.base_url, one)], KEY_RPM + 3))
+    second = asyncio.run(burst([(server.base_url, other)], KEY_RPM + 3))
+    assert codes(first) == codes(second) == {200: KEY_RPM, "rate_limited": 3}
 
 
 async def test_redis_down_is_rate_limiter_unavailable(redis_server: RedisServer) -> None:
@@ -147,11 +160,21 @@ def test_a_failed_turn_costs_nothing(llm_server: Server, fake: FakeOpenAI) -> No
     assert balance(llm_server, name) == 10_000
 
 
-def test_a_full_queue_is_503_and_a_slow_reply_is_504(server_on, fake_llm: FakeOpenAI) -> None:
-    server = server_on(
-        **llm_env(fake_llm, RAPPORT_TURN_WORKERS="1", RAPPORT_TURN_QUEUE="1",
-                  RAPPORT_LLM_TIMEOUT="1.5")
-    )  # fmt: skip
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> Iterator[Server]:
+    """One turn worker, a queue of one, and a 1.5 s deadline for the LLM's reply."""
+    env = llm_env(
+        fake_llm, RAPPORT_TURN_WORKERS="1", RAPPORT_TURN_QUEUE="1", RAPPORT_LLM_TIMEOUT="1.5"
+    )
+    running = Server(tmp_path_factory.mktemp("one-worker") / "data", **env).start()
+    yield running
+    running.retire()
+
+
+def test_a_full_queue_is_503_and_a_slow_reply_is_504(
+    one_worker: Server, fake_llm: FakeOpenAI
+) -> None:
+    server = one_worker
     fake_llm.reset()
     fake_llm.configure(delay_s=1.0)
     try:
@@ -173,12 +196,13 @@ def test_a_full_queue_is_503_and_a_slow_reply_is_504(server_on, fake_llm: FakeOp
         fake_llm.reset()
 
 
-def test_a_stalled_stream_ends_in_504(server_on, fake_llm: FakeOpenAI) -> None:
-    server = server_on(**llm_env(fake_llm, RAPPORT_LLM_TIMEOUT="1"))
+def test_a_stalled_stream_ends_in_504(one_worker: Server, fake_llm: FakeOpenAI) -> None:
+    # An account of its own: the demo account's balance is the full-queue test's to count.
+    key = one_worker.new_tenant("stalled")
     fake_llm.reset()
     fake_llm.configure(stall_after_chunks=2)
     try:
-        with server.client(headers={"X-Api-Key": server.demo_key}) as client:
+        with one_worker.client(headers={"X-Api-Key": key}) as client:
             stalled = client.post(URL, json={"user_id": "u", "message": "hi"})
         assert stalled.status_code == 504
         assert stalled.json()["detail"]["code"] == "upstream_timeout"

@@ -146,9 +146,9 @@ def test_another_accounts_persona_media_is_404(server: Server, client: httpx.Cli
     assert client.get(url).status_code == 200
 
 
-def test_persona_uploads_are_rate_limited(server_on) -> None:
-    server = server_on(RAPPORT_PERSONA_UPLOADS_RPM="2")
-    with server.client(headers={"X-Api-Key": server.demo_key}) as http:
+def test_persona_uploads_are_rate_limited(persona_uploads_limited: Server) -> None:
+    server = persona_uploads_limited
+    with server.client(headers={"X-Api-Key": server.new_tenant(unique("uploads"))}) as http:
         persona_id = new_persona(http)
         codes = [upload(http, persona_id, "f.png", PNG, "image/png").status_code for _ in range(3)]
         assert codes == [201, 201, 429]

@@ -207,4 +207,4 @@ def test_every_readme_example_runs_in_order_and_prints_what_the_readme_shows(
             python += 1
         assert python >= MIN_PYTHON
     finally:
-        server.stop()
+        server.retire()

@@ -18,34 +18,43 @@ import pytest
 
 from loadtest.result import ServerSample
 from loadtest.server_stats import METRICS_TOKEN_ENV, sample
-from tests.conftest import Server
+from tests.conftest import Server, start_together
 
 METRICS_TOKEN = "metrics-" + "0123456789abcdef" * 2
 GLOBAL_IP_RPM = 3
 
 
 @pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Behind a proxy on 127.0.0.1, with a tiny Global window and a metrics token. Each
-    test picks its own client address with X-Forwarded-For, so windows stay apart."""
-    running = Server(
-        tmp_path_factory.mktemp("proxied") / "data",
-        RAPPORT_FORWARDED_ALLOW_IPS="127.0.0.1",
-        RAPPORT_GLOBAL_IP_RPM=str(GLOBAL_IP_RPM),
-        RAPPORT_METRICS_TOKEN=METRICS_TOKEN,
-    ).start()
-    yield running
-    running.retire()
+def windowed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    """(``proxied``, ``unproxied``), started at once."""
+    both = (
+        Server(
+            tmp_path_factory.mktemp("proxied") / "data",
+            RAPPORT_FORWARDED_ALLOW_IPS="127.0.0.1",
+            RAPPORT_GLOBAL_IP_RPM=str(GLOBAL_IP_RPM),
+            RAPPORT_METRICS_TOKEN=METRICS_TOKEN,
+        ),
+        Server(
+            tmp_path_factory.mktemp("unproxied") / "data", RAPPORT_GLOBAL_IP_RPM=str(GLOBAL_IP_RPM)
+        ),
+    )
+    start_together(*both)
+    yield both
+    for running in both:
+        running.retire()
 
 
 @pytest.fixture(scope="module")
-def unproxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def proxied(windowed: tuple[Server, Server]) -> Server:
+    """Behind a proxy on 127.0.0.1, with a tiny Global window and a metrics token. Each
+    test picks its own client address with X-Forwarded-For, so windows stay apart."""
+    return windowed[0]
+
+
+@pytest.fixture(scope="module")
+def unproxied(windowed: tuple[Server, Server]) -> Server:
     """The default: no proxy named, and the same tiny Global window."""
-    running = Server(
-        tmp_path_factory.mktemp("unproxied") / "data", RAPPORT_GLOBAL_IP_RPM=str(GLOBAL_IP_RPM)
-    ).start()
-    yield running
-    running.retire()
+    return windowed[1]
 
 
 def answers(server: Server) -> dict[str, httpx.Response]:

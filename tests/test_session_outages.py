@@ -4,14 +4,39 @@ session talks again once Redis is back; no slot is left taken by the outage."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
+import pytest
 import redis
 
 from engine import keyspace
-from tests.conftest import FakeOpenAI, RedisServer, llm_env
+from tests.conftest import FakeOpenAI, RedisServer, Server, llm_env
 from tests.test_sessions import opened, said, types, unique
 
 SLOTS = keyspace.DeploymentKeys.slots
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """This module's redis-server, in place of conftest's one per test: each test stops it
+    and starts it again."""
+    running = RedisServer(tmp_path_factory.mktemp("outages-redis"))
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI, redis_server: RedisServer
+) -> Iterator[Server]:
+    """This module's server, on that Redis and the fake LLM, giving up on Redis after 1 s:
+    both tests use it, and each leaves no slot taken."""
+    env = llm_env(fake_llm, RAPPORT_REDIS_URL=redis_server.url, RAPPORT_REDIS_TIMEOUT="1")
+    running = Server(tmp_path_factory.mktemp("outages") / "data", **env).start()
+    yield running
+    running.stop()  # before its Redis stops
 
 
 def slots_held(redis_server: RedisServer) -> int:
@@ -23,9 +48,8 @@ def slots_held(redis_server: RedisServer) -> int:
 
 
 async def test_minting_while_redis_is_down_is_a_503_and_leaks_no_slot(
-    server_on, redis_server: RedisServer
+    server: Server, redis_server: RedisServer
 ) -> None:
-    server = server_on(RAPPORT_REDIS_URL=redis_server.url, RAPPORT_REDIS_TIMEOUT="1")
     body = {"user_id": unique("user"), "mode": "chat"}
     async with httpx.AsyncClient(
         base_url=server.base_url, headers={"X-Api-Key": server.demo_key}, timeout=10
@@ -47,11 +71,8 @@ async def test_minting_while_redis_is_down_is_a_503_and_leaks_no_slot(
 
 
 async def test_a_live_session_rides_out_an_outage(
-    server_on, redis_server: RedisServer, fake: FakeOpenAI
+    server: Server, redis_server: RedisServer, fake: FakeOpenAI
 ) -> None:
-    server = server_on(
-        **llm_env(fake, RAPPORT_REDIS_URL=redis_server.url, RAPPORT_REDIS_TIMEOUT="1")
-    )
     async with httpx.AsyncClient(
         base_url=server.base_url, headers={"X-Api-Key": server.demo_key}, timeout=10
     ) as http:

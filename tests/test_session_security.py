@@ -19,7 +19,7 @@ import redis
 from websockets.exceptions import ConnectionClosed
 
 from engine import keyspace
-from tests.conftest import ChromaServer, RedisServer, Server
+from tests.conftest import ChromaServer, RedisServer, Server, start_together
 from tests.test_sessions import Live, on, opened, types, unique
 from tests.test_waiting_room import opened_from, problem, refused
 
@@ -34,35 +34,36 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     running.stop()
 
 
-def on_shared_state(
-    tmp_path_factory: pytest.TempPathFactory, name: str, redis: RedisServer, chroma: ChromaServer
-) -> Iterator[Server]:
-    """A node of a deployment of two: one Redis and one Chroma server for both."""
-    running = Server(
-        tmp_path_factory.mktemp(name) / "data",
-        RAPPORT_REDIS_URL=redis.url,
-        RAPPORT_CHROMA_URL=chroma.url,
-    ).start()
-    yield running
-    running.retire()
-
-
 @pytest.fixture(scope="module")
-def node(
+def nodes(
     tmp_path_factory: pytest.TempPathFactory,
     shared_redis: RedisServer,
     chroma_server: ChromaServer,
-) -> Iterator[Server]:
-    yield from on_shared_state(tmp_path_factory, "security-a", shared_redis, chroma_server)
+) -> Iterator[tuple[Server, Server]]:
+    """A deployment of two: one Redis and one Chroma server for both. The nodes start at
+    once: no test here needs to know which of them made the demo account."""
+    a, b = (
+        Server(
+            tmp_path_factory.mktemp(name) / "data",
+            RAPPORT_REDIS_URL=shared_redis.url,
+            RAPPORT_CHROMA_URL=chroma_server.url,
+        )
+        for name in ("security-a", "security-b")
+    )
+    start_together(a, b)
+    yield a, b
+    a.retire()
+    b.retire()
 
 
 @pytest.fixture(scope="module")
-def other_node(
-    tmp_path_factory: pytest.TempPathFactory,
-    shared_redis: RedisServer,
-    chroma_server: ChromaServer,
-) -> Iterator[Server]:
-    yield from on_shared_state(tmp_path_factory, "security-b", shared_redis, chroma_server)
+def node(nodes: tuple[Server, Server]) -> Server:
+    return nodes[0]
+
+
+@pytest.fixture(scope="module")
+def other_node(nodes: tuple[Server, Server]) -> Server:
+    return nodes[1]
 
 
 @pytest.fixture(scope="module")
@@ -90,15 +91,20 @@ async def mint(client: httpx.AsyncClient, status: int = 201, **headers: str) -> 
     return response.json()
 
 
+# The operator's commands below run the CLI's ``main`` in this process (a subprocess is
+# ~0.7 s a command): what is tested is what the change does to sessions, on every node;
+# tests/test_auth.py runs the same commands as subprocesses.
+
+
 def second_key(server: Server, account: str) -> str:
-    issued = server.cli("keys", "create", "--account", account, "--slot", "secondary")
+    issued = server.cli_in_process("keys", "create", "--account", account, "--slot", "secondary")
     assert issued.returncode == 0, issued.stderr
     return next(line for line in issued.stdout.splitlines() if line.startswith("rk_live_"))
 
 
 def revoke(server: Server, action: str, account: str) -> str | None:
     """``rapport keys ACTION --slot primary``; the new key when regenerated."""
-    done = server.cli("keys", action, "--account", account, "--slot", "primary")
+    done = server.cli_in_process("keys", action, "--account", account, "--slot", "primary")
     assert done.returncode == 0, done.stderr
     return next((line for line in done.stdout.splitlines() if line.startswith("rk_live_")), None)
 
@@ -262,7 +268,9 @@ async def test_a_wrong_ticket_is_refused_the_same_whether_or_not_the_place_exist
 async def test_a_refused_upgrade_is_logged_at_info(node: Server) -> None:
     account = unique("logged")
     async with backend(node, node.new_tenant(account)) as client:
-        added = node.cli("accounts", "origins", "add", "--account", account, "https://shop.example")
+        added = node.cli_in_process(
+            "accounts", "origins", "add", "--account", account, "https://shop.example"
+        )
         assert added.returncode == 0, added.stderr
         minted = await mint(client)
         answer = await refused(minted["ws_url"], "https://evil.example")
@@ -290,7 +298,9 @@ async def test_allowed_origins_cover_sockets_and_browser_mints_but_not_the_serve
 ) -> None:
     account = unique("origins")
     async with backend(node, node.new_tenant(account)) as client:
-        added = node.cli("accounts", "origins", "add", "--account", account, "https://shop.example")
+        added = node.cli_in_process(
+            "accounts", "origins", "add", "--account", account, "https://shop.example"
+        )
         assert added.returncode == 0, added.stderr
         own = f"http://127.0.0.1:{node.port}"
         # A page of another site that holds the key cannot mint; no Origin (a backend), a

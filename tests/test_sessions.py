@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from api.sessions import FRAME_LIMIT
 from loadtest.fake_llm import DEFAULT_REPLY, FakeOpenAI
-from tests.conftest import ChromaServer, RedisServer, Server, llm_env
+from tests.conftest import ChromaServer, RedisServer, Server, llm_env, start_together
 
 AUDIO = Path(__file__).parent / "audio"
 WORDS = DEFAULT_REPLY.split()
@@ -51,42 +51,47 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def node(
+def nodes(
     tmp_path_factory: pytest.TempPathFactory,
     fake_llm: FakeOpenAI,
     shared_redis: RedisServer,
     chroma_server: ChromaServer,
-) -> Iterator[Server]:
-    """The node most tests talk to. It keeps as few events per session as allowed, so that
-    one long reply outruns the resume stream."""
-    env = llm_env(
-        fake_llm, RAPPORT_REDIS_URL=shared_redis.url, RAPPORT_CHROMA_URL=chroma_server.url,
-        RAPPORT_SESSION_EVENTS="16",
+) -> Iterator[tuple[Server, Server]]:
+    """Two processes on one Redis, started at once (the module's account is made after).
+
+    The first is the node most tests talk to. It keeps as few events per session as
+    allowed, so that one long reply outruns the resume stream.
+
+    The second's tokens must be used within 1 s, it pings a socket every half second and
+    gives it half a second to answer, and a socket gone for a second ends its session."""
+    shared = {"RAPPORT_REDIS_URL": shared_redis.url, "RAPPORT_CHROMA_URL": chroma_server.url}
+    first = Server(
+        tmp_path_factory.mktemp("sessions-a") / "data",
+        **llm_env(fake_llm, **shared, RAPPORT_SESSION_EVENTS="16"),
+    )
+    second = Server(
+        tmp_path_factory.mktemp("sessions-b") / "data",
+        **llm_env(
+            fake_llm, **shared,
+            RAPPORT_SESSION_CONNECT_SECONDS="1",
+            RAPPORT_WS_PING_INTERVAL="0.5", RAPPORT_WS_PING_TIMEOUT="0.5",
+            RAPPORT_SESSION_RESUME_SECONDS="1",
+        ),
     )  # fmt: skip
-    running = Server(tmp_path_factory.mktemp("sessions-a") / "data", **env).start()
-    yield running
-    running.retire()
+    start_together(first, second)
+    yield first, second
+    first.retire()
+    second.retire()
 
 
 @pytest.fixture(scope="module")
-def other_node(
-    tmp_path_factory: pytest.TempPathFactory,
-    fake_llm: FakeOpenAI,
-    shared_redis: RedisServer,
-    chroma_server: ChromaServer,
-) -> Iterator[Server]:
-    """A second process on the same Redis; its tokens must be used within 1 s, it pings a
-    socket every half second and gives it half a second to answer, and a socket gone for
-    a second ends its session."""
-    env = llm_env(
-        fake_llm, RAPPORT_REDIS_URL=shared_redis.url, RAPPORT_CHROMA_URL=chroma_server.url,
-        RAPPORT_SESSION_CONNECT_SECONDS="1",
-        RAPPORT_WS_PING_INTERVAL="0.5", RAPPORT_WS_PING_TIMEOUT="0.5",
-        RAPPORT_SESSION_RESUME_SECONDS="1",
-    )  # fmt: skip
-    running = Server(tmp_path_factory.mktemp("sessions-b") / "data", **env).start()
-    yield running
-    running.retire()
+def node(nodes: tuple[Server, Server]) -> Server:
+    return nodes[0]
+
+
+@pytest.fixture(scope="module")
+def other_node(nodes: tuple[Server, Server]) -> Server:
+    return nodes[1]
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from loadtest.fake_llm import FakeOpenAI
-from tests.conftest import RedisServer, Server, free_port, llm_env
+from tests.conftest import RedisServer, Server, free_port, llm_env, start_together
 from tests.test_sessions import Event, Live, closes_with, on, opened, persona, unique
 
 CAP = 2
@@ -60,18 +60,23 @@ QUEUE_SOCKET = "/api/waiting-room/{session_id}/socket"
 def start_pair(
     tmp_path_factory: pytest.TempPathFactory, name: str, redis: RedisServer, **env: str
 ) -> tuple[Server, Server]:
-    """Two processes on one Redis: one deployment. Started one after the other, so that
-    only the first creates the demo account. Nodes on one Redis must share a Chroma server
-    (engine/nodes.py); sessions never use it, so its URL here leads nowhere."""
+    """Two processes on one Redis: one deployment, started at once (either may make the demo
+    account: the tests here use accounts of their own). Nodes on one Redis must share a
+    Chroma server (engine/nodes.py); sessions never use it, so its URL here leads nowhere."""
     chroma = f"http://127.0.0.1:{free_port()}"
     env = {"RAPPORT_REDIS_URL": redis.url, "RAPPORT_CHROMA_URL": chroma, **env}
-    first = Server(tmp_path_factory.mktemp(f"{name}-a") / "data", **env).start()
-    try:
-        second = Server(tmp_path_factory.mktemp(f"{name}-b") / "data", **env).start()
-    except BaseException:
-        first.stop()
-        raise
+    first = Server(tmp_path_factory.mktemp(f"{name}-a") / "data", **env)
+    second = Server(tmp_path_factory.mktemp(f"{name}-b") / "data", **env)
+    start_together(first, second)
     return first, second
+
+
+def stop_pair(pair: tuple[Server, Server]) -> None:
+    """Both told to stop at once, then awaited: before the Redis they share stops."""
+    for server in pair:
+        server.terminate()
+    for server in pair:
+        server.reap()
 
 
 def operator(server: Server, *args: str) -> str:
@@ -83,15 +88,17 @@ def operator(server: Server, *args: str) -> str:
 
 def new_account(server: Server, *, plan: int | None = None, origins: tuple[str, ...] = ()):
     """A new account with its default persona: (name, API key); its plan and allowed origins
-    set the way an operator does."""
+    set with the operator's commands, run in this process (setup: a subprocess is ~0.7 s a
+    command)."""
     name = unique("wr")
     key = server.new_tenant(name)
+    changes = []
     if plan is not None:
-        operator(
-            server, "accounts", "plan", "--account", name, "--max-concurrent-sessions", str(plan)
-        )
-    for origin in origins:
-        operator(server, "accounts", "origins", "add", "--account", name, origin)
+        changes.append(("plan", "--account", name, "--max-concurrent-sessions", str(plan)))
+    changes += [("origins", "add", "--account", name, origin) for origin in origins]
+    for change in changes:
+        done = server.cli_in_process("accounts", *change)
+        assert done.returncode == 0, done.stderr
     return name, key
 
 
@@ -308,8 +315,7 @@ def deployment(
             _, key = new_account(a, plan=MAIN_PLAN)
             yield a, b, key
         finally:
-            a.stop()
-            b.stop()
+            stop_pair((a, b))
     finally:
         redis.stop()
 
@@ -344,8 +350,7 @@ def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, 
             _, key = new_account(a, plan=1000)
             yield a, b, key
         finally:
-            a.stop()
-            b.stop()
+            stop_pair((a, b))
     finally:
         redis.stop()
 
@@ -407,7 +412,7 @@ async def test_one_server_with_two_workers_is_one_deployment(tmp_path: Path) -> 
         finally:
             await backend.close()
     finally:
-        server.stop()
+        server.retire()
 
 
 async def test_the_accounts_plan_caps_its_sessions_queued_ones_included_and_never_queues(
@@ -808,8 +813,7 @@ def doomed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, S
         try:
             yield pair
         finally:
-            for server in pair:
-                server.stop()  # the killed one: reaped already, nothing to stop
+            stop_pair(pair)  # the killed one: reaped already, nothing to stop
     finally:
         redis.stop()
 
@@ -818,7 +822,7 @@ async def test_the_slot_of_a_killed_process_frees_within_the_lease_and_goes_to_t
     doomed: tuple[Server, Server],
 ) -> None:
     victim, survivor = doomed
-    backend = Backend(victim.demo_key, (victim, survivor))
+    backend = Backend(new_account(victim)[1], (victim, survivor))
     try:
         minted = await backend.ready(victim)
         async with contextlib.AsyncExitStack() as stack:

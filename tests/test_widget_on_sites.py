@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import Browser, Route, WebSocket
 
 from loadtest.fake_llm import DEFAULT_REPLY
-from tests.conftest import FakeOpenAI, Server, llm_env
+from tests.conftest import FakeOpenAI, Server, llm_env, start_together
 from tests.test_browser import CHAT, Business, Watched, browser, business, only_local, opened
 
 __all__ = ["browser"]  # test_browser's module fixture: Chromium with a fake microphone
@@ -28,16 +27,40 @@ SLOTS = 2
 
 
 @pytest.fixture(scope="module")
-def rapport(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI) -> Iterator[Server]:
-    """Rapport with two slots and a short resume window."""
-    env = llm_env(
-        fake_llm,
-        RAPPORT_MAX_SESSIONS=str(SLOTS),
-        RAPPORT_SESSION_RESUME_SECONDS=str(RESUME_SECONDS),
+def deployments(
+    tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeOpenAI
+) -> Iterator[tuple[Server, Server]]:
+    """(``rapport``, ``quiet``), started at once."""
+    both = (
+        Server(
+            tmp_path_factory.mktemp("sites") / "data",
+            **llm_env(
+                fake_llm,
+                RAPPORT_MAX_SESSIONS=str(SLOTS),
+                RAPPORT_SESSION_RESUME_SECONDS=str(RESUME_SECONDS),
+            ),
+        ),
+        Server(
+            tmp_path_factory.mktemp("quiet") / "data",
+            **llm_env(fake_llm, RAPPORT_SESSION_IDLE_SECONDS="2"),
+        ),
     )
-    running = Server(tmp_path_factory.mktemp("sites") / "data", **env).start()
-    yield running
-    running.retire()
+    start_together(*both)
+    yield both
+    for running in both:
+        running.retire()
+
+
+@pytest.fixture(scope="module")
+def rapport(deployments: tuple[Server, Server]) -> Server:
+    """Rapport with two slots and a short resume window."""
+    return deployments[0]
+
+
+@pytest.fixture(scope="module")
+def quiet(deployments: tuple[Server, Server]) -> Server:
+    """Rapport that ends a session after 2 s without a message from its visitor."""
+    return deployments[1]
 
 
 class Visit:
@@ -316,18 +339,14 @@ async def test_every_string_is_replaceable_and_arabic_lays_out_right_to_left(
 
 
 async def test_a_quiet_session_is_closed_said_so_and_the_next_message_starts_afresh(
-    browser: Browser, tmp_path: Path, fake_llm: FakeOpenAI
+    browser: Browser, quiet: Server
 ) -> None:
-    quiet = Server(tmp_path / "data", **llm_env(fake_llm, RAPPORT_SESSION_IDLE_SECONDS="2")).start()
-    try:
-        async with visit(browser, quiet) as tab:
-            await tab.watched.say("Hello")
-            await tab.watched.reply_done(1)
-            await tab.watched.state("closed")
-            assert "quiet while" in await tab.watched.status()
-            await tab.watched.say("Back again")
-            assert (await tab.watched.reply_done(2))["text"] == DEFAULT_REPLY
-            assert tab.mints() == 2
-            assert await tab.users() == ["Hello", "Back again"]
-    finally:
-        quiet.retire()
+    async with visit(browser, quiet) as tab:
+        await tab.watched.say("Hello")
+        await tab.watched.reply_done(1)
+        await tab.watched.state("closed")
+        assert "quiet while" in await tab.watched.status()
+        await tab.watched.say("Back again")
+        assert (await tab.watched.reply_done(2))["text"] == DEFAULT_REPLY
+        assert tab.mints() == 2
+        assert await tab.users() == ["Hello", "Back again"]
