@@ -248,7 +248,9 @@ def test_a_killed_master_is_503_never_500_then_service_comes_back(
         killed_at = time.monotonic()
         statuses: list[int] = []
         recovered_at = None
-        deadline = killed_at + NODE_TIMEOUT_MS / 1000 + 10
+        # Failover is the node timeout and an election, which a loaded machine slows; the
+        # loop ends as soon as service is back.
+        deadline = killed_at + NODE_TIMEOUT_MS / 1000 + 30
         while time.monotonic() < deadline:
             answers = [
                 client.post(
