@@ -231,7 +231,9 @@ class Server:
         found: list[dict] = []
 
         def logged() -> bool:
-            for line in self.stderr_path.read_text().splitlines():
+            # Whole lines only: a line longer than the server's stderr buffer (one with a
+            # traceback) reaches the file in pieces, and the last may be half written.
+            for line in self.stderr_path.read_text().split("\n")[:-1]:
                 entry = json.loads(line)
                 if entry.get("request_id") == request_id:
                     found.append(entry)
