@@ -10,7 +10,7 @@ run: $(STAMP)
 	$(BIN)/rapport serve
 
 test: $(STAMP) lint browser faq curl axe
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 # The browser tests drive Debian's chromium (never a downloaded one). Installed here when
 # missing (as root); if it cannot be, the browser tests fail: they are never skipped.

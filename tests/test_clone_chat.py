@@ -249,7 +249,9 @@ def b64(data: bytes) -> str:
         "chat_dXNlcjEyM",  # a length base64 cannot have
         "chat_" + b64(b"\xff\xfe"),  # not UTF-8
         "chat_" + b64(b"x" * 129),  # longer than any user_id
-        "chat_" + b64(b"nobody-" + uuid.uuid4().hex.encode()),  # well formed, unknown
+        # Well formed, and no user of the test's account: fixed, so that every test process
+        # collects the same cases.
+        "chat_" + b64(b"nobody-never-chatted-here"),
         "chat%2Fx",
     ],
 )
