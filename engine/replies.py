@@ -48,6 +48,9 @@ class Knowledge(msgspec.Struct, frozen=True):
     topics: list[str]
     """What the persona's active documents are about, by their labels: what it can help
     with, whatever the message."""
+    embedded: dict[str, np.ndarray] = msgspec.field(default_factory=dict)
+    """The texts retrieval embedded (the question), by text: the responder compares the
+    question with sentences too, and need not embed it again."""
 
 
 class Image(msgspec.Struct, frozen=True):
@@ -62,6 +65,8 @@ class TurnContext(msgspec.Struct, frozen=True, kw_only=True):
     snippets: list[Snippet]
     topics: list[str] = msgspec.field(default_factory=list)
     """What the persona's knowledge covers (:attr:`Knowledge.topics`)."""
+    embedded: dict[str, np.ndarray] = msgspec.field(default_factory=dict)
+    """Texts already embedded this turn (:attr:`Knowledge.embedded`)."""
     image: Image | None = None
     voice_context: str | None = None
     """A voice note's transcript sent along with a text message (seed 004: extra context)."""

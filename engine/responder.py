@@ -226,9 +226,14 @@ class SentenceVectors:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     async def similarity(
-        self, questions: list[str], snippets: Sequence[Snippet]
+        self,
+        questions: list[str],
+        snippets: Sequence[Snippet],
+        embedded: dict[str, np.ndarray] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Each sentence's cosines to each of ``questions``."""
+        """Each sentence's cosines to each of ``questions``; a question among ``embedded``
+        (retrieval's, :attr:`TurnContext.embedded`) is not embedded again."""
+        embedded = embedded or {}
         known: dict[str, np.ndarray] = {}
         for snippet in snippets:
             said = sentences(snippet.text)
@@ -239,27 +244,36 @@ class SentenceVectors:
         texts = [t for s in snippets for t in sentences(s.text) if t not in known]
         unique = list(dict.fromkeys(texts))
         missing = [t for t in unique if t not in self._cache]
-        vectors = await anyio.to_thread.run_sync(self._embed, [*questions, *missing])
-        for text, vector in zip(missing, vectors[len(questions) :], strict=True):
-            self._cache[text] = vector
+        # Each question embedded costs about as much as the retrieval's own embedding; the
+        # whole message usually is retrieval's question (BENCHMARKS.md, "Speed after issue 25").
+        asking = [q for q in dict.fromkeys(questions) if q not in embedded]
+        texts = [*asking, *missing]
+        vectors = await anyio.to_thread.run_sync(self._embed, texts) if texts else []
+        fresh = dict(zip(texts, vectors, strict=True))
+        for text in missing:
+            self._cache[text] = fresh[text]
         for text in unique:
             self._cache.move_to_end(text)
             known[text] = self._cache[text]
         while len(self._cache) > self._capacity:
             self._cache.popitem(last=False)
-        asked = vectors[: len(questions)]
+        asked = np.stack([embedded[q] if q in embedded else fresh[q] for q in questions])
         return {t: asked @ v for t, v in known.items()}
 
 
 async def best_sentences(
-    message: str, snippets: Sequence[Snippet], vectors: SentenceVectors, relevant: float = RELEVANT
+    message: str,
+    snippets: Sequence[Snippet],
+    vectors: SentenceVectors,
+    relevant: float = RELEVANT,
+    embedded: dict[str, np.ndarray] | None = None,
 ) -> tuple[Snippet, list[str]] | None:
     documents = [d for d in by_document(snippets)[:SNIPPETS_READ] if d[0].score >= RELATED]
     if not documents or not words(message):
         return None
     asked = asked_about(message, documents[0][0])
     read = [snippet for chunks in documents for snippet in chunks]
-    similarity = await vectors.similarity([asked, message], read)
+    similarity = await vectors.similarity([asked, message], read, embedded)
     return choose(message, documents, similarity, relevant)
 
 
@@ -296,7 +310,7 @@ class EmbeddedResponder:
         answer: list[str] = []
         if talk.rest or not talk.said:
             chosen = await best_sentences(
-                talk.rest, context.snippets, self._vectors, self._relevant
+                talk.rest, context.snippets, self._vectors, self._relevant, context.embedded
             )
             if chosen is not None:
                 answer, sources = self._quote(context, *chosen, greeted=bool(talk.said))

@@ -135,6 +135,7 @@ class TurnPipeline:
             message=message,
             snippets=knowledge.snippets,
             topics=knowledge.topics,
+            embedded=knowledge.embedded,
             image=turn.image,
             voice_context=voice_context,
             context=turn.context or None,

@@ -95,15 +95,15 @@ class KnowledgeRetriever:
         docs = [d for d in live if d.embedding_model == self._embedder.model.name]
         if not query.strip() or not docs:
             return knowledge
-        snippets = await self._search(account_id, docs, query, k)
-        return msgspec.structs.replace(knowledge, snippets=snippets)
-
-    async def _search(
-        self, account_id: str, docs: list[Document], query: str, k: int
-    ) -> list[Snippet]:
-        ids = [i for d in docs for i in d.live_chunk_ids()]
         vectors = await anyio.to_thread.run_sync(self._embedder.embed, [query])
         asked = vectors[0]
+        snippets = await self._search(account_id, docs, query, asked, k)
+        return msgspec.structs.replace(knowledge, snippets=snippets, embedded={query: asked})
+
+    async def _search(
+        self, account_id: str, docs: list[Document], query: str, asked: np.ndarray, k: int
+    ) -> list[Snippet]:
+        ids = [i for d in docs for i in d.live_chunk_ids()]
         hits = await self._index.query(account_id, asked, k * DENSE_CANDIDATES, ids)
         lexical = await self._lexical_scores(account_id, ids, query)
         found = {h.external_id for h in hits}

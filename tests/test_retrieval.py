@@ -336,6 +336,11 @@ async def test_a_snippet_carries_its_label_context_and_sentence_vectors(
     assert first.context == chunk_contexts(guide, chunks, "Store FAQ")[index]
     assert first.context == f"Store FAQ\nShop guide\n{HOURS.split('. ')[0]}."
     assert second.context == ""
+    # The question's vector goes on with the snippets, for the responder to compare
+    # sentences with (engine.responder.SentenceVectors): the one embedding of it in a turn.
+    (asked,) = found.embedded.values()
+    assert list(found.embedded) == [query]
+    assert float(asked @ kb.embedder.embed([query])[0]) > 0.999
     for snippet in found.snippets:
         assert len(snippet.sentence_vectors) == len(sentences(snippet.text)) > 1
         for vector in snippet.sentence_vectors:

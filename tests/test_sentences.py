@@ -128,6 +128,26 @@ async def test_sentence_vectors_made_at_ingest_are_used_not_made_again() -> None
     assert chosen is not None and chosen[1] == ["The lamp costs 40 euros."]
 
 
+async def test_the_question_retrieval_embedded_is_not_embedded_again() -> None:
+    # Retrieval embeds the question (kb.retrieval); the responder compares it and what is
+    # asked of the snippet with each sentence. Given retrieval's vector, it embeds only
+    # what is asked, and chooses as it does when it embeds both.
+    text = " ".join(QUOTED)
+    embedder = shared_embedder()
+    snippet = Snippet("doc", text, 0.9, sentence_vectors=tuple(embedder.embed(sentences(text))))
+    question = "How much is the lamp?"
+    embedded: list[str] = []
+
+    def embed(texts: list[str]) -> np.ndarray:
+        embedded.extend(texts)
+        return embedder.embed(texts)
+
+    given = {question: embedder.embed([question])[0]}
+    chosen = await best_sentences(question, [snippet], SentenceVectors(embed), embedded=given)
+    assert question not in embedded and len(embedded) == 1  # what is asked, alone
+    assert chosen == await best_sentences(question, [snippet], SentenceVectors(embedder.embed))
+
+
 # Pieces of text the agreement test builds from: every way a sentence can end, soft wraps,
 # blocks, paragraphs, abbreviations.
 ENDINGS = [
