@@ -178,7 +178,12 @@ class UserStore:
         await self._redis.set(
             keyspace.password_link(token_digest), f"{user.account_id}/{user.id}", ex=LINK_SECONDS
         )
-        await self._save(msgspec.structs.replace(user, link_digest=token_digest))
+        # Only the link changes: ``user`` may be older than a change made meanwhile.
+        await self._update(
+            user.account_id,
+            user.id,
+            lambda now, _: msgspec.structs.replace(now, link_digest=token_digest),
+        )
         return token
 
     @redis_boundary
@@ -225,6 +230,32 @@ class UserStore:
         stays an enabled owner (Conflict): else no one could manage its users but the CLI.
         Checked and written under WATCH, so two owners demoting each other at once cannot
         both succeed."""
+
+        def edit(before: User, others: list[User]) -> User:
+            after = msgspec.structs.replace(
+                before,
+                role=before.role if role is None else role,
+                disabled=before.disabled if disabled is None else disabled,
+            )
+            if keep_owner and owns(before) and not owns(after) and not any(map(owns, others)):
+                raise Conflict(
+                    "This is the account's last owner who can sign in: make another user"
+                    " an owner first."
+                )
+            return after
+
+        before, after = await self._update(account_id, user_id, edit)
+        if after != before:
+            await self._signins.end_all(account_id, user_id)
+        return before, after
+
+    async def _update(
+        self, account_id: str, user_id: str, edit: Callable[[User, list[User]], User]
+    ) -> tuple[User, User]:
+        """The user before and after ``edit(user, the account's other users)``, read and
+        written under WATCH: every change to a user record goes through here, so none writes
+        back a copy read before another change landed (a set-password link issued from an
+        old copy would enable a user disabled meanwhile). ``edit`` may raise to refuse."""
         key = keyspace.AccountKeys(account_id).users
         async with self._redis.pipeline(transaction=True) as pipe:
             for _ in range(UPDATE_TRIES):
@@ -233,26 +264,15 @@ class UserStore:
                 before = next((user for user in users if user.id == user_id), None)
                 if before is None:
                     raise NotFound("No such dashboard user.")
-                after = msgspec.structs.replace(
-                    before,
-                    role=before.role if role is None else role,
-                    disabled=before.disabled if disabled is None else disabled,
-                )
+                after = edit(before, [user for user in users if user.id != user_id])
                 if after == before:
                     return before, after
-                others = [user for user in users if user.id != user_id]
-                if keep_owner and owns(before) and not owns(after) and not any(map(owns, others)):
-                    raise Conflict(
-                        "This is the account's last owner who can sign in: make another user"
-                        " an owner first."
-                    )
                 pipe.multi()
                 pipe.hset(key, user_id, msgspec.json.encode(after))
                 try:
                     await pipe.execute()
                 except WatchError:
                     continue
-                await self._signins.end_all(account_id, user_id)
                 return before, after
         raise Conflict("The account's users kept changing under this change; try again.")
 
@@ -278,7 +298,15 @@ class UserStore:
         if HASHER.check_needs_rehash(user.password_hash):
             # Parameters raised since this hash was made: upgrade it while the password is known.
             rehashed = await self._in_thread(HASHER.hash, password)
-            await self._save(msgspec.structs.replace(user, password_hash=rehashed))
+            verified = user.password_hash
+
+            def upgrade(now: User, _: list[User]) -> User:
+                # Unless the password changed meanwhile: then the new one stays.
+                if now.password_hash != verified:
+                    return now
+                return msgspec.structs.replace(now, password_hash=rehashed)
+
+            await self._update(user.account_id, user.id, upgrade)
         return user
 
     @redis_boundary
@@ -296,23 +324,27 @@ class UserStore:
         browser session of the user ended (ASVS V7.4.3)."""
         check_password(password)  # before the link is spent: a refused password keeps it
         token_digest = digest(token)
+        unknown = ValidationFailed(
+            "This set-password link is unknown, used or expired; ask for a new one.",
+            errors={"token": ["unknown, used or expired"]},
+        )
         ref = await self._redis.getdel(keyspace.password_link(token_digest))
-        user = None
-        if ref is not None:
-            account_id, _, user_id = ref.partition("/")
-            try:
-                user = await self.get(account_id, user_id)
-            except NotFound:
-                user = None
-        if user is None or user.link_digest != token_digest:
-            raise ValidationFailed(
-                "This set-password link is unknown, used or expired; ask for a new one.",
-                errors={"token": ["unknown, used or expired"]},
-            )
+        if ref is None:
+            raise unknown
+        account_id, _, user_id = ref.partition("/")
         hashed = await self._in_thread(HASHER.hash, password)
-        changed = msgspec.structs.replace(user, password_hash=hashed, link_digest="")
-        await self._save(changed)
-        await self._signins.end_all(user.account_id, user.id)
+
+        def spend(user: User, _: list[User]) -> User:
+            # Checked on the record as it is now: a newer link voids this one (issue_link).
+            if user.link_digest != token_digest:
+                raise unknown
+            return msgspec.structs.replace(user, password_hash=hashed, link_digest="")
+
+        try:
+            _, changed = await self._update(account_id, user_id, spend)
+        except NotFound:
+            raise unknown from None
+        await self._signins.end_all(account_id, user_id)
         return changed
 
     async def _save(self, user: User) -> None:

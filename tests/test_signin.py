@@ -11,18 +11,20 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
+from argon2 import PasswordHasher
 from playwright.async_api import Browser as Chromium
 
+from engine import keyspace
 from engine.audit import AuditLog, AuditQuery
 from engine.errors import SignedOut
 from engine.signin import COOKIE, SignInStore
-from engine.users import LOWEST_PRIORITY, hashing_pool
+from engine.users import HASHER, LOWEST_PRIORITY, User, UserStore, hashing_pool
 from tests.conftest import Clock, Server
 from tests.test_knowledge import state_of
 
@@ -408,3 +410,60 @@ def test_passwords_are_hashed_at_the_lowest_cpu_priority() -> None:
 
     assert hashing_pool().submit(priorities).result() == (LOWEST_PRIORITY, LOWEST_PRIORITY)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < LOWEST_PRIORITY
+
+
+async def test_no_write_to_a_user_undoes_a_change_made_meanwhile(
+    redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every write to a user record is a read-modify-write under WATCH (UserStore._update):
+    # one that wrote back a copy read before a disable would enable the user again.
+    users = UserStore(redis, SignInStore(redis, idle_seconds=60, max_seconds=300))
+    made, _ = await users.create("acct-race", "race@example.com", "admin")
+
+    async def now() -> User:
+        return await users.get("acct-race", made.id)
+
+    # A reset link issued from a copy read before the user was disabled.
+    await users.set_disabled(made, True)
+    token = await users.issue_link(made)
+    assert (await now()).disabled and (await now()).link_digest
+
+    # A password set while an owner disables the user (during the hashing, which is slow).
+    await users.set_disabled(made, False)
+    token = await users.issue_link(made)
+    real = users._in_thread
+    raced: list[str] = []
+
+    async def race(work: Callable[..., object], *args: str) -> object:
+        if work == HASHER.hash and not raced:
+            raced.append("disabled")
+            await users.set_disabled(await now(), True)
+        return await real(work, *args)
+
+    monkeypatch.setattr(users, "_in_thread", race)
+    await users.set_password(token, PASSWORD)
+    after = await now()
+    assert raced and after.disabled and after.password_hash and not after.link_digest
+
+    # A hash upgraded at sign-in while the password is changed: the new password stays.
+    await users.set_disabled(after, False)
+    weak = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
+    await redis.hset(
+        keyspace.AccountKeys("acct-race").users,
+        made.id,
+        msgspec.json.encode(msgspec.structs.replace(await now(), password_hash=weak)),
+    )
+    token = await users.issue_link(made)
+    raced.clear()
+
+    async def change_password(work: Callable[..., object], *args: str) -> object:
+        if work == HASHER.hash and not raced:
+            raced.append("changed")
+            await users.set_password(token, "another long passphrase")
+        return await real(work, *args)
+
+    monkeypatch.setattr(users, "_in_thread", change_password)
+    await users.authenticate("race@example.com", PASSWORD)
+    assert raced
+    final = (await now()).password_hash
+    assert final != weak and HASHER.verify(final, "another long passphrase")
