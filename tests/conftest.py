@@ -45,6 +45,27 @@ UNLIMITED = (
 )
 
 
+NOT_SIDE_BY_SIDE = frozenset({"test_grounding_eval", "test_loadtest", "test_loadtest_site"})
+"""Modules that never run at the same time as each other under ``make test``'s two
+processes: the evaluation sets' ingest keeps both cores busy for minutes, and the load
+tool's open loop starts its arrivals on a clock (a sender starved of CPU falls behind)."""
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``make test``'s two processes (pytest-xdist) take the suite a test file at a time
+    (``--dist loadfile``: a file's module-scoped servers start once), and the files of
+    ``NOT_SIDE_BY_SIDE`` as one, run one after another. (xdist's ``loadgroup`` marks do not
+    reach its scheduler under pytest 9, whose node ids it can no longer rename.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "not side by side" if Path(path).stem in NOT_SIDE_BY_SIDE else path
+
+    return ByFile(config, log)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
