@@ -37,12 +37,12 @@ state always gives the same reply.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import anyio.to_thread
 import numpy as np
 
+from engine.recent import Recent
 from engine.replies import (
     Embed,
     Emit,
@@ -222,8 +222,7 @@ class SentenceVectors:
 
     def __init__(self, embed: Embed, capacity: int = SENTENCE_CACHE) -> None:
         self._embed = embed
-        self._capacity = capacity
-        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache: Recent[str, np.ndarray] = Recent(capacity)
 
     async def similarity(
         self,
@@ -243,7 +242,8 @@ class SentenceVectors:
                         known.setdefault(sentence, vector)
         texts = [t for s in snippets for t in sentences(s.text) if t not in known]
         unique = list(dict.fromkeys(texts))
-        missing = [t for t in unique if t not in self._cache]
+        cached = {t: v for t in unique if (v := self._cache.get(t)) is not None}
+        missing = [t for t in unique if t not in cached]
         # Each question embedded costs about as much as the retrieval's own embedding; the
         # whole message usually is retrieval's question (BENCHMARKS.md, "Speed after issue 25").
         asking = [q for q in dict.fromkeys(questions) if q not in embedded]
@@ -251,12 +251,9 @@ class SentenceVectors:
         vectors = await anyio.to_thread.run_sync(self._embed, texts) if texts else []
         fresh = dict(zip(texts, vectors, strict=True))
         for text in missing:
-            self._cache[text] = fresh[text]
-        for text in unique:
-            self._cache.move_to_end(text)
-            known[text] = self._cache[text]
-        while len(self._cache) > self._capacity:
-            self._cache.popitem(last=False)
+            self._cache.put(text, fresh[text])
+            known[text] = fresh[text]
+        known |= cached
         asked = np.stack([embedded[q] if q in embedded else fresh[q] for q in questions])
         return {t: asked @ v for t, v in known.items()}
 

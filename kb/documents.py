@@ -31,11 +31,15 @@ from engine import keyspace
 from engine.accounts import BYTES_PER_STORAGE_UNIT
 from engine.config import DEFAULT_EMBEDDING_MODEL
 from engine.errors import Conflict
+from engine.recent import Recent
 from engine.state import Client, redis_boundary
 from kb.listing import Listing, ListingRow, Status
 
 EXTERNAL_ID = re.compile(r"\A[A-Za-z0-9._:\-]{1,128}\Z")
 """Seed 000: 1-128 characters of letters, digits, '.', '_', ':' and '-'."""
+LISTINGS_KEPT = 256
+"""Accounts whose document listing a process keeps (:meth:`DocumentStore.listing`): a
+listing of 10,000 documents is a few MB; one not kept costs a reload of its rows."""
 TOKENS_PER_KNOWLEDGE_UNIT = 1000
 """A knowledge unit is 1,000 embedded tokens, rounded up per document (at least 1)."""
 WRITE_TRIES = 5
@@ -228,7 +232,7 @@ class DocumentStore:
         self._redis = redis
         self._write = redis.register_script(_WRITE)
         self._delete = redis.register_script(_DELETE)
-        self._listings: dict[str, Listing] = {}
+        self._listings: Recent[str, Listing] = Recent(LISTINGS_KEPT)
 
     @redis_boundary
     async def get(self, account_id: str, external_id: str) -> Document | None:
@@ -342,7 +346,7 @@ class DocumentStore:
         version_raw, raw_rows = await pipe.execute()
         rows = {eid: _decode_row(raw) for eid, raw in raw_rows.items()}
         listing = Listing(int(version_raw or 0), rows)
-        self._listings[account_id] = listing
+        self._listings.put(account_id, listing)
         return listing
 
     @redis_boundary

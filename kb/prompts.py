@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine import keyspace
+from engine.recent import Recent
 from engine.replies import Snippet
 from engine.sentences import sentences
 from engine.state import Client, redis_boundary
@@ -36,6 +37,9 @@ prompts, few enough that working them out again after a change stays cheap."""
 SOURCE_CHUNKS = 4
 """Of each, its first chunks: where an FAQ's first questions and a document's headings are."""
 MAX_QUESTION = 200
+PERSONAS_KEPT = 10_000
+"""Personas whose starter prompts a process keeps (three short questions each); one not
+kept is worked out again from its documents at the next mint."""
 MARKS = "#>*- \t"
 """A Markdown heading's, quote's or bullet's marks before a question: not its words."""
 
@@ -71,7 +75,7 @@ class StarterPrompts:
         self._docs = docs
         self._activations = activations
         self._index = index
-        self._kept: dict[tuple[str, str], tuple[Versions, list[str]]] = {}
+        self._kept: Recent[tuple[str, str], tuple[Versions, list[str]]] = Recent(PERSONAS_KEPT)
 
     @redis_boundary
     async def of(self, account_id: str, persona_id: str) -> list[str]:
@@ -87,7 +91,7 @@ class StarterPrompts:
         if kept is not None and kept[0] == versions:
             return kept[1]
         prompts = await self._pick(account_id, persona_id)
-        self._kept[(account_id, persona_id)] = (versions, prompts)
+        self._kept.put((account_id, persona_id), (versions, prompts))
         return prompts
 
     async def _pick(self, account_id: str, persona_id: str) -> list[str]:
