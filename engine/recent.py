@@ -1,9 +1,10 @@
 """What a process keeps of what it read lately: a map of bounded size, the least recently
 used entry out first when it is full.
 
-Every per-process cache keyed by account, persona or text goes through it: a process serves
+The caches the event loop keeps by account, persona or text go through it: a process serves
 any number of accounts, and a plain ``dict`` keyed by them grows for as long as the process
-lives. (:mod:`kb.lexical` keeps its own order: evicting a chunk also updates its postings.)
+lives. It is not for threads (a read moves the entry). :mod:`kb.lexical` keeps its own
+order: evicting a chunk also updates its postings.
 """
 
 from __future__ import annotations
