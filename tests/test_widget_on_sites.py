@@ -350,3 +350,58 @@ async def test_a_quiet_session_is_closed_said_so_and_the_next_message_starts_afr
         assert (await tab.watched.reply_done(2))["text"] == DEFAULT_REPLY
         assert tab.mints() == 2
         assert await tab.users() == ["Hello", "Back again"]
+
+
+THEME = (
+    "rapport-chat { --rapport-accent: rgb(1, 2, 3); --rapport-bg: rgb(250, 250, 240);"
+    " --rapport-fg: rgb(10, 20, 30); --rapport-font: monospace; --rapport-radius: 3px;"
+    " --rapport-height: 20rem; --rapport-launcher-offset: 7px; --rapport-panel-width: 300px;"
+    " --rapport-unread: rgb(7, 8, 9); --rapport-z-index: 42 }"
+    " rapport-chat::part(log) { outline: 4px solid rgb(4, 5, 6) }"
+    " rapport-chat::part(send) { border-radius: 1px }"
+)
+STYLED = (
+    "{send: ['[part=send]', 'backgroundColor'], frame: ['[part=frame]', 'backgroundColor'],"
+    " text: ['[part=frame]', 'color'], corner: ['[part=frame]', 'borderTopLeftRadius'],"
+    " width: ['[part=frame]', 'width'], height: ['[part=frame]', 'height'],"
+    " unread: ['[part=unread]', 'backgroundColor'], log: ['[part=log]', 'outlineColor'],"
+    " sendCorner: ['[part=send]', 'borderTopLeftRadius']}"
+)
+
+
+async def styles(tab: Visit) -> dict[str, str]:
+    """The computed styles the README's theming properties and parts reach, and the host's."""
+    inner = await tab.shadow(
+        f"Object.fromEntries(Object.entries({STYLED}).map(([k, [s, p]]) =>"
+        " [k, getComputedStyle(root.querySelector(s))[p]]))"
+    )
+    host = await tab.page.evaluate(
+        "() => { const s = getComputedStyle(document.querySelector('rapport-chat'));"
+        " return {font: s.fontFamily, z: s.zIndex, right: s.right, bottom: s.bottom}; }"
+    )
+    assert isinstance(inner, dict) and isinstance(host, dict)
+    return inner | host
+
+
+async def test_the_pages_css_properties_and_parts_theme_the_widget(
+    browser: Browser, rapport: Server
+) -> None:
+    # README, "Theming": each custom property set on the page, and ::part(), reach inside.
+    theme = f"const s = document.createElement('style'); s.textContent = {json.dumps(THEME)};"
+    theme += " document.head.append(s);"
+    async with visit(browser, rapport, "launcher", script=theme) as tab:
+        await tab.watched.chat('[part="launcher"]').click()
+        assert await styles(tab) == {
+            "send": "rgb(1, 2, 3)", "frame": "rgb(250, 250, 240)", "text": "rgb(10, 20, 30)",
+            "corner": "3px", "width": "300px", "height": "320px", "unread": "rgb(7, 8, 9)",
+            "log": "rgb(4, 5, 6)", "sendCorner": "1px", "font": "monospace", "z": "42",
+            "right": "7px", "bottom": "7px",
+        }  # fmt: skip
+    async with visit(browser, rapport, "launcher") as tab:  # the README's defaults
+        await tab.watched.chat('[part="launcher"]').click()
+        found = await styles(tab)
+        assert {k: found[k] for k in ("send", "frame", "corner", "width", "unread", "z")} == {
+            "send": "rgb(79, 70, 229)", "frame": "rgb(255, 255, 255)", "corner": "14px",
+            "width": "384px", "unread": "rgb(217, 45, 32)", "z": "2147483000",
+        }  # fmt: skip
+        assert (found["right"], found["bottom"]) == ("20px", "20px")
