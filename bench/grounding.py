@@ -13,7 +13,10 @@ refilled) gets the documents through ``PUT /api/knowledge/docs`` batches of 100 
 activates them all for the demo account's default persona. Every question (FAQ and
 off-topic) is asked through ``POST /api/v1/conversation`` at concurrency 1, a fresh
 ``user_id`` per question and pass: the first pass right after ingest is "cold", a second
-pass with the same questions is "warm" (client-side latency, p50/p95 of each).
+pass with the same questions is "warm" (client-side latency, p50/p95 of each). The latency
+peer, in the warm pass: each question asked again right after, for an account of the same
+server with no documents (``rapport accounts create`` while it runs), whose turn skips
+retrieval and grounding; the ratio is what drift on a shared host leaves comparable.
 
 Rapport exposes no ranked document list over HTTP, so its retrieval is read from each cold
 reply's ordered ``sources``: recall@k is "the answering document is among the first k
@@ -54,12 +57,15 @@ import httpx
 import msgspec
 
 from bench import faq
-from bench.harness import refill, run_bench, spawn_ready_rapport
+from bench.harness import operate, refill, run_bench, spawn_ready_rapport
 from bench.http_overhead import Server, machine, package_versions
 from kb.retrieval import DOCUMENT_WEIGHT, LEXICAL_WEIGHT
 
 HIGH_RPM = 10_000_000
 LIMITS = ("KEY", "IP", "MUTATIONS", "UPLOADS", "GLOBAL_IP")
+PEER_ACCOUNT = "bench-peer"
+"""The latency peer: an account on the same server with no documents, so its turn is the
+same request with retrieval returning before it embeds and nothing to ground on."""
 DOCS = "/api/knowledge/docs"
 CONVERSATION = "/api/v1/conversation"
 READY_TIMEOUT_S = 900.0
@@ -285,16 +291,27 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
         {f"RAPPORT_{name}_RPM": str(HIGH_RPM) for name in LIMITS},
     )
     refill(data_dir, 2 * len(asked) + 100)
-    passes: list[list[tuple[list[str], float, str]]] = []
-    with httpx.Client(
-        base_url=base, trust_env=False, timeout=REQUEST_TIMEOUT_S, headers={"X-Api-Key": key}
-    ) as client:
+    operate(data_dir, "accounts", "create", PEER_ACCOUNT)
+    peer_key = operate(data_dir, "keys", "create", "--account", PEER_ACCOUNT).split()[-1]
+    warm: list[tuple[list[str], float, str]] = []
+    empty: list[tuple[list[str], float, str]] = []
+    with (
+        httpx.Client(
+            base_url=base, trust_env=False, timeout=REQUEST_TIMEOUT_S, headers={"X-Api-Key": key}
+        ) as client,
+        httpx.Client(
+            base_url=base,
+            trust_env=False,
+            timeout=REQUEST_TIMEOUT_S,
+            headers={"X-Api-Key": peer_key},
+        ) as peer,
+    ):
         ingest_s = ingest(client, server, entries)
-        for name in ("cold", "warm"):
-            passes.append(
-                [ask(client, f"bench-{name}-{i:04d}", q) for i, (q, _) in enumerate(asked)]
-            )
-    cold, warm = passes
+        cold = [ask(client, f"bench-cold-{i:04d}", q) for i, (q, _) in enumerate(asked)]
+        # The peer's turn after each warm one: the host's drift reaches both alike.
+        for i, (q, _) in enumerate(asked):
+            warm.append(ask(client, f"bench-warm-{i:04d}", q))
+            empty.append(ask(peer, f"bench-peer-{i:04d}", q))
     n = len(questions)
     rapport_ranked = [sources for sources, _, _ in cold[:n]]
     off = cold[n:]
@@ -308,6 +325,7 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
     mean_sources = statistics.fmean(len(s) for s in rapport_ranked)
     cold_ms = [e * 1000 for _, e, _ in cold]
     warm_ms = [e * 1000 for _, e, _ in warm]
+    peer_ms = [e * 1000 for _, e, _ in empty]
     same = sum(c[0] == w[0] for c, w in zip(cold, warm, strict=True))
 
     if args.out:
@@ -396,7 +414,16 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
         f"| warm (second pass) | {pct(warm_ms, 50):.1f} | {pct(warm_ms, 95):.1f} | "
         f"<= {TARGET_WARM_P95_MS:.0f} |"
     )
+    say(
+        f"| peer: the same turns for an account with no documents, each after its warm turn "
+        f"| {pct(peer_ms, 50):.1f} | {pct(peer_ms, 95):.1f} | |"
+    )
     say()
+    say(
+        f"warm / peer: p50 {pct(warm_ms, 50) / pct(peer_ms, 50):.2f}, p95 "
+        f"{pct(warm_ms, 95) / pct(peer_ms, 95):.2f}; retrieval and grounding's own share of a "
+        f"warm turn, p50 {pct(warm_ms, 50) - pct(peer_ms, 50):.1f} ms"
+    )
     say(f"warm pass gave the same first source as cold for {same}/{len(asked)} questions")
     say()
     say(f"verdict: first source correct {first:.3f} >= {TARGET_FIRST}: {verdict(first >= 0.75)}")
