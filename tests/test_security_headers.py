@@ -18,7 +18,7 @@ import pytest
 
 from loadtest.result import ServerSample
 from loadtest.server_stats import METRICS_TOKEN_ENV, sample
-from tests.conftest import Server, start_together
+from tests.conftest import Server, running_together
 
 METRICS_TOKEN = "metrics-" + "0123456789abcdef" * 2
 GLOBAL_IP_RPM = 3
@@ -38,10 +38,8 @@ def windowed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server,
             tmp_path_factory.mktemp("unproxied") / "data", RAPPORT_GLOBAL_IP_RPM=str(GLOBAL_IP_RPM)
         ),
     )
-    start_together(*both)
-    yield both
-    for running in both:
-        running.retire()
+    with running_together(*both):
+        yield both
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import redis
 from websockets.exceptions import ConnectionClosed
 
 from engine import keyspace
-from tests.conftest import ChromaServer, RedisServer, Server, start_together
+from tests.conftest import ChromaServer, RedisServer, Server, running_together
 from tests.test_sessions import Live, on, opened, types, unique
 from tests.test_waiting_room import opened_from, problem, refused
 
@@ -50,10 +50,8 @@ def nodes(
         )
         for name in ("security-a", "security-b")
     )
-    start_together(a, b)
-    yield a, b
-    a.retire()
-    b.retire()
+    with running_together(a, b):
+        yield a, b
 
 
 @pytest.fixture(scope="module")

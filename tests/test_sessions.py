@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from api.sessions import FRAME_LIMIT
 from loadtest.fake_llm import DEFAULT_REPLY, FakeOpenAI
-from tests.conftest import ChromaServer, RedisServer, Server, llm_env, start_together
+from tests.conftest import ChromaServer, RedisServer, Server, llm_env, running_together
 
 AUDIO = Path(__file__).parent / "audio"
 WORDS = DEFAULT_REPLY.split()
@@ -78,10 +78,8 @@ def nodes(
             RAPPORT_SESSION_RESUME_SECONDS="1",
         ),
     )  # fmt: skip
-    start_together(first, second)
-    yield first, second
-    first.retire()
-    second.retire()
+    with running_together(first, second):
+        yield first, second
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from playwright.async_api import Browser, Route, WebSocket
 
 from loadtest.fake_llm import DEFAULT_REPLY
-from tests.conftest import FakeOpenAI, Server, llm_env, start_together
+from tests.conftest import FakeOpenAI, Server, llm_env, running_together
 from tests.test_browser import CHAT, Business, Watched, browser, business, only_local, opened
 
 __all__ = ["browser"]  # test_browser's module fixture: Chromium with a fake microphone
@@ -45,10 +45,8 @@ def deployments(
             **llm_env(fake_llm, RAPPORT_SESSION_IDLE_SECONDS="2"),
         ),
     )
-    start_together(*both)
-    yield both
-    for running in both:
-        running.retire()
+    with running_together(*both):
+        yield both
 
 
 @pytest.fixture(scope="module")
