@@ -247,9 +247,9 @@ class SentenceVectors:
         # Each question embedded costs about as much as the retrieval's own embedding; the
         # whole message usually is retrieval's question (BENCHMARKS.md, "Speed after issue 25").
         asking = [q for q in dict.fromkeys(questions) if q not in embedded]
-        texts = [*asking, *missing]
-        vectors = await anyio.to_thread.run_sync(self._embed, texts) if texts else []
-        fresh = dict(zip(texts, vectors, strict=True))
+        to_embed = [*asking, *missing]
+        vectors = await anyio.to_thread.run_sync(self._embed, to_embed) if to_embed else []
+        fresh = dict(zip(to_embed, vectors, strict=True))
         for text in missing:
             self._cache.put(text, fresh[text])
             known[text] = fresh[text]
