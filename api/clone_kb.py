@@ -52,7 +52,7 @@ from engine.apikeys import Principal
 from engine.audit import Actor, AuditLog
 from engine.errors import Failure, NotFound, RapportError, RateLimited, ValidationFailed
 from engine.llm import OpenAICompatible
-from engine.responder import RELATED
+from engine.replies import RELATED
 from kb.documents import Document
 from kb.ingest import Incoming, UpsertResult
 from kb.pages import Page, Text, article

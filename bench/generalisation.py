@@ -8,7 +8,8 @@ questions once through ``POST /api/v1/conversation`` (a fresh ``user_id`` each);
 ranking is each reply's ordered ``sources``. Then the same server is started again on the
 same data with an LLM (the fake OpenAI-compatible server, ``loadtest.fake_llm``) and asked
 the questions again: a reply's ``sources`` are then the documents put into the model's
-prompt, best first, and recall@5 is the answering document among them.
+prompt, best first (none when no document is about the question:
+:func:`engine.replies.on_topic`), and recall@5 is the answering document among them.
 
 Peers over the same whole documents, in this process: dense MiniLM (the project's
 embedder, cosine), BM25 (``bench.grounding.BM25``) and two readings of "dense + 0.2 x
@@ -131,6 +132,7 @@ def measure(
     sources = [s for s, _, _ in replies["embedded"][:n]]
     off = [s for s, _, _ in replies["embedded"][n:]]
     prompts = [s for s, _, _ in replies["llm"][:n]]
+    llm_off = [s for s, _, _ in replies["llm"][n:]]
     row: dict[str, float | int | str] = {
         "set": evalset.name,
         "shape": evalset.shape,
@@ -141,6 +143,7 @@ def measure(
         "no_source": sum(not s for s in sources) / n,
         "llm5": sum(t in s[:5] for s, t in zip(prompts, ids, strict=True)) / n,
         "off_clean": sum(not s for s in off) / len(off),
+        "llm_off_clean": sum(not s for s in llm_off) / len(llm_off),
         "ingest_s": ingest_s,
         "p50_ms": statistics.median(e for _, e, _ in replies["embedded"]) * 1000,
     }
@@ -185,9 +188,9 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
     say(
         "| set | shape | docs | Rapport first | cited among <= 3 | dense top-1 / top-3 | "
         "BM25 | fusion | z-fusion | best peer top-1 / top-3 | LLM prompt recall@5 | "
-        "off-topic, no source | questions with no source |"
+        "off-topic, no source | LLM: off-topic, no source | questions with no source |"
     )
-    say("|---|---|--:|" + "--:|" * 10)
+    say("|---|---|--:|" + "--:|" * 11)
     for row in rows:
         peer_cells = " | ".join(
             f"{float(row[f'{name}1']):.3f} / {float(row[f'{name}3']):.3f}" for name in PEERS
@@ -195,15 +198,17 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
         say(
             f"| {row['set']} | {row['shape']} | {row['documents']} | **{row['first']:.3f}** | "
             f"**{row['cited']:.3f}** | {peer_cells} | {row['best1']:.3f} / {row['best3']:.3f} | "
-            f"{row['llm5']:.3f} | {row['off_clean']:.3f} | {row['no_source']:.3f} |"
+            f"{row['llm5']:.3f} | {row['off_clean']:.3f} | {row['llm_off_clean']:.3f} | "
+            f"{row['no_source']:.3f} |"
         )
-    keys = ("first", "cited", "dense1", "dense3", "best1", "best3", "llm5", "off_clean")
+    keys = ("first", "cited", "dense1", "dense3", "best1", "best3", "llm5")
+    keys += ("off_clean", "llm_off_clean")
     mean = {k: statistics.fmean(float(r[k]) for r in rows) for k in keys}
     say(
         f"| mean of {len(rows)} | | | **{mean['first']:.3f}** | **{mean['cited']:.3f}** | "
         f"{mean['dense1']:.3f} / {mean['dense3']:.3f} | | | | "
         f"{mean['best1']:.3f} / {mean['best3']:.3f} | {mean['llm5']:.3f} | "
-        f"{mean['off_clean']:.3f} | |"
+        f"{mean['off_clean']:.3f} | {mean['llm_off_clean']:.3f} | |"
     )
     say()
     for evalset, row in zip(loaded, rows, strict=True):

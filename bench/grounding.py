@@ -76,6 +76,9 @@ TARGET_CITED = 0.90
 TARGET_OFF_TOPIC = 0.95
 TARGET_COLD_P95_MS = 60.0
 TARGET_WARM_P95_MS = 25.0
+"""Issue 15's budget for a warm reply on the Python FAQ."""
+TARGET_WARM_P95_MS_ISSUE_25 = 30.0
+"""Issue 25's ("no slower"), set after its reply changes; both are printed."""
 MAX_CITED = 3
 
 OFF_TOPIC = (
@@ -412,7 +415,8 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
     )
     say(
         f"| warm (second pass) | {pct(warm_ms, 50):.1f} | {pct(warm_ms, 95):.1f} | "
-        f"<= {TARGET_WARM_P95_MS:.0f} |"
+        f"<= {TARGET_WARM_P95_MS:.0f} (issue 15), <= {TARGET_WARM_P95_MS_ISSUE_25:.0f} "
+        "(issue 25) |"
     )
     say(
         f"| peer: the same turns for an account with no documents, each after its warm turn "
@@ -436,10 +440,11 @@ def run(args: argparse.Namespace, workdir: Path, servers: list[Server]) -> None:
         f"verdict: cold p95 {pct(cold_ms, 95):.1f} ms <= {TARGET_COLD_P95_MS:.0f}: "
         f"{verdict(pct(cold_ms, 95) <= TARGET_COLD_P95_MS)}"
     )
-    say(
-        f"verdict: warm p95 {pct(warm_ms, 95):.1f} ms <= {TARGET_WARM_P95_MS:.0f}: "
-        f"{verdict(pct(warm_ms, 95) <= TARGET_WARM_P95_MS)}"
-    )
+    for issue, target in ((15, TARGET_WARM_P95_MS), (25, TARGET_WARM_P95_MS_ISSUE_25)):
+        say(
+            f"verdict: warm p95 {pct(warm_ms, 95):.1f} ms <= {target:.0f} (issue {issue}): "
+            f"{verdict(pct(warm_ms, 95) <= target)}"
+        )
     say()
     say(f"total time: {time.monotonic() - wall:.0f} s")
 

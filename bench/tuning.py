@@ -14,7 +14,9 @@ server), :func:`kb.retrieval.fuse` ranks the documents with the configuration's 
 ``KNOWLEDGE_K`` documents, for the default persona with no memory. Per set and
 configuration: the reply's first source, the answering document cited among at most three
 sources, off-topic questions answered with no source, recall@1/3/5 and the mean reciprocal
-rank of the ranking.
+rank of the ranking, and for an LLM's prompt (the first ``KNOWLEDGE_K`` documents, handed on
+only when one is about the question, :func:`engine.replies.on_topic`) whether it holds the
+answering document and, for an off-topic question, whether it is left empty.
 
 The choice, for each set held out: among the configurations that decline every off-topic
 question of every other set (``OFF_TOPIC_DECLINED``) and of the product bench
@@ -49,7 +51,7 @@ import numpy as np
 from bench import evalsets, faq, replies
 from engine.memory import Memory
 from engine.personas import Persona
-from engine.replies import Reply, TurnContext
+from engine.replies import Reply, TurnContext, on_topic
 from engine.responder import RELEVANT, EmbeddedResponder
 from engine.sentences import sentences
 from engine.smalltalk import social
@@ -171,6 +173,11 @@ class Figures(msgspec.Struct):
     off_topic: float
     recall: tuple[float, float, float]
     mrr: float
+    prompt: float
+    """An LLM's prompt holds the answering document: it ranks in the first ``KNOWLEDGE_K``
+    and the documents are handed on (:func:`engine.replies.on_topic`)."""
+    prompt_off_topic: float
+    """Off-topic questions whose documents are not handed on: an LLM's reply cites none."""
 
 
 class Answerer:
@@ -186,8 +193,11 @@ class Answerer:
         self._responders = {cut: EmbeddedResponder(vectors.embed, relevant=cut) for cut in CUTS}
         self._replies: dict[tuple[str, tuple[str, ...], float], Reply] = {}
 
-    def ask(self, message: str, configs: list[Config]) -> dict[Config, tuple[list[str], Reply]]:
-        """Per configuration: the documents in ranked order, and the reply."""
+    def ask(
+        self, message: str, configs: list[Config]
+    ) -> dict[Config, tuple[list[str], bool, Reply]]:
+        """Per configuration: the documents in ranked order, whether they are handed to the
+        backend (:func:`engine.replies.on_topic`), and the reply."""
         built = self._built
         question = social(message, PERSONA, MEMORY).rest
         query = self._vectors.embed([question])[0]
@@ -208,15 +218,16 @@ class Answerer:
                 document_weight=config.document_weight, lexical_weight=config.lexical_weight,
             )  # fmt: skip
             order = [found[0].external_id for found in ranked]
+            # What the pipeline hands a backend: these documents, or none at all.
+            given = on_topic([s for found in ranked[:KNOWLEDGE_K] for s in found])
             key = (message, tuple(order[:KNOWLEDGE_K]), config.relevant)
             if key not in self._replies:
                 context = TurnContext(
-                    persona=PERSONA, memory=MEMORY, message=message,
-                    snippets=[s for found in ranked[:KNOWLEDGE_K] for s in found],
+                    persona=PERSONA, memory=MEMORY, message=message, snippets=given,
                     topics=self._topics,
                 )  # fmt: skip
                 self._replies[key] = asyncio.run(self._responders[config.relevant].reply(context))
-            out[config] = (order, self._replies[key])
+            out[config] = (order, bool(given), self._replies[key])
         return out
 
 
@@ -228,13 +239,14 @@ def measure(
     asked = [(e.question, e.external_id) for e in entries]
     asked += [(q, None) for q in off_topic]
     answerer = Answerer(built, vectors)
-    tallies: dict[Config, list[float]] = {c: [0.0] * 7 for c in configs}
+    tallies: dict[Config, list[float]] = {c: [0.0] * 9 for c in configs}
     for message, truth in asked:
-        for config, (order, reply) in answerer.ask(message, configs).items():
+        for config, (order, given, reply) in answerer.ask(message, configs).items():
             sources = reply.sources
             tally = tallies[config]
             if truth is None:
                 tally[2] += not sources
+                tally[8] += not given
                 continue
             rank = order.index(truth) + 1
             tally[0] += bool(sources) and sources[0] == truth
@@ -243,9 +255,18 @@ def measure(
             tally[4] += rank <= 3
             tally[5] += rank <= 5
             tally[6] += 1 / rank
+            tally[7] += given and rank <= KNOWLEDGE_K
     n, off = len(entries), len(off_topic)
     return {
-        c: Figures(t[0] / n, t[1] / n, t[2] / off, (t[3] / n, t[4] / n, t[5] / n), t[6] / n)
+        c: Figures(
+            first=t[0] / n,
+            cited=t[1] / n,
+            off_topic=t[2] / off,
+            recall=(t[3] / n, t[4] / n, t[5] / n),
+            mrr=t[6] / n,
+            prompt=t[7] / n,
+            prompt_off_topic=t[8] / off,
+        )
         for c, t in tallies.items()
     }
 
@@ -266,7 +287,7 @@ def product_probes(vectors: Vectors, configs: list[Config]) -> dict[Config, Coun
     answerer = Answerer(build(entries, vectors), vectors)
     counts: dict[Config, Counter[str]] = {c: Counter() for c in configs}
     for probe in replies.probes(products):
-        for config, (_, reply) in answerer.ask(probe.text, configs).items():
+        for config, (_, _, reply) in answerer.ask(probe.text, configs).items():
             sources = [product_of[s] for s in reply.sources]
             verdict = replies.verdict(probe, {"sources": sources, "reply": reply.text})
             counts[config][f"{probe.kind}: {verdict}"] += 1
@@ -328,12 +349,17 @@ def run(names: list[str]) -> None:
         "R@1 | R@5 | off-topic declined (out of sample) |"
     )
     say("|---|" + "--:|" * 9)
+    prompts = []
     for name in names:
         inside, outside = results[name][DEFAULTS], results[name][folds[name]]
         say(
             f"| {name} | {inside.first:.3f} | {inside.cited:.3f} | {inside.recall[0]:.3f} | "
             f"{inside.recall[2]:.3f} | **{outside.first:.3f}** | **{outside.cited:.3f}** | "
             f"{outside.recall[0]:.3f} | {outside.recall[2]:.3f} | {outside.off_topic:.3f} |"
+        )
+        prompts.append(
+            f"| {name} | {inside.prompt:.3f} | {inside.prompt_off_topic:.3f} | "
+            f"**{outside.prompt:.3f}** | **{outside.prompt_off_topic:.3f}** |"
         )
     mean_in = [
         statistics.fmean(getattr(results[n][DEFAULTS], k) for n in names)
@@ -347,6 +373,19 @@ def run(names: list[str]) -> None:
         f"| mean | {mean_in[0]:.3f} | {mean_in[1]:.3f} | | | **{mean_out[0]:.3f}** | "
         f"**{mean_out[1]:.3f}** | | | |"
     )
+    say()
+    say(
+        f"An LLM's prompt: the first {KNOWLEDGE_K} documents, handed on only when one of them "
+        "is about the question (engine.replies.on_topic):"
+    )
+    say()
+    say(
+        "| set | defaults: answering document in the prompt | off-topic, no document | "
+        "out of sample: answering document in the prompt | off-topic, no document |"
+    )
+    say("|---|" + "--:|" * 4)
+    for row in prompts:
+        say(row)
     say()
     say("Every configuration (first / cited <= 3 per set, then the mean):")
     say()

@@ -44,6 +44,7 @@ import numpy as np
 
 from engine.recent import Recent
 from engine.replies import (
+    RELATED,
     Embed,
     Emit,
     Reply,
@@ -61,9 +62,8 @@ from engine.words import STOPWORDS, WORD, stem, words
 
 MAX_SENTENCES = 2
 RELEVANT = 0.40
-"""A snippet this similar to the message (cosine) is about it."""
-RELATED = 0.3
-"""A snippet between this and RELEVANT counts only through sentences sharing words."""
+"""A snippet this similar to the message (cosine) is about it; between ``RELATED``
+(:mod:`engine.replies`) and this, it counts only through sentences sharing words."""
 SHARED = 0.5
 """The share of the message's content words a sentence of a related snippet must hold."""
 ANSWERS = 0.2

@@ -28,6 +28,7 @@ from engine.replies import (
     Summariser,
     TurnContext,
     ignore,
+    on_topic,
 )
 from engine.smalltalk import social
 from engine.speech import Transcriber
@@ -133,7 +134,7 @@ class TurnPipeline:
             persona=persona,
             memory=state.memory,
             message=message,
-            snippets=knowledge.snippets,
+            snippets=on_topic(knowledge.snippets),
             topics=knowledge.topics,
             embedded=knowledge.embedded,
             image=turn.image,

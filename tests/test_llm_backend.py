@@ -7,10 +7,12 @@ import re
 import uuid
 from datetime import UTC, datetime
 
+import httpx
+
 from engine.errors import UpstreamFailed
 from engine.memory import MemoryStore, Turn
 from engine.personas import PersonaStore
-from engine.replies import Knowledge
+from engine.replies import RELATED, Knowledge, Snippet, on_topic
 from engine.responder import EmbeddedResponder
 from engine.speech import Transcriber
 from engine.state import connect
@@ -118,13 +120,20 @@ class NoKnowledge:
         return Knowledge(snippets=[], topics=[])
 
 
+REFUNDS = "Refunds are paid back to the original card within five business days."
+
+
+def refunds_only(client: httpx.Client) -> None:
+    """The tenant's one active document: the refunds policy."""
+    client.put(doc_path("refunds"), json={"content": REFUNDS})
+    wait_ready(client, "refunds")
+    assert activate(client, ["refunds"]).status_code == 200
+
+
 def test_the_prompt_carries_persona_memory_and_snippets(llm_server, fake: FakeOpenAI) -> None:
     key = llm_server.new_tenant(f"prompt-{uuid.uuid4().hex[:8]}")
-    refunds = "Refunds are paid back to the original card within five business days."
     with llm_server.client(headers={"X-Api-Key": key}, timeout=30) as client:
-        client.put(doc_path("refunds"), json={"content": refunds})
-        wait_ready(client, "refunds")
-        assert activate(client, ["refunds"]).status_code == 200
+        refunds_only(client)
         client.post(URL, json={"user_id": "ada", "message": "Hello, my name is Ada."})
         answer = client.post(
             URL, json={"user_id": "ada", "message": "How are refunds paid back?",
@@ -133,7 +142,7 @@ def test_the_prompt_carries_persona_memory_and_snippets(llm_server, fake: FakeOp
     system, *turns = fake.calls()[-1]["messages"]
     assert system["content"].startswith("You are Nora.\nYou handle refunds.")
     assert "name: Ada" in system["content"]
-    assert f"[refunds] {refunds}" in system["content"]
+    assert f"[refunds] {REFUNDS}" in system["content"]
     assert [t["content"] for t in turns][:1] == ["Hello, my name is Ada."]
     assert answer["sources"] == ["refunds"]
 
@@ -158,3 +167,28 @@ def test_sources_name_each_document_the_model_was_given_once_best_first(
     given = re.findall(r"^\[([^\]]+)\]", fake.calls()[-1]["messages"][0]["content"], re.M)
     assert given.count("policy") >= 2
     assert answer.json()["sources"] == list(dict.fromkeys(given))
+
+
+def test_a_question_no_document_is_about_gets_no_knowledge_and_cites_nothing(
+    llm_server, fake: FakeOpenAI
+) -> None:
+    # Retrieval always finds the least unrelated documents; given to the model for a question
+    # the knowledge base does not cover, they were listed as the reply's sources.
+    key = llm_server.new_tenant(f"off-{uuid.uuid4().hex[:8]}")
+    with llm_server.client(headers={"X-Api-Key": key}, timeout=30) as client:
+        refunds_only(client)
+        off = client.post(URL, json={"user_id": "ada", "message": "Who painted the Mona Lisa?"})
+        system = fake.calls()[-1]["messages"][0]["content"]
+        on = client.post(URL, json={"user_id": "ada", "message": "How are refunds paid back?"})
+    assert off.status_code == 200 and off.json()["sources"] == []
+    assert "[refunds]" not in system and "No knowledge base entry matches" in system
+    assert on.json()["sources"] == ["refunds"]
+    assert f"[refunds] {REFUNDS}" in fake.calls()[-1]["messages"][0]["content"]
+
+
+def test_knowledge_is_handed_on_when_one_snippet_reaches_the_floor() -> None:
+    near = Snippet("near", "Somewhat related.", RELATED)
+    far = Snippet("far", "Unrelated.", RELATED - 0.01)
+    assert on_topic([far, near]) == [far, near], "the ranking is kept whole"
+    assert on_topic([far]) == []
+    assert on_topic([]) == []

@@ -12,6 +12,7 @@ import pytest
 from engine.memory import Memory
 from engine.personas import Persona, Sociality, Temperament, TemperamentName
 from engine.replies import (
+    RELATED,
     Image,
     ReplyDelta,
     ReplyDone,
@@ -25,7 +26,6 @@ from engine.responder import (
     GREETED_LEAD,
     NO_ANSWER,
     NO_IMAGES,
-    RELATED,
     RELEVANT,
     SNIPPETS_READ,
     TEMPERAMENT_LEAD,
