@@ -3,8 +3,9 @@ used entry out first when it is full.
 
 The caches the event loop keeps by account, persona or text go through it: a process serves
 any number of accounts, and a plain ``dict`` keyed by them grows for as long as the process
-lives. It is not for threads (a read moves the entry). :mod:`kb.lexical` keeps its own
-order: evicting a chunk also updates its postings.
+lives. A read moves the entry, so threads share one only under a lock (:mod:`kb.index`'s
+collection handles). :mod:`kb.lexical` keeps its own order: evicting a chunk also updates
+its postings.
 """
 
 from __future__ import annotations

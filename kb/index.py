@@ -30,9 +30,15 @@ from chromadb.config import Settings as ChromaSettings
 
 from engine.config import DEFAULT_EMBEDDING_MODEL, Settings
 from engine.errors import IndexUnavailable
+from engine.recent import Recent
 from kb.embedder import MiniLMEmbeddingFunction
 
 T = TypeVar("T")
+
+COLLECTIONS_KEPT = 1024
+"""Collection handles kept open, least recently used out first: one per account and model
+searched or written lately. A process serves any number of accounts; a handle dropped is
+opened again (one ``get_or_create_collection``) when its account comes back."""
 
 
 # What chromadb 1.5.9 raises when Chroma, or the way to it, failed, by cause.
@@ -65,15 +71,21 @@ def chroma_failed(exc: BaseException) -> bool:
 
 class VectorIndex:
     def __init__(
-        self, settings: Settings, before_add: Callable[[], Awaitable[None]] | None = None
+        self,
+        settings: Settings,
+        before_add: Callable[[], Awaitable[None]] | None = None,
+        *,
+        collections_kept: int = COLLECTIONS_KEPT,
     ) -> None:
         self._settings = settings
         self._before_add = before_add
         """Awaited before vectors are written: the deployment records which store holds
         its documents (:meth:`engine.nodes.Nodes.claim`)."""
         self._client: ClientAPI | None = None
-        self._collections: dict[tuple[str, str], Collection] = {}
+        self._kept = collections_kept
+        self._collections: Recent[tuple[str, str], Collection] = Recent(collections_kept)
         self._lock = threading.Lock()
+        """Guards the client and the handles: Chroma is called from worker threads."""
 
     def _open(self) -> ClientAPI:
         with self._lock:
@@ -113,8 +125,10 @@ class VectorIndex:
             if not chroma_failed(exc):
                 raise
             if self._settings.chroma_url is not None:
+                # Rebound, not changed in place: a worker thread may hold the lock while it
+                # dials, and the event loop must not wait for it.
                 self._client = None  # dial again next time
-                self._collections.clear()
+                self._collections = Recent(self._kept)
             raise IndexUnavailable() from exc
 
     def _collection(self, account_id: str, model: str | None = None) -> Collection:
@@ -123,14 +137,16 @@ class VectorIndex:
         # function stores it in the collection's configuration, so the collection reopens
         # with it offline.
         model = model or self._settings.embedding_model
-        found = self._collections.get((account_id, model))
+        with self._lock:
+            found = self._collections.get((account_id, model))
         if found is None:
             found = self._open().get_or_create_collection(
                 collection_name(account_id, model),
                 embedding_function=MiniLMEmbeddingFunction(model=model),  # type: ignore[arg-type]
                 configuration={"hnsw": {"space": "cosine"}},
             )
-            self._collections[(account_id, model)] = found
+            with self._lock:
+                self._collections.put((account_id, model), found)
         return found
 
     async def add(

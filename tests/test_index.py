@@ -164,3 +164,21 @@ async def test_packed_vectors_survive_a_round_trip_through_chroma(tmp_path: Path
 
 def test_no_vectors_pack_and_unpack_to_nothing() -> None:
     assert unpack(pack([], 384)) == []
+
+
+async def test_collection_handles_are_bounded_and_a_dropped_one_reopens(tmp_path: Path) -> None:
+    # A process serves any number of accounts: it keeps the handles of the latest only.
+    index = VectorIndex(Settings(data_dir=str(tmp_path)), collections_kept=2)
+    chunk = unit_rows(1, seed=3)[0]
+    for account in ("a", "b", "c"):
+        await index.add(
+            account, ids=[f"{account}@1#0"], vectors=chunk[None, :], texts=[f"About {account}."],
+            metadatas=[{"external_id": account, "doc_gen": f"{account}@1", "chunk": 0}],
+        )  # fmt: skip
+    assert len(index._collections) == 2 and ("a", index._settings.embedding_model) not in (
+        index._collections
+    )
+    (hit,) = await index.query("a", chunk, 1, ["a@1#0"])  # reopened, its vectors all there
+    assert hit.text == "About a." and hit.score == pytest.approx(1.0, abs=1e-5)
+    assert ("a", index._settings.embedding_model) in index._collections
+    assert len(index._collections) == 2
