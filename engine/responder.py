@@ -82,7 +82,8 @@ answerable questions measured, and every sentence read is a sentence embedded.""
 SECOND_WITHIN = 0.05
 """A second sentence is quoted only when it scores nearly as well as the best."""
 SENTENCE_CACHE = 4096
-"""Sentence vectors kept (1.5 KB each): knowledge sentences come back turn after turn."""
+"""Sentence and question vectors kept (1.5 KB each): knowledge sentences come back turn after
+turn, and so do common questions."""
 # A lead-in is a whole sentence before the quote, never a fragment glued to it ("Happily:
 # Yes."): the persona's traits change the words, the quote stays as the document says it.
 GREETED_LEAD = {
@@ -242,19 +243,20 @@ class SentenceVectors:
                         known.setdefault(sentence, vector)
         texts = [t for s in snippets for t in sentences(s.text) if t not in known]
         unique = list(dict.fromkeys(texts))
-        cached = {t: v for t in unique if (v := self._cache.get(t)) is not None}
-        missing = [t for t in unique if t not in cached]
         # Each question embedded costs about as much as the retrieval's own embedding; the
         # whole message usually is retrieval's question (BENCHMARKS.md, "Speed after issue 25").
+        # What is asked comes back as sentences do (a starter prompt, a common question), and
+        # is remembered with them: a text has one vector, whatever it is.
         asking = [q for q in dict.fromkeys(questions) if q not in embedded]
-        to_embed = [*asking, *missing]
+        cached = {t: v for t in (*asking, *unique) if (v := self._cache.get(t)) is not None}
+        to_embed = [t for t in dict.fromkeys((*asking, *unique)) if t not in cached]
         vectors = await anyio.to_thread.run_sync(self._embed, to_embed) if to_embed else []
         fresh = dict(zip(to_embed, vectors, strict=True))
-        for text in missing:
-            self._cache.put(text, fresh[text])
-            known[text] = fresh[text]
-        known |= cached
-        asked = np.stack([embedded[q] if q in embedded else fresh[q] for q in questions])
+        for text, vector in fresh.items():
+            self._cache.put(text, vector)
+        found = embedded | cached | fresh
+        known |= {t: found[t] for t in unique}
+        asked = np.stack([found[q] for q in questions])
         return {t: asked @ v for t, v in known.items()}
 
 

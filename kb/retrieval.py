@@ -32,6 +32,7 @@ import anyio.to_thread
 import msgspec
 import numpy as np
 
+from engine.recent import Recent
 from engine.replies import Knowledge, Snippet
 from kb.documents import Document, DocumentStore, chunk_owner
 from kb.embedder import Embedder
@@ -50,6 +51,10 @@ DOCUMENT_WEIGHT = 2.0
 """How much the document's own vector counts beside its best chunk's: twice. Chosen on the
 evaluation sets with each held out in turn (``bench/tuning.py``, from 0.5, 1 and 2): the
 document stands for the whole answer, a chunk for a part of it."""
+QUESTIONS_KEPT = 4096
+"""Question vectors remembered per process (1.5 KB each), least recently used out first:
+the same words come back, a widget's starter prompts above all, and embedding a question
+is 5 to 7 ms of a turn (BENCHMARKS.md, "Speed after issue 25")."""
 LEXICAL_WEIGHT = 0.15
 """How much BM25 (as a share of the best score) counts beside the cosines (chosen as
 ``DOCUMENT_WEIGHT``, from 0.1, 0.15 and 0.2): more lets shared common words outrank
@@ -81,6 +86,7 @@ class KnowledgeRetriever:
         self._index = index
         self._embedder = embedder
         self._lexical = lexical or LexicalIndex()
+        self._questions: Recent[str, np.ndarray] = Recent(QUESTIONS_KEPT)
 
     async def retrieve(
         self, account_id: str, active: Sequence[str], query: str, k: int
@@ -95,8 +101,10 @@ class KnowledgeRetriever:
         docs = [d for d in live if d.embedding_model == self._embedder.model.name]
         if not query.strip() or not docs:
             return knowledge
-        vectors = await anyio.to_thread.run_sync(self._embedder.embed, [query])
-        asked = vectors[0]
+        asked = self._questions.get(query)
+        if asked is None:
+            asked = (await anyio.to_thread.run_sync(self._embedder.embed, [query]))[0]
+            self._questions.put(query, asked)
         snippets = await self._search(account_id, docs, query, asked, k)
         return msgspec.structs.replace(knowledge, snippets=snippets, embedded={query: asked})
 

@@ -210,15 +210,15 @@ async def test_sentence_vectors_are_remembered_up_to_a_bound() -> None:
     def snippets(*texts: str) -> list[Snippet]:
         return [Snippet(text, text, 0.5) for text in texts]
 
-    vectors = SentenceVectors(embed, capacity=2)
+    vectors = SentenceVectors(embed, capacity=3)
     first = await vectors.similarity(["colours?"], snippets("Red.", "Blue."))
     again = await vectors.similarity(["colours?"], snippets("Red.", "Blue."))
-    assert embedded == [["colours?", "Red.", "Blue."], ["colours?"]]
+    assert embedded == [["colours?", "Red.", "Blue."]], "what is asked is remembered too"
     assert first.keys() == again.keys() == {"Red.", "Blue."}
     assert all(np.array_equal(first[text], again[text]) for text in first)
     await vectors.similarity(["colours?"], snippets("Green."))  # pushes out "Red.", the oldest
     await vectors.similarity(["colours?"], snippets("Red.", "Green."))
-    assert embedded[-1] == ["colours?", "Red."]
+    assert embedded[-2:] == [["Green."], ["Red."]]
 
 
 async def test_sentence_vectors_made_at_ingest_are_not_made_again() -> None:
@@ -244,11 +244,16 @@ async def test_sentence_vectors_made_at_ingest_are_not_made_again() -> None:
     )
     assert whole.keys() == fresh.keys()
     assert all(np.allclose(whole[text], fresh[text], atol=1e-5) for text in whole)
-    # A sentence with no vector (past the model's truncation) is embedded with the question.
+    # A sentence with no vector (past the model's truncation) is embedded with the question,
+    # or alone when the question is remembered.
     await vectors.similarity(
-        ["Where from?"], [Snippet("s", text, 0.5, sentence_vectors=(made[0], None))]
+        ["Where to?"], [Snippet("s", text, 0.5, sentence_vectors=(made[0], None))]
     )
-    assert embedded[-1] == ["Where from?", "Delivery takes three days."]
+    assert embedded[-1] == ["Where to?", "Delivery takes three days."]
+    await vectors.similarity(
+        ["Where from?"], [Snippet("s", "Delivery takes a week.", 0.5, sentence_vectors=())]
+    )
+    assert embedded[-1] == ["Delivery takes a week."]
 
 
 async def test_only_the_three_most_relevant_snippets_are_read() -> None:

@@ -4,6 +4,7 @@ are fused into one snippet per document; other accounts' and inactive documents 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -474,3 +475,31 @@ async def test_a_document_of_one_chunk_is_known_by_its_own_text_a_longer_one_by_
     mean = vectors.mean(axis=0)
     assert len(held["long"]) > 1 and held["long"][0].document is not None
     assert held["long"][0].document @ (mean / np.linalg.norm(mean)) == pytest.approx(1.0, abs=1e-3)
+
+
+async def test_a_question_asked_again_is_not_embedded_again(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    # A widget's starter prompts come back word for word from every visitor who taps one.
+    kb = KB(redis, tmp_path)
+    account = await kb.accounts.create("again")
+    await kb.load(account.id, {"returns": "Returns are free for 30 days. Keep the receipt."})
+    asked: list[str] = []
+    counting = copy.copy(kb.embedder)  # the same model and session, its calls counted
+
+    def embed(texts: list[str]) -> np.ndarray:
+        asked.extend(texts)
+        return kb.embedder.embed(texts)
+
+    counting.embed = embed  # type: ignore[method-assign]
+    retriever = KnowledgeRetriever(docs=kb.docs, index=kb.index, embedder=counting)
+    first = await retriever.retrieve(account.id, ["returns"], "Can I return shoes?", 1)
+    again = await retriever.retrieve(account.id, ["returns"], "Can I return shoes?", 1)
+    other = await retriever.retrieve(account.id, ["returns"], "Do I need the receipt?", 1)
+    assert asked == ["Can I return shoes?", "Do I need the receipt?"]
+    vector = first.embedded["Can I return shoes?"]
+    assert np.array_equal(vector, again.embedded["Can I return shoes?"])
+    assert [(s.external_id, s.text, s.score) for s in first.snippets] == [
+        (s.external_id, s.text, s.score) for s in again.snippets
+    ]
+    assert other.snippets and not np.array_equal(vector, other.embedded["Do I need the receipt?"])
