@@ -61,9 +61,9 @@ class Knowledge(msgspec.Struct, frozen=True):
 def on_topic(snippets: list[Snippet]) -> list[Snippet]:
     """``snippets`` when one of them is about the message (``RELATED`` or more), else none.
     Retrieval always finds the least unrelated documents; handed to an LLM for a question
-    the knowledge base does not cover, they were listed as the reply's sources, so an
-    off-topic question was never answered with no source (issue 25). With none, the model
-    is told that no entry matches. On the evaluation sets this costs the LLM prompt's
+    the knowledge base does not cover, they would be the reply's sources, and an off-topic
+    question must be answered with none (issue 25). With none, the model is told that no
+    entry matches. On the evaluation sets this costs the LLM prompt's
     recall@5 the answerable questions whose every document scores under ``RELATED``, which
     the embedded responder declines too (BENCHMARKS.md, "Replies on knowledge bases nobody
     tuned for")."""

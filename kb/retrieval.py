@@ -51,14 +51,14 @@ DOCUMENT_WEIGHT = 2.0
 """How much the document's own vector counts beside its best chunk's: twice. Chosen on the
 evaluation sets with each held out in turn (``bench/tuning.py``, from 0.5, 1 and 2): the
 document stands for the whole answer, a chunk for a part of it."""
-QUESTIONS_KEPT = 4096
-"""Question vectors remembered per process (1.5 KB each), least recently used out first:
-the same words come back, a widget's starter prompts above all, and embedding a question
-is 5 to 7 ms of a turn (BENCHMARKS.md, "Speed after issue 25")."""
 LEXICAL_WEIGHT = 0.15
 """How much BM25 (as a share of the best score) counts beside the cosines (chosen as
 ``DOCUMENT_WEIGHT``, from 0.1, 0.15 and 0.2): more lets shared common words outrank
 meaning."""
+QUESTIONS_KEPT = 4096
+"""Question vectors remembered per process (1.5 KB each), least recently used out first:
+the same words come back, a widget's starter prompts above all, and embedding a question
+is 5 to 7 ms of a turn (BENCHMARKS.md, "Speed after issue 25")."""
 
 
 def document_vector(chunk_vectors: np.ndarray, whole: np.ndarray | None) -> np.ndarray:
