@@ -17,8 +17,9 @@ Every run is bounded: the stages' total, then at most ``drain_s`` for the operat
 running (those left are cancelled and counted ``unfinished``), then at most ``TEARDOWN_S``
 for the teardown (or what the scenario asks: a site-like run waits there for the server to
 free its sessions); at most ``max_operations`` operations are started. SIGINT or SIGTERM
-(Ctrl-C) stops at once: scheduling ends, running operations are cancelled, and the result
-is still built and written, with ``interrupted`` set; a second Ctrl-C quits without it.
+(Ctrl-C) stops at once: scheduling ends, running operations are cancelled (or the teardown,
+when it comes during the teardown), and the result is still built and written, with
+``interrupted`` set; a second Ctrl-C quits without it.
 """
 
 from __future__ import annotations
@@ -172,13 +173,15 @@ class Runner:
             if self.m.phases and self.m.phases[-1].ended_s is None:
                 self.m.phases[-1].ended_s = self.m.now_s()
             if self.teardown is not None:
+                # Interrupted, a scenario's longer teardown (a settling) is cut short; a
+                # Ctrl-C during it ends it as one during the run ends the run (interrupt()).
+                bound = TEARDOWN_S if self.interrupted else self.teardown_s
+                self._work = asyncio.create_task(self._tear_down(bound))
                 try:
-                    # Interrupted, a scenario's longer teardown (a settling) is cut short too.
-                    bound = TEARDOWN_S if self.interrupted else self.teardown_s
-                    async with asyncio.timeout(bound):
-                        await self.teardown()
-                except Exception as exc:
-                    print(f"loadtest: teardown failed: {exc!r}", file=sys.stderr)
+                    await self._work
+                except asyncio.CancelledError:
+                    if not self.interrupted:
+                        raise
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
             await self.client.aclose()
@@ -191,8 +194,17 @@ class Runner:
             )
         return self.result()
 
+    async def _tear_down(self, bound: float) -> None:
+        assert self.teardown is not None
+        try:
+            async with asyncio.timeout(bound):
+                await self.teardown()
+        except Exception as exc:
+            print(f"loadtest: teardown failed: {exc!r}", file=sys.stderr)
+
     def interrupt(self) -> None:
-        """Ctrl-C: stop scheduling and cancel what runs; the result is still written."""
+        """Ctrl-C: stop scheduling and cancel what runs, the run or its teardown; the result
+        is still written."""
         if self.interrupted:
             return
         self.interrupted = True

@@ -132,6 +132,25 @@ def test_a_run_gives_the_callers_signal_handlers_back() -> None:
             signal.signal(number, handler)
 
 
+def test_ctrl_c_during_a_long_teardown_ends_it(tmp_path: Path) -> None:
+    # A site-like run settles for minutes at its end; Ctrl-C then ends the settling too.
+    async def nothing(client, clock, record) -> None:
+        record.outcome("ok")
+
+    async def settle() -> None:
+        asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGINT)
+        await asyncio.sleep(8)
+
+    started = time.monotonic()
+    result = run(
+        nothing, url="http://127.0.0.1:9", stages=[Stage(0.2, 10)], teardown=settle,
+        teardown_s=8, progress=False, out=tmp_path,
+    )  # fmt: skip
+    assert time.monotonic() - started < 4
+    assert result.interrupted and result.totals.sent == 2
+    assert load(tmp_path / "result.json").interrupted
+
+
 def test_an_http_run_counts_what_the_server_counted(target: Server, tmp_path: Path) -> None:
     before = answered(target)
     done = loadtest(
