@@ -4,6 +4,10 @@ chromadb's client is synchronous, so every call runs in a worker thread. A Chrom
 that is down when Rapport starts is not fatal: the client is (re)made on the next use, and
 until then the index reports :class:`~engine.errors.IndexUnavailable`.
 
+A search asks Chroma for the nearest chunks' ids and distances; what a chunk holds (text,
+metadata, packed vectors) is read once per process and kept (``CHUNKS_KEPT``): a chunk id
+names one generation of one document, so it never changes.
+
 Only Chroma failing, or the way to it, is IndexUnavailable (a 503 that says "retry later");
 the errors that mean so are listed below by cause, and mapped once, in ``VectorIndex._call``.
 Anything else (a ValueError for an id that is not a string, a TypeError) is a bug of ours
@@ -35,6 +39,12 @@ from kb.embedder import MiniLMEmbeddingFunction
 
 T = TypeVar("T")
 
+CHUNKS_KEPT = 4096
+"""Chunks kept decoded per process (text, metadata and sentence vectors, ~13 KB each),
+least recently used out first. A chunk id names one generation of one document, so what
+it holds never changes (as :mod:`kb.lexical` relies on); a search then asks Chroma only for
+ids and distances, half the time of a search that brings the chunks back (BENCHMARKS.md,
+"Speed after issue 25")."""
 COLLECTIONS_KEPT = 1024
 """Collection handles kept open, least recently used out first: one per account and model
 searched or written lately. A process serves any number of accounts; a handle dropped is
@@ -76,6 +86,7 @@ class VectorIndex:
         before_add: Callable[[], Awaitable[None]] | None = None,
         *,
         collections_kept: int = COLLECTIONS_KEPT,
+        chunks_kept: int = CHUNKS_KEPT,
     ) -> None:
         self._settings = settings
         self._before_add = before_add
@@ -84,8 +95,11 @@ class VectorIndex:
         self._client: ClientAPI | None = None
         self._kept = collections_kept
         self._collections: Recent[tuple[str, str], Collection] = Recent(collections_kept)
+        self._chunks: Recent[tuple[str, str, str], Hit] = Recent(chunks_kept)
+        """(account, model, chunk id) -> the chunk, scored 0."""
         self._lock = threading.Lock()
-        """Guards the client and the handles: Chroma is called from worker threads."""
+        """Guards the client, the handles and the chunks: Chroma is called from worker
+        threads."""
 
     def _open(self) -> ClientAPI:
         with self._lock:
@@ -193,20 +207,20 @@ class VectorIndex:
         """
 
         def search(ids: list[str]) -> list[Hit]:
-            found = self._collection(account_id).query(
+            collection = self._collection(account_id)
+            found = collection.query(
                 query_embeddings=[vector],  # type: ignore[list-item]
                 n_results=k,
                 ids=ids,
-                include=["documents", "metadatas", "distances"],
+                include=["distances"],
             )
-            documents = (found["documents"] or [[]])[0]
-            metadatas = (found["metadatas"] or [[]])[0]
-            distances = (found["distances"] or [[]])[0]
+            nearest = dict(zip(found["ids"][0], (found["distances"] or [[]])[0], strict=True))
+            held = self._decoded(account_id, collection, list(nearest))
+            # A chunk deleted between the two reads (its document replaced) is left out.
             return [
-                _hit(chunk_id, text, meta, 1.0 - float(dist))
-                for chunk_id, text, meta, dist in zip(
-                    found["ids"][0], documents, metadatas, distances, strict=True
-                )
+                msgspec.structs.replace(held[chunk_id], score=1.0 - float(distance))
+                for chunk_id, distance in nearest.items()
+                if chunk_id in held
             ]
 
         def work() -> list[Hit]:
@@ -219,6 +233,28 @@ class VectorIndex:
                 return search(held) if held else []
 
         return await self._call(work)
+
+    def _decoded(self, account_id: str, collection: Collection, ids: list[str]) -> dict[str, Hit]:
+        """The chunks among ``ids`` the collection holds, scored 0: kept ones from memory,
+        the others read (in the calling worker thread) and kept."""
+        model = self._settings.embedding_model
+        with self._lock:
+            kept = {i: self._chunks.get((account_id, model, i)) for i in ids}
+        held = {i: hit for i, hit in kept.items() if hit is not None}
+        missing = [i for i in ids if i not in held]
+        if missing:
+            found = collection.get(ids=missing, include=["documents", "metadatas"])  # type: ignore[list-item]
+            read = {
+                chunk_id: _hit(chunk_id, text, meta, 0.0)
+                for chunk_id, text, meta in zip(
+                    found["ids"], found["documents"] or [], found["metadatas"] or [], strict=True
+                )
+            }
+            with self._lock:
+                for chunk_id, hit in read.items():
+                    self._chunks.put((account_id, model, chunk_id), hit)
+            held |= read
+        return held
 
     async def chunks(
         self,

@@ -182,3 +182,35 @@ async def test_collection_handles_are_bounded_and_a_dropped_one_reopens(tmp_path
     assert hit.text == "About a." and hit.score == pytest.approx(1.0, abs=1e-5)
     assert ("a", index._settings.embedding_model) in index._collections
     assert len(index._collections) == 2
+
+
+async def test_a_search_reads_each_chunk_once_and_keeps_a_bounded_number(tmp_path: Path) -> None:
+    # Searches ask Chroma for ids and distances; the chunks themselves are read the first
+    # time only (a chunk id's content never changes), and only the latest are kept.
+    index = VectorIndex(Settings(data_dir=str(tmp_path)), chunks_kept=2)
+    rows = unit_rows(3, seed=9)
+    ids = [f"faq@1#{n}" for n in range(3)]
+    await index.add(
+        "kept", ids=ids, vectors=rows, texts=[f"Chunk {n}." for n in range(3)],
+        metadatas=[
+            {"external_id": "faq", "doc_gen": "faq@1", "chunk": n, "context": f"Part {n}",
+             "sentences": pack([rows[n]], 384)}
+            for n in range(3)
+        ],
+    )  # fmt: skip
+    first = await index.query("kept", rows[0], 2, ids)
+    again = await index.query("kept", rows[0], 2, ids)
+    assert first[0].chunk_id == again[0].chunk_id == "faq@1#0"
+    assert [h.chunk_id for h in again] == [h.chunk_id for h in first]
+    assert [h.score for h in again] == pytest.approx([h.score for h in first])
+    assert first[0].score == pytest.approx(1.0, abs=1e-5)
+    assert all(a.sentences is b.sentences for a, b in zip(first, again, strict=True)), "kept"
+    for hit in first:
+        n = int(hit.chunk_id[-1])
+        assert (hit.text, hit.context) == (f"Chunk {n}.", f"Part {n}")
+        assert hit.sentences[0] is not None and float(hit.sentences[0] @ rows[n]) > 0.999
+    (third,) = await index.query(
+        "kept", rows[0], 1, [c for c in ids if c not in {h.chunk_id for h in first}]
+    )
+    assert third.text == f"Chunk {third.chunk_id[-1]}."
+    assert len(index._chunks) == 2, "bounded: the third chunk pushed the oldest out"
