@@ -243,13 +243,7 @@ class VectorIndex:
         held = {i: hit for i, hit in kept.items() if hit is not None}
         missing = [i for i in ids if i not in held]
         if missing:
-            found = collection.get(ids=missing, include=["documents", "metadatas"])  # type: ignore[list-item]
-            read = {
-                chunk_id: _hit(chunk_id, text, meta, 0.0)
-                for chunk_id, text, meta in zip(
-                    found["ids"], found["documents"] or [], found["metadatas"] or [], strict=True
-                )
-            }
+            read = {hit.chunk_id: hit for hit in _read(collection, missing)}
             with self._lock:
                 for chunk_id, hit in read.items():
                     self._chunks.put((account_id, model, chunk_id), hit)
@@ -267,25 +261,11 @@ class VectorIndex:
         (0 without one, and then their vectors are not read); in the current model's
         collection, or ``model``'s."""
 
-        def work() -> list[Hit]:
-            include = ["documents", "metadatas"] + (["embeddings"] if vector is not None else [])
-            found = self._collection(account_id, model).get(ids=list(chunk_ids), include=include)  # type: ignore[arg-type]
-            embeddings = found["embeddings"] if vector is not None else None
-            scores = [0.0] * len(found["ids"]) if embeddings is None else embeddings @ vector
-            return [
-                _hit(chunk_id, text, meta, float(score))
-                for chunk_id, text, meta, score in zip(
-                    found["ids"],
-                    found["documents"] or [],
-                    found["metadatas"] or [],
-                    scores,
-                    strict=True,
-                )
-            ]
-
         if not chunk_ids:
             return []
-        return await self._call(work)
+        return await self._call(
+            lambda: _read(self._collection(account_id, model), list(chunk_ids), vector)
+        )
 
 
 class Hit(msgspec.Struct, frozen=True, kw_only=True):
@@ -302,6 +282,21 @@ class Hit(msgspec.Struct, frozen=True, kw_only=True):
     sentences: list[np.ndarray | None] = msgspec.field(default_factory=list)
     """A vector for each sentence of ``text`` (``engine.sentences``), pooled from the chunk's
     own pass; None for one past the model's truncation."""
+
+
+def _read(collection: Collection, ids: list[str], vector: np.ndarray | None = None) -> list[Hit]:
+    """The chunks among ``ids`` that ``collection`` holds, scored against ``vector`` (0
+    without one, and then their vectors are not read). Runs in a worker thread."""
+    include = ["documents", "metadatas"] + (["embeddings"] if vector is not None else [])
+    found = collection.get(ids=ids, include=include)  # type: ignore[arg-type]
+    embeddings = found["embeddings"] if vector is not None else None
+    scores = [0.0] * len(found["ids"]) if embeddings is None else embeddings @ vector
+    return [
+        _hit(chunk_id, text, meta, float(score))
+        for chunk_id, text, meta, score in zip(
+            found["ids"], found["documents"] or [], found["metadatas"] or [], scores, strict=True
+        )
+    ]
 
 
 def _hit(chunk_id: str, text: str, meta: Any, score: float) -> Hit:
