@@ -24,8 +24,8 @@ from engine.personas import Persona
 
 RELATED = 0.3
 """The cosine under which a snippet is not about the message at all: the embedded responder
-reads no document whose best chunk scores less, and a message none of whose snippets reaches
-it is handed no knowledge (:func:`on_topic`)."""
+reads no document whose best chunk scores less, and a message none of whose snippets (nor
+their documents) reaches it is handed no knowledge (:func:`on_topic`)."""
 
 
 class Snippet(msgspec.Struct, frozen=True):
@@ -42,6 +42,14 @@ class Snippet(msgspec.Struct, frozen=True):
     sentence_vectors: tuple[np.ndarray | None, ...] = ()
     """A vector for each sentence of ``text`` (:func:`engine.sentences.sentences`), made at
     ingest; empty, or None for one sentence, where none was made."""
+    document_score: float | None = None
+    """Cosine similarity of the piece's whole document to the question (the document's own
+    vector, :func:`kb.retrieval.document_vector`); None where retrieval had none."""
+
+    @property
+    def closeness(self) -> float:
+        """How much the piece, or the document it belongs to, is about the question."""
+        return self.score if self.document_score is None else max(self.score, self.document_score)
 
 
 class Knowledge(msgspec.Struct, frozen=True):
@@ -59,15 +67,20 @@ class Knowledge(msgspec.Struct, frozen=True):
 
 
 def on_topic(snippets: list[Snippet]) -> list[Snippet]:
-    """``snippets`` when one of them is about the message (``RELATED`` or more), else none.
-    Retrieval always finds the least unrelated documents; handed to an LLM for a question
-    the knowledge base does not cover, they would be the reply's sources, and an off-topic
-    question must be answered with none (issue 25). With none, the model is told that no
-    entry matches. On the evaluation sets this costs the LLM prompt's
-    recall@5 the answerable questions whose every document scores under ``RELATED``, which
-    the embedded responder declines too (BENCHMARKS.md, "Replies on knowledge bases nobody
-    tuned for")."""
-    return snippets if any(s.score >= RELATED for s in snippets) else []
+    """``snippets`` when one of them, or its whole document, is about the message
+    (``RELATED`` or more), else none. Retrieval always finds the least unrelated documents;
+    handed to an LLM for a question the knowledge base does not cover, they would be the
+    reply's sources, and an off-topic question must be answered with none (issue 25). With
+    none, the model is told that no entry matches.
+
+    The whole document counts as it does in the ranking (:func:`kb.retrieval.fuse`): an
+    answer spread over a document can be closer to the question than any one of its chunks
+    (the Perl FAQ's "I grabbed the sources and tried to compile but ... failed": best chunk
+    0.2996, the document 0.38).
+    On the evaluation sets this costs the LLM prompt's recall@5 only the answerable questions
+    whose every document scores under ``RELATED`` both ways (BENCHMARKS.md, "Replies on
+    knowledge bases nobody tuned for")."""
+    return snippets if any(s.closeness >= RELATED for s in snippets) else []
 
 
 class Image(msgspec.Struct, frozen=True):

@@ -175,15 +175,22 @@ def fuse(
         owner = chunk_owner(chunk_id)
         lexical_best[owner] = max(lexical_best.get(owner, 0.0), score)
 
-    def fused(best: Hit) -> float:
-        whole = best.score if best.document is None else float(best.document @ asked)
-        dense = (best.score + document_weight * whole) / (1 + document_weight)
-        return dense + lexical_weight * lexical_best.get(best.external_id, 0.0) / top_lexical
-
     documents = [
         sorted(held.values(), key=lambda h: (-h.score, h.chunk_id))[:CHUNKS_PER_DOCUMENT]
         for held in chunks.values()
     ]
+    # The document's own vector against the question, which every chunk of it carries.
+    wholes = {
+        best.external_id: None if best.document is None else float(best.document @ asked)
+        for best, *_ in documents
+    }
+
+    def fused(best: Hit) -> float:
+        own = wholes[best.external_id]
+        whole = best.score if own is None else own
+        dense = (best.score + document_weight * whole) / (1 + document_weight)
+        return dense + lexical_weight * lexical_best.get(best.external_id, 0.0) / top_lexical
+
     documents.sort(key=lambda found: (-fused(found[0]), found[0].external_id))
     return [
         [
@@ -194,6 +201,7 @@ def fuse(
                 label=labels.get(h.external_id, ""),
                 context=h.context,
                 sentence_vectors=tuple(h.sentences),
+                document_score=wholes[h.external_id],
             )
             for h in found
         ]

@@ -186,9 +186,15 @@ def test_a_question_no_document_is_about_gets_no_knowledge_and_cites_nothing(
     assert f"[refunds] {REFUNDS}" in fake.calls()[-1]["messages"][0]["content"]
 
 
-def test_knowledge_is_handed_on_when_one_snippet_reaches_the_floor() -> None:
+def test_knowledge_is_handed_on_when_one_snippet_or_its_document_reaches_the_floor() -> None:
     near = Snippet("near", "Somewhat related.", RELATED)
     far = Snippet("far", "Unrelated.", RELATED - 0.01)
     assert on_topic([far, near]) == [far, near], "the ranking is kept whole"
     assert on_topic([far]) == []
     assert on_topic([]) == []
+    # A chunk under the floor whose whole document reaches it: the answer is spread over
+    # the document (the Perl FAQ's "I grabbed the sources and tried to compile but ...").
+    spread = Snippet("spread", "Part of it.", RELATED - 0.02, document_score=RELATED)
+    assert on_topic([far, spread]) == [far, spread]
+    apart = Snippet("apart", "Part of it.", RELATED - 0.02, document_score=RELATED - 0.01)
+    assert on_topic([far, apart]) == []

@@ -286,11 +286,18 @@ def test_fuse_counts_the_document_vector_and_the_words() -> None:
     # Each document as its chunks, best first.
     assert [[s.text for s in found] for found in ranked] == [["whole 0", "whole 1"], ["part 0"]]
     assert ranked[0][0].score == 0.50  # the chunk's cosine, not the fused score
+    # Every chunk also carries its whole document's cosine, so that "is this about the
+    # question" can look at the document (engine.replies.on_topic).
+    assert [[s.document_score for s in found] for found in ranked] == [
+        [pytest.approx(0.80), pytest.approx(0.80)],
+        [pytest.approx(0.55)],
+    ]
     chunks_only = fuse(hits, {}, QUESTION, {}, document_weight=0)
     assert firsts(chunks_only) == ["part", "whole"]
     # A chunk indexed before documents had vectors counts its own cosine for its document.
     legacy = fuse([hit("whole", 0.50, None), hit("part", 0.55, 0.55)], {}, QUESTION, {})
     assert firsts(legacy) == ["part", "whole"]
+    assert legacy[1][0].document_score is None and legacy[1][0].closeness == 0.50
     # Words count as a share of the best BM25 score, up to the lexical weight.
     tied = [hit("a", 0.50, 0.50), hit("b", 0.55, 0.55)]
     assert firsts(fuse(tied, {"a@1#0": 4.0}, QUESTION, {})) == ["a", "b"]
