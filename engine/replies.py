@@ -23,9 +23,10 @@ from engine.memory import Memory
 from engine.personas import Persona
 
 RELATED = 0.3
-"""The cosine under which a snippet is not about the message at all: the embedded responder
-reads no document whose best chunk scores less, and a message none of whose snippets (nor
-their documents) reaches it is handed no knowledge (:func:`on_topic`)."""
+"""The cosine under which a snippet is not about the message at all, nor its document
+(:attr:`Snippet.closeness`): the embedded responder reads no document whose best chunk and
+whole both score less, and a message none of whose snippets reaches it is handed no
+knowledge (:func:`on_topic`)."""
 
 
 class Snippet(msgspec.Struct, frozen=True):

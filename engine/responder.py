@@ -4,16 +4,18 @@ It answers the social part of a message (greetings, thanks, "who are you", "what
 name": :mod:`engine.smalltalk`) in the persona's voice, and the rest only with sentences
 taken from the persona's knowledge snippets. The retriever hands them over by document, best
 document first, each document's best chunks together; the first document that answers is
-quoted. A document whose best snippet scores ``RELEVANT`` or more is about the message; below
-that, down to ``RELATED``, only its sentences that share half the message's words count
-("Can I return my shoes?" scores 0.37 against a passage on returns that says "Returns are
-free for 30 days"). "Can I return shoes I wore once?" scores 0.44 against a returns policy
-that says items must be unused, and is answered. The cut was chosen on five evaluation
-sets, among the cuts that decline every off-topic question of each and of the product
-bench, each figure reported out of sample (BENCHMARKS.md, "Replies on knowledge bases nobody
-tuned for"): at 0.38 "Do you sell fishing rods?" is answered from an outdoor shop's trekking
-poles, and "Is there a scanf() or sscanf() equivalent?" (0.34) goes unanswered at any cut
-that declines it. When no sentence is left, or
+quoted. A document whose best snippet, or the document as a whole (its own vector, as the
+ranking counts it: :attr:`engine.replies.Snippet.closeness`), scores ``RELEVANT`` or more is
+about the message; below that, down to ``RELATED``, only its sentences that share half the
+message's words count ("Can I return my shoes?" scores 0.37 against a passage on returns
+that says "Returns are free for 30 days"). "Can I return shoes I wore once?" scores 0.44
+against a returns policy that says items must be unused, and is answered. The cut was
+chosen on five evaluation sets, among the cuts that decline every off-topic question of
+each and of the product bench, each figure reported out of sample (BENCHMARKS.md, "Replies
+on knowledge bases nobody tuned for"): at 0.38 "Do you sell fishing rods?" is answered from
+an outdoor shop's trekking poles. "Is there a scanf() or sscanf() equivalent?" scores 0.34
+against its best chunk, and is answered because its document, whole, scores over the cut.
+When no sentence is left, or
 none comes close to what is asked (``ANSWERS``), it says plainly that its knowledge does
 not cover it, names the topics it does cover, and invents nothing.
 
@@ -164,17 +166,19 @@ def choose(
     sentence's cosine to what is asked (``asked_about``) and to the whole message: the first
     ranks the sentences, both say whether a sentence answers at all (``ANSWERS``,
     ``ANSWERS_WITH_MESSAGE``). Whether a document is about the question at all is its best
-    snippet's score: the chunk that holds the answer need not be the closest one."""
+    snippet's closeness (the chunk's score, or the whole document's where that is higher):
+    the chunk that holds the answer need not be the closest one."""
     asked = words(message)
     for chunks in documents:
         best = chunks[0]
+        level = best.closeness
         scored = []
         for rank, snippet in enumerate(chunks):
             for position, sentence in enumerate(sentences(snippet.text)):
                 closeness = similarity[sentence]
                 answers = float(closeness[0])
                 shared = len(asked & words(sentence)) / len(asked) if asked else 0.0
-                about = best.score >= relevant or (best.score >= RELATED and shared >= SHARED)
+                about = level >= relevant or (level >= RELATED and shared >= SHARED)
                 if about and (answers >= ANSWERS or float(closeness.sum()) >= ANSWERS_WITH_MESSAGE):
                     scored.append((-answers, rank, position, sentence))
         if scored:
@@ -267,7 +271,7 @@ async def best_sentences(
     relevant: float = RELEVANT,
     embedded: dict[str, np.ndarray] | None = None,
 ) -> tuple[Snippet, list[str]] | None:
-    documents = [d for d in by_document(snippets)[:SNIPPETS_READ] if d[0].score >= RELATED]
+    documents = [d for d in by_document(snippets)[:SNIPPETS_READ] if d[0].closeness >= RELATED]
     if not documents or not words(message):
         return None
     asked = asked_about(message, documents[0][0])

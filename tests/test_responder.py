@@ -88,6 +88,19 @@ async def test_a_snippet_close_in_meaning_answers_without_shared_words() -> None
     assert "Then we ship" not in reply.text
 
 
+async def test_a_document_close_as_a_whole_is_about_the_question_when_its_chunk_is_not() -> None:
+    # The same passage, its chunk only related (and sharing no word with the question): it
+    # is declined, unless its whole document reaches the cut (the ranking's own vector).
+    text = "Payment is processed after order confirmation. Then we ship."
+    question = "How do I settle my bill?"
+    part = Snippet("pay", text, (RELATED + RELEVANT) / 2)
+    declined = await RESPONDER.reply(context(question, [part]))
+    assert declined.sources == [] and NOTHING_ON_IT in declined.text
+    whole = Snippet("pay", text, (RELATED + RELEVANT) / 2, document_score=RELEVANT)
+    answered = await RESPONDER.reply(context(question, [whole]))
+    assert answered.sources == ["pay"] and "Payment is processed" in answered.text
+
+
 @pytest.mark.parametrize(
     ("sociality", "leading"),
     list(itertools.product(get_args(Sociality), get_args(TemperamentName))),
@@ -279,6 +292,11 @@ async def test_only_the_three_most_relevant_snippets_are_read() -> None:
     snippets[1] = Snippet("d1", "Fact number 1 is here.", RELATED - 0.01)
     await best_sentences("Which fact is here?", snippets, SentenceVectors(embed))
     assert read(embedded) == [f"Fact number {i} is here." for i in (0, 2)]
+    # Unless its whole document reaches RELATED.
+    embedded.clear()
+    snippets[1] = Snippet("d1", "Fact number 1 is here.", RELATED - 0.01, document_score=RELATED)
+    await best_sentences("Which fact is here?", snippets, SentenceVectors(embed))
+    assert read(embedded) == [f"Fact number {i} is here." for i in (0, 1, 2)]
 
 
 async def test_the_first_snippet_that_answers_is_quoted_whatever_its_score() -> None:
