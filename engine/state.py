@@ -10,7 +10,9 @@ recovers by itself when Redis comes back.
 On a Redis Cluster (``RAPPORT_REDIS_CLUSTER``, docs/architecture.md "Scale-out") the client is
 redis-py's asyncio ``RedisCluster`` with the same timeouts, retry, names and decoding; it
 follows ``MOVED`` and refreshes its map of the slots when a node is lost, so service comes
-back by itself once a replica has taken over.
+back by itself once a replica has taken over. Two of the library's recovery steps are
+changed (:class:`_CommandTable`, :meth:`_Cluster.aclose`) so that while one master is down,
+the commands of the slots on the others never fail (tests/test_cluster_client.py).
 """
 
 from __future__ import annotations
