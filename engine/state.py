@@ -144,35 +144,15 @@ class _Cluster(RedisCluster):
         self._wait = wait
         self._in_flight = asyncio.Semaphore(POOL_SIZE)
 
-    async def initialize(
-        self,
-        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
-        last_failed_node_name: str | None = None,
-    ) -> _Cluster:
-        """Learn the map of the slots (at first use and after a node was lost).
-
-        redis-py's own, when it fails, closes every connection of every node, commands in
-        flight on healthy masters included; here a failed refresh leaves them be, and the
-        next command tries again. Failing because no node answers or a failover leaves
-        slots uncovered is Redis being unreachable; redis-py says it with the same
-        ``RedisClusterException`` it uses for a command whose keys span slots, which is a
-        bug and must stay one.
-        """
-        if not self._initialize:
-            return self
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if not self._initialize:
-                return self
-            nodes = self.nodes_manager
-            try:
-                await nodes.initialize(additional_startup_nodes_info, last_failed_node_name)
-            except RedisClusterException as exc:
-                raise RedisConnectionError(f"cannot map the cluster's slots: {exc}") from exc
-            await self.commands_parser.initialize(nodes.default_node)
-            self._initialize = False
-        return self
+    async def initialize(self, *args: Any, **kwargs: Any) -> Any:
+        """Learn the map of the slots (at first use and after a node was lost). Failing to,
+        because no node answers or a failover leaves slots uncovered, is Redis being
+        unreachable; redis-py says it with the same ``RedisClusterException`` it uses for a
+        command whose keys span slots, which is a bug and must stay one."""
+        try:
+            return await super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise RedisConnectionError(f"cannot map the cluster's slots: {exc}") from exc
 
     async def aclose(self) -> None:
         """Let go of the connections without cutting a command in flight; the map of the
