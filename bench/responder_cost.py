@@ -32,7 +32,6 @@ from engine.responder import EmbeddedResponder
 from engine.smalltalk import social
 from engine.turns import KNOWLEDGE_K
 from kb.embedder import shared_embedder
-from kb.retrieval import fuse
 
 SET = "python_faq"
 
@@ -42,21 +41,12 @@ def contexts() -> list[tuple[TurnContext, TurnContext]]:
     vectors = tuning.Vectors()
     evalset = evalsets.SETS[SET]()
     built = tuning.build(evalset.entries, vectors)
-    ids = [h.chunk_id for h in built.hits]
     topics = sorted({e.title for e in built.entries})
     pairs = []
     for entry in evalset.entries:
         question = social(entry.question, tuning.PERSONA, tuning.MEMORY).rest
         asked = vectors.embed([question])[0]
-        scored = [
-            msgspec.structs.replace(
-                hit,
-                score=float(cosine),
-                document=built.documents[tuning.DEFAULTS.document_vector][hit.external_id],
-            )
-            for hit, cosine in zip(built.hits, built.chunk_vectors @ asked, strict=True)
-        ]
-        ranked = fuse(scored, built.lexical.search("bench", ids, question), asked, built.labels)
+        ranked = tuning.rank(built, question, asked)
         plain = TurnContext(
             persona=tuning.PERSONA, memory=tuning.MEMORY, message=entry.question,
             snippets=[s for found in ranked[:KNOWLEDGE_K] for s in found], topics=topics,

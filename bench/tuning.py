@@ -51,7 +51,7 @@ import numpy as np
 from bench import evalsets, faq, replies
 from engine.memory import Memory
 from engine.personas import Persona
-from engine.replies import Reply, TurnContext, on_topic
+from engine.replies import Reply, Snippet, TurnContext, on_topic
 from engine.responder import RELEVANT, EmbeddedResponder
 from engine.sentences import sentences
 from engine.smalltalk import social
@@ -178,6 +178,21 @@ class Figures(msgspec.Struct):
     and the documents are handed on (:func:`engine.replies.on_topic`)."""
     prompt_off_topic: float
     """Off-topic questions whose documents are not handed on: an LLM's reply cites none."""
+
+
+def rank(built: Built, question: str, asked: np.ndarray) -> list[list[Snippet]]:
+    """The documents for ``question`` (embedded: ``asked``), best first, as
+    :func:`kb.retrieval.fuse` ranks them with the defaults, every chunk scored."""
+    scored = [
+        msgspec.structs.replace(
+            hit,
+            score=float(cosine),
+            document=built.documents[DEFAULTS.document_vector][hit.external_id],
+        )
+        for hit, cosine in zip(built.hits, built.chunk_vectors @ asked, strict=True)
+    ]
+    lexical = built.lexical.search("bench", [h.chunk_id for h in built.hits], question)
+    return fuse(scored, lexical, asked, built.labels)
 
 
 class Answerer:

@@ -73,6 +73,11 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     the part that had been said."""
 
 
+FOLLOWS_BACK = 3
+"""Turns a follow-up looks back over for what it is about: further back, "it" is more likely
+something said since than the subject of an older reply."""
+
+
 class Memory(msgspec.Struct, frozen=True, kw_only=True):
     summary: str
     """Compact digest of older turns that no longer fit, at most ``summary_bytes``."""
@@ -80,6 +85,16 @@ class Memory(msgspec.Struct, frozen=True, kw_only=True):
     """What is known about the user, e.g. ``{"name": "Ada"}``."""
     recent: list[Turn]
     """The most recent turns, oldest first."""
+
+    def grounded_on(self) -> list[str]:
+        """The documents the latest reply that drew on any drew on, among the last
+        ``FOLLOWS_BACK`` turns: what a follow-up that points back is about ("How heavy is
+        it?" after a reply about the Lumen tent), even past a reply in between that had
+        nothing to say ("Is it vegan?")."""
+        for turn in reversed(self.recent[-FOLLOWS_BACK:]):
+            if turn.sources:
+                return turn.sources
+        return []
 
 
 _encode = msgspec.json.Encoder().encode

@@ -157,10 +157,17 @@ class Summariser(Protocol):
 
 class Retriever(Protocol):
     async def retrieve(
-        self, account_id: str, active: Sequence[str], query: str, k: int
+        self,
+        account_id: str,
+        active: Sequence[str],
+        query: str,
+        k: int,
+        earlier: Sequence[str] = (),
     ) -> Knowledge:
         """The best chunks of the ``k`` best documents among the ``active`` ones
         (external_ids, read with the turn's other state) that are ready (see
         :attr:`Knowledge.snippets`; none for an empty ``query``), and the topics those
-        documents cover."""
+        documents cover. ``earlier``: the documents the conversation's last grounded reply
+        drew on (:meth:`engine.memory.Memory.grounded_on`), what a follow-up that points
+        back is about."""
         ...

@@ -128,7 +128,7 @@ class TurnPipeline:
         # is searched for ("Hi, I'm Ana. Can I return shoes?" looks for returns).
         question = social(message, persona, state.memory).rest
         knowledge = await self._retriever.retrieve(
-            turn.account_id, state.active, question, KNOWLEDGE_K
+            turn.account_id, state.active, question, KNOWLEDGE_K, state.memory.grounded_on()
         )
         context = TurnContext(
             persona=persona,

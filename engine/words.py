@@ -43,3 +43,13 @@ def terms(text: str) -> list[str]:
 
 def words(text: str) -> set[str]:
     return set(terms(text))
+
+
+REFERRING = frozenset("it its itself this these those they them their theirs one ones".split())
+"""Words by which a message points back at what was said before ("How heavy is it?"). Not
+"that", which begins as many new questions as it points back ("a tent that sleeps four")."""
+
+
+def refers_back(text: str) -> bool:
+    """Whether the text points back at something said before (a word of ``REFERRING``)."""
+    return any(w.lower() in REFERRING for w in WORD.findall(text))

@@ -34,6 +34,7 @@ import numpy as np
 
 from engine.recent import Recent
 from engine.replies import Knowledge, Snippet
+from engine.words import refers_back, words
 from kb.documents import Document, DocumentStore, chunk_owner
 from kb.embedder import Embedder
 from kb.index import Hit, VectorIndex
@@ -89,7 +90,12 @@ class KnowledgeRetriever:
         self._questions: Recent[str, np.ndarray] = Recent(QUESTIONS_KEPT)
 
     async def retrieve(
-        self, account_id: str, active: Sequence[str], query: str, k: int
+        self,
+        account_id: str,
+        active: Sequence[str],
+        query: str,
+        k: int,
+        earlier: Sequence[str] = (),
     ) -> Knowledge:
         if not active:
             return Knowledge(snippets=[], topics=[])
@@ -101,6 +107,9 @@ class KnowledgeRetriever:
         docs = [d for d in live if d.embedding_model == self._embedder.model.name]
         if not query.strip() or not docs:
             return knowledge
+        if earlier and refers_back(query):
+            named = {d.external_id: topic(d.label, d.original_file_name) for d in docs}
+            query = follow_up(query, earlier, named)
         asked = self._questions.get(query)
         if asked is None:
             asked = (await anyio.to_thread.run_sync(self._embedder.embed, [query]))[0]
@@ -139,19 +148,46 @@ _NUMBERING = re.compile(r"\s*(?:#\s*\d+|\(\s*\d+\s*\)|\[\s*\d+\s*\])$")
 _FILE_WORDS = re.compile(r"[-_.\s]+")
 
 
+def topic(label: str | None, file_name: str | None) -> str:
+    """What a document is about, by its label (a running number dropped: "Shipping #2" is
+    "Shipping"), or its file name when it has no label or the label is only a running
+    number; "" when neither says."""
+    name = _NUMBERING.sub("", (label or "").strip()).strip()
+    if not name:
+        stem = (file_name or "").rsplit(".", 1)[0]
+        name = _FILE_WORDS.sub(" ", stem).strip()
+    return name
+
+
 def topics(docs: Sequence[Document]) -> list[str]:
-    """What documents are about, by their labels (a running number dropped: "Shipping #2"
-    is "Shipping"), or their file names when they have no label or the label is only a
-    running number; each once, in the persona's order."""
+    """What documents are about (:func:`topic`), each once, in the persona's order."""
     found: dict[str, str] = {}
     for doc in docs:
-        name = _NUMBERING.sub("", (doc.label or "").strip()).strip()
-        if not name:
-            stem = (doc.original_file_name or "").rsplit(".", 1)[0]
-            name = _FILE_WORDS.sub(" ", stem).strip()
+        name = topic(doc.label, doc.original_file_name)
         if name:
             found.setdefault(name.casefold(), name)
     return list(found.values())
+
+
+def follow_up(query: str, earlier: Sequence[str], named: dict[str, str]) -> str:
+    """What a follow-up is searched for: ``query`` with the topic of the document the
+    conversation's last grounded reply drew on first (``earlier``, its sources), when the
+    query points back ("How heavy is it?", :func:`engine.words.refers_back`), names none of
+    the topics itself, and that topic is that document's alone (``named``: the live
+    documents' topics by external_id). Asked alone, "How heavy is it?" is closest to
+    whichever document says most about weight; after "Tell me about the Lumen tent" it is
+    asked as "How heavy is it? Lumen tent". A topic shared by many documents ("Python FAQ")
+    names a collection, not a subject, and is not added. Measured by ``bench/followups.py``
+    (BENCHMARKS.md, "Follow-up questions")."""
+    first = next((named[e] for e in earlier if e in named), "")
+    if not first or not refers_back(query):
+        return query
+    asked = words(query)
+    if any(words(name) <= asked for name in named.values() if words(name)):
+        return query
+    if sum(name.casefold() == first.casefold() for name in named.values()) > 1:
+        return query
+    return f"{query} {first}"
 
 
 def fuse(

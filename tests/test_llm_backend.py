@@ -116,7 +116,9 @@ async def test_a_failing_summary_keeps_the_plain_one(redis_server: RedisServer) 
 
 
 class NoKnowledge:
-    async def retrieve(self, account_id: str, active: list[str], query: str, k: int) -> Knowledge:
+    async def retrieve(
+        self, account_id: str, active: list[str], query: str, k: int, earlier: list[str]
+    ) -> Knowledge:
         return Knowledge(snippets=[], topics=[])
 
 

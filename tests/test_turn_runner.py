@@ -39,7 +39,9 @@ BALANCE = 10
 
 
 class NoKnowledge:
-    async def retrieve(self, account_id: str, active: list[str], query: str, k: int) -> Knowledge:
+    async def retrieve(
+        self, account_id: str, active: list[str], query: str, k: int, earlier: list[str]
+    ) -> Knowledge:
         return Knowledge(snippets=[], topics=[])
 
 

@@ -1,0 +1,208 @@
+"""Follow-up questions ("How heavy is it?" after a reply about the Lumen tent), asked as the
+turn pipeline asks them without and with :func:`kb.retrieval.follow_up`.
+
+Each set is built in this process as ``bench/tuning.py`` builds it, with the defaults. A
+conversation is two turns: a first question whose reply is grounded, then a second that
+points back at it. Its earlier documents are the first reply's sources, as
+:meth:`engine.memory.Memory.grounded_on` finds them: the embedded responder's reply's, and
+for an LLM the documents it was handed (``engine.replies.on_topic``). Per set:
+
+- follow-ups: the first turn asks about one document, the second points back at it
+  (product bench: "How heavy is it?" and five more after "Tell me about the <product>.",
+  the fact checked as ``bench/replies.py`` checks it; the evaluation sets: "Can you tell me
+  more about that?" and the like after the set's own question). Counted: the reply's first
+  source is that document (and says the fact), and an LLM's prompt holds it.
+- new questions: the second turn names another document of its own and points back too
+  ("How much does the Boulder headlamp cost? I might buy it."; the sets: another of their
+  questions). Counted as above: the follow-up rule must not pull them back.
+- off-topic follow-ups ("Is it going to rain tomorrow?" after an answered question):
+  replies with no source, and LLM prompts left empty.
+
+    .venv/bin/python -m bench.followups [--sets a,b]
+
+In process, nothing served; bounded by the sets (about 3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shlex
+import sys
+import time
+from collections import Counter
+
+import msgspec
+
+from bench import evalsets, faq, replies, tuning
+from engine.replies import Reply, TurnContext, on_topic
+from engine.responder import EmbeddedResponder
+from engine.smalltalk import social
+from engine.turns import KNOWLEDGE_K
+from kb.retrieval import follow_up, topic
+
+GENERIC = (
+    "Can you tell me more about that?",
+    "Why is that?",
+    "Could you give me an example of it?",
+    "Is that always the case?",
+    "How do I do that?",
+    "What does that mean?",
+)
+OFF_TOPIC = (
+    "Is it going to rain tomorrow?",
+    "What time is it in Tokyo right now?",
+    "Who won that football match last night?",
+    "Is it true that cats can see in the dark?",
+)
+PRODUCT = (
+    ("How much does it cost?", lambda p: f"costs {p.price} dollars"),
+    ("How heavy is it?", lambda p: f"weighs {p.grams} grams"),
+    ("What is the warranty on it?", lambda p: f"{p.warranty}-year warranty"),
+    ("Which colours does it come in?", lambda p: f"available in {p.colours[0]}"),
+    ("How do I clean it?", lambda p: f"To clean the {p.title}"),
+    ("Can I send it back if I don't like it?", lambda p: "returns are accepted"),
+)
+FOLLOW_UPS = 120
+NEW = 30
+OFF_TOPIC_EACH = 5
+SEED = 25
+
+
+class Case(msgspec.Struct, frozen=True):
+    kind: str  # "follow-up", "new question", "off-topic"
+    first: str
+    then: str
+    truth: str | None = None
+    fact: str = ""
+
+
+class Turns:
+    """One set's documents, asked a turn at a time with or without the follow-up rule."""
+
+    def __init__(self, built: tuning.Built, vectors: tuning.Vectors) -> None:
+        self._built = built
+        self._vectors = vectors
+        self._named = {e.external_id: topic(e.label, None) for e in built.entries}
+        self._topics = sorted({e.title for e in built.entries})
+        self._responder = EmbeddedResponder(vectors.embed)
+
+    def ask(self, message: str, earlier: list[str], rule: bool) -> tuple[Reply, list[str]]:
+        """The embedded responder's reply and the documents an LLM is handed."""
+        built = self._built
+        question = social(message, tuning.PERSONA, tuning.MEMORY).rest
+        if rule:
+            question = follow_up(question, earlier, self._named)
+        asked = self._vectors.embed([question])[0]
+        ranked = tuning.rank(built, question, asked)
+        given = on_topic([s for found in ranked[:KNOWLEDGE_K] for s in found])
+        context = TurnContext(
+            persona=tuning.PERSONA, memory=tuning.MEMORY, message=message, snippets=given,
+            topics=self._topics,
+        )  # fmt: skip
+        reply = asyncio.run(self._responder.reply(context))
+        return reply, list(dict.fromkeys(s.external_id for s in given))
+
+
+def cases(name: str, evalset: evalsets.EvalSet | None, entries: list[faq.Entry]) -> list[Case]:
+    rng = random.Random(SEED)
+    found: list[Case] = []
+    if evalset is None:  # the product bench
+        products, _ = replies.knowledge_base(tuning.PRODUCTS, tuning.PRODUCT_CHUNKS)
+        ids = {p.external_id: e.external_id for p, e in zip(products, entries, strict=True)}
+        for _ in range(FOLLOW_UPS):
+            product = rng.choice(products)
+            then, fact = rng.choice(PRODUCT)
+            found.append(Case("follow-up", f"Tell me about the {product.title}.", then,
+                              ids[product.external_id], fact(product)))  # fmt: skip
+        for _ in range(NEW):
+            product, other = rng.sample(products, 2)
+            template, fact = rng.choice(replies.ANSWERABLE)
+            found.append(Case("new question", f"Tell me about the {product.title}.",
+                              template.format(other.title) + " I might buy it.",
+                              ids[other.external_id], fact(other)))  # fmt: skip
+        firsts = [f"Tell me about the {p.title}." for p in products]
+    else:
+        for entry in entries:
+            found.append(Case("follow-up", entry.question, rng.choice(GENERIC), entry.external_id))
+        for entry in rng.sample(entries, min(NEW, len(entries))):
+            other = rng.choice([e for e in entries if e is not entry])
+            found.append(Case("new question", entry.question, other.question, other.external_id))
+        firsts = [e.question for e in entries]
+    for then in OFF_TOPIC:
+        for first in rng.sample(firsts, OFF_TOPIC_EACH):
+            found.append(Case("off-topic", first, then))
+    return found
+
+
+def measure(turns: Turns, asked: list[Case], rule: bool) -> Counter[str]:
+    tally: Counter[str] = Counter()
+    for case in asked:
+        first, handed = turns.ask(case.first, [], rule)
+        reply, _ = turns.ask(case.then, first.sources, rule)
+        _, given = turns.ask(case.then, handed, rule)
+        tally[f"{case.kind}: asked"] += 1
+        if case.truth is None:
+            tally[f"{case.kind}: no source"] += not reply.sources
+            tally[f"{case.kind}: LLM given nothing"] += not given
+        else:
+            right = reply.sources[:1] == [case.truth] and case.fact in reply.text
+            tally[f"{case.kind}: first source"] += right
+            tally[f"{case.kind}: LLM given it"] += case.truth in given
+    return tally
+
+
+def share(before: Counter[str], after: Counter[str], kind: str, what: str) -> str:
+    n = before[f"{kind}: asked"]
+    return f"{before[f'{kind}: {what}'] / n:.3f} → **{after[f'{kind}: {what}'] / n:.3f}**"
+
+
+def run(names: list[str]) -> None:
+    wall = time.monotonic()
+    vectors = tuning.Vectors()
+    print("| set | follow-ups: first source (before → with the rule) | LLM prompt holds it | "
+          "new questions: first source | LLM | off-topic follow-ups: no source | "
+          "LLM given nothing |")  # fmt: skip
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for name in names:
+        if name == "products":
+            products, texts = replies.knowledge_base(tuning.PRODUCTS, tuning.PRODUCT_CHUNKS)
+            entries = [
+                faq.Entry(p.external_id, p.title, number, p.title, text)
+                for number, (p, text) in enumerate(zip(products, texts, strict=True), start=1)
+            ]
+            evalset = None
+        else:
+            evalset = evalsets.SETS[name]()
+            entries = evalset.entries
+        turns = Turns(tuning.build(entries, vectors), vectors)
+        asked = cases(name, evalset, entries)
+        before, after = measure(turns, asked, False), measure(turns, asked, True)
+
+        cells = [
+            share(before, after, kind, what)
+            for kind, what in (
+                ("follow-up", "first source"), ("follow-up", "LLM given it"),
+                ("new question", "first source"), ("new question", "LLM given it"),
+                ("off-topic", "no source"), ("off-topic", "LLM given nothing"),
+            )
+        ]  # fmt: skip
+        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+        print(f"measured {name} ({time.monotonic() - wall:.0f} s)", file=sys.stderr)
+    print(f"\n{shlex.join(['.venv/bin/python', '-m', 'bench.followups', *sys.argv[1:]])}: "
+          f"{time.monotonic() - wall:.0f} s")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sets", default=",".join(["products", *evalsets.SETS]))
+    names = parser.parse_args().sets.split(",")
+    unknown = [n for n in names if n != "products" and n not in evalsets.SETS]
+    if unknown:
+        parser.error(f"unknown sets: {unknown}")
+    run(names)
+
+
+if __name__ == "__main__":
+    main()
