@@ -7,7 +7,9 @@ only what is asked; the peer is the same responder embedding both, as it did bef
 still does for a caller that hands no vector over. The Python FAQ (``bench/evalsets.py``) is
 built in process as the worker builds it (``bench/tuning.py``), each question ranked by
 :func:`kb.retrieval.fuse`, and each reply timed both ways, interleaved, ``--rounds`` times;
-the replies must be the same.
+the replies must be the same. Each reply is timed on a responder of its own, whose remembered
+vectors are empty: what is asked is a text new to the process, as a new question's is
+(a responder that had answered it before remembers it and embeds nothing either way).
 
     .venv/bin/python -m bench.responder_cost [--rounds 3]
 
@@ -56,9 +58,9 @@ def contexts() -> list[tuple[TurnContext, TurnContext]]:
 
 
 async def measure(pairs: list[tuple[TurnContext, TurnContext]], rounds: int) -> None:
-    responder = EmbeddedResponder(shared_embedder().embed)
-    for plain, _ in pairs:  # warm: the sentence cache and the ONNX session
-        await responder.reply(plain)
+    embed = shared_embedder().embed
+    for plain, _ in pairs[:10]:  # warm: the ONNX session
+        await EmbeddedResponder(embed).reply(plain)
     names = ("embeds the question again (peer)", "given it")
     times: dict[str, list[float]] = {name: [] for name in names}
     walls: dict[str, list[float]] = {name: [] for name in names}
@@ -67,6 +69,7 @@ async def measure(pairs: list[tuple[TurnContext, TurnContext]], rounds: int) -> 
         for plain, given in pairs:
             replies = []
             for name, context in zip(names, (plain, given), strict=True):
+                responder = EmbeddedResponder(embed)  # nothing remembered (docstring)
                 start, wall = time.process_time(), time.perf_counter()
                 replies.append(await responder.reply(context))
                 walls[name].append((time.perf_counter() - wall) * 1000)
