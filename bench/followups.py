@@ -18,7 +18,12 @@ for an LLM the documents it was handed (``engine.replies.on_topic``). Per set:
 - off-topic follow-ups ("Is it going to rain tomorrow?" after an answered question):
   replies with no source, and LLM prompts left empty.
 
-    .venv/bin/python -m bench.followups [--sets a,b]
+Then the rule's own cost on a persona of ``--documents`` documents (each with its own
+label): :func:`kb.retrieval.follow_up` with every live document's topic, per call, against
+:func:`kb.retrieval.topics`, which every turn with knowledge already runs over the same
+documents (the peer), both in this process after a first pass.
+
+    .venv/bin/python -m bench.followups [--sets a,b] [--documents 10000]
 
 In process, nothing served; bounded by the sets (about 3 minutes on 2 cores).
 """
@@ -29,6 +34,7 @@ import argparse
 import asyncio
 import random
 import shlex
+import statistics
 import sys
 import time
 from collections import Counter
@@ -40,7 +46,8 @@ from engine.replies import Reply, TurnContext, on_topic
 from engine.responder import EmbeddedResponder
 from engine.smalltalk import social
 from engine.turns import KNOWLEDGE_K
-from kb.retrieval import follow_up, topic
+from kb.documents import new_document
+from kb.retrieval import follow_up, topic, topics
 
 GENERIC = (
     "Can you tell me more about that?",
@@ -158,7 +165,31 @@ def share(before: Counter[str], after: Counter[str], kind: str, what: str) -> st
     return f"{before[f'{kind}: {what}'] / n:.3f} → **{after[f'{kind}: {what}'] / n:.3f}**"
 
 
-def run(names: list[str]) -> None:
+def cost(documents: int, calls: int = 20) -> None:
+    """ms per call of the rule and of its peer, median of ``calls``."""
+    docs = [
+        msgspec.structs.replace(new_document(f"p{n}"), label=f"Trail product {n} #{n}")
+        for n in range(documents)
+    ]
+    earlier = [docs[documents // 2].external_id]
+
+    def rule() -> str:
+        named = {d.external_id: topic(d.label, d.original_file_name) for d in docs}
+        return follow_up("How heavy is it?", earlier, named)
+
+    timings: dict[str, list[float]] = {"follow_up": [], "topics (peer)": []}
+    for _ in range(calls + 1):  # the first pass fills what is remembered
+        for name, call in (("follow_up", rule), ("topics (peer)", lambda: topics(docs))):
+            start = time.perf_counter()
+            call()
+            timings[name].append((time.perf_counter() - start) * 1000)
+    median = {name: statistics.median(t[1:]) for name, t in timings.items()}
+    print(f"\n{documents} documents: follow_up {median['follow_up']:.2f} ms per call, "
+          f"topics (peer) {median['topics (peer)']:.2f} ms; ratio "
+          f"{median['follow_up'] / median['topics (peer)']:.2f}")  # fmt: skip
+
+
+def run(names: list[str], documents: int) -> None:
     wall = time.monotonic()
     vectors = tuning.Vectors()
     print("| set | follow-ups: first source (before → with the rule) | LLM prompt holds it | "
@@ -190,6 +221,7 @@ def run(names: list[str]) -> None:
         ]  # fmt: skip
         print(f"| {name} | {' | '.join(cells)} |", flush=True)
         print(f"measured {name} ({time.monotonic() - wall:.0f} s)", file=sys.stderr)
+    cost(documents)
     print(f"\n{shlex.join(['.venv/bin/python', '-m', 'bench.followups', *sys.argv[1:]])}: "
           f"{time.monotonic() - wall:.0f} s")  # fmt: skip
 
@@ -197,11 +229,15 @@ def run(names: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", default=",".join(["products", *evalsets.SETS]))
-    names = parser.parse_args().sets.split(",")
+    parser.add_argument("--documents", type=int, default=10_000)
+    args = parser.parse_args()
+    names = [n for n in args.sets.split(",") if n]
+    if args.documents < 1:
+        parser.error("--documents: 1 or more")
     unknown = [n for n in names if n != "products" and n not in evalsets.SETS]
     if unknown:
         parser.error(f"unknown sets: {unknown}")
-    run(names)
+    run(names, args.documents)
 
 
 if __name__ == "__main__":
