@@ -8,13 +8,15 @@ points back at it. Its earlier documents are the first reply's sources, as
 for an LLM the documents it was handed (``engine.replies.on_topic``). Per set:
 
 - follow-ups: the first turn asks about one document, the second points back at it
-  (product bench: "How heavy is it?" and five more after "Tell me about the <product>.",
+  (product bench: "How heavy is it?", "And the price?" and seven more after "Tell me about
+  the <product>.",
   the fact checked as ``bench/replies.py`` checks it; the evaluation sets: "Can you tell me
   more about that?" and the like after the set's own question). Counted: the reply's first
   source is that document (and says the fact), and an LLM's prompt holds it.
 - new questions: the second turn names another document of its own and points back too
-  ("How much does the Boulder headlamp cost? I might buy it."; the sets: another of their
-  questions). Counted as above: the follow-up rule must not pull them back.
+  ("How much does the Boulder headlamp cost? I might buy it.", "And how much does the
+  Boulder headlamp cost?"; the sets: another of their questions). Counted as above: the
+  follow-up rule must not pull them back.
 - off-topic follow-ups ("Is it going to rain tomorrow?" after an answered question):
   replies with no source, and LLM prompts left empty.
 
@@ -70,6 +72,9 @@ PRODUCT = (
     ("Which colours does it come in?", lambda p: f"available in {p.colours[0]}"),
     ("How do I clean it?", lambda p: f"To clean the {p.title}"),
     ("Can I send it back if I don't like it?", lambda p: "returns are accepted"),
+    ("And the price?", lambda p: f"costs {p.price} dollars"),
+    ("What about the warranty?", lambda p: f"{p.warranty}-year warranty"),
+    ("How about the colours?", lambda p: f"available in {p.colours[0]}"),
 )
 FOLLOW_UPS = 120
 NEW = 30
@@ -123,11 +128,13 @@ def cases(name: str, evalset: evalsets.EvalSet | None, entries: list[faq.Entry])
             then, fact = rng.choice(PRODUCT)
             found.append(Case("follow-up", f"Tell me about the {product.title}.", then,
                               ids[product.external_id], fact(product)))  # fmt: skip
-        for _ in range(NEW):
+        for n in range(NEW):
             product, other = rng.sample(products, 2)
             template, fact = rng.choice(replies.ANSWERABLE)
-            found.append(Case("new question", f"Tell me about the {product.title}.",
-                              template.format(other.title) + " I might buy it.",
+            asked = template.format(other.title)
+            # Pointing back and going on, as follow-ups do, but naming its own product.
+            then = f"{asked} I might buy it." if n % 2 else f"And {asked[0].lower()}{asked[1:]}"
+            found.append(Case("new question", f"Tell me about the {product.title}.", then,
                               ids[other.external_id], fact(other)))  # fmt: skip
         firsts = [f"Tell me about the {p.title}." for p in products]
     else:

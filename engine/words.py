@@ -48,8 +48,15 @@ def words(text: str) -> set[str]:
 REFERRING = frozenset("it its itself this these those they them their theirs one ones".split())
 """Words by which a message points back at what was said before ("How heavy is it?"). Not
 "that", which begins as many new questions as it points back ("a tent that sleeps four")."""
+CONTINUING = (("and",), ("what", "about"), ("how", "about"))
+"""Openings of a message that goes on from the last one without a word pointing back ("And
+the price?", "What about the warranty?")."""
 
 
 def refers_back(text: str) -> bool:
-    """Whether the text points back at something said before (a word of ``REFERRING``)."""
-    return any(w.lower() in REFERRING for w in WORD.findall(text))
+    """Whether the text points back at something said before: a word of ``REFERRING``, or
+    an opening of ``CONTINUING``."""
+    said = [w.lower() for w in WORD.findall(text)]
+    return any(w in REFERRING for w in said) or any(
+        tuple(said[: len(opening)]) == opening for opening in CONTINUING
+    )

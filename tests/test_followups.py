@@ -18,8 +18,10 @@ from tests.test_knowledge import activate, doc_path, wait_ready
 URL = "/api/v1/conversation"
 NAMED = {"tent": "Lumen tent", "lamp": "Boulder headlamp", "stove": "Aspen stove"}
 SHOP = {
-    "tent": "The Lumen tent sleeps two people and packs down small. It weighs 1,800 grams.",
-    "lamp": "The Boulder headlamp weighs 90 grams, the lightest weight of any lamp we sell.",
+    "tent": "The Lumen tent sleeps two people and packs down small. It weighs 1,800 grams. "
+    "It costs 240 dollars.",
+    "lamp": "The Boulder headlamp weighs 90 grams, the lightest weight of any lamp we sell. "
+    "It costs 35 dollars.",
     "stove": "The Aspen stove boils a litre of water in four minutes. Fuel is not included.",
 }
 
@@ -27,6 +29,10 @@ SHOP = {
 def test_a_question_that_points_back_is_searched_with_its_subject() -> None:
     assert follow_up("How heavy is it?", ["tent", "lamp"], NAMED) == "How heavy is it? Lumen tent"
     assert follow_up("Are they waterproof?", ["tent"], NAMED) == "Are they waterproof? Lumen tent"
+    # A message that opens by going on from the last one points back without a pronoun.
+    assert follow_up("And the price?", ["tent"], NAMED) == "And the price? Lumen tent"
+    assert follow_up("What about the warranty?", ["tent"], NAMED).endswith("? Lumen tent")
+    assert not refers_back("Is there anything about warranties?")
     # The first of the last reply's sources that is still live is its subject.
     assert follow_up("Is it light?", ["gone", "lamp"], NAMED) == "Is it light? Boulder headlamp"
 
@@ -94,6 +100,8 @@ def test_a_follow_up_is_answered_about_what_the_conversation_is_about(server) ->
         assert ask(client, "ada", "Tell me about the Lumen tent.")["sources"][:1] == ["tent"]
         heavy = ask(client, "ada", "How heavy is it?")
         assert heavy["sources"][:1] == ["tent"] and "1,800 grams" in heavy["reply"], heavy
+        price = ask(client, "ada", "And the price?")
+        assert price["sources"][:1] == ["tent"] and "240 dollars" in price["reply"], price
         # A question that names its own subject is asked as it is.
         lamp = ask(client, "ada", "How much does the Boulder headlamp weigh? I might buy it.")
         assert lamp["sources"][:1] == ["lamp"] and "90 grams" in lamp["reply"], lamp
