@@ -14,6 +14,7 @@ from engine.words import refers_back
 from kb.retrieval import follow_up
 from loadtest.fake_llm import FakeOpenAI
 from tests.test_knowledge import activate, doc_path, wait_ready
+from tests.test_sessions import mint, opened
 
 URL = "/api/v1/conversation"
 NAMED = {"tent": "Lumen tent", "lamp": "Boulder headlamp", "stove": "Aspen stove"}
@@ -120,3 +121,23 @@ def test_an_llm_is_given_the_conversation_s_document_for_a_follow_up(
     assert cold["sources"][:1] != ["tent"], cold
     assert f"[tent] (Lumen tent) {SHOP['tent']}" in system
     assert answer["sources"][:1] == ["tent"]
+
+
+async def test_a_live_session_s_follow_up_is_about_what_the_conversation_is_about(server) -> None:
+    # The widget's socket runs the same turn with the same memory.
+    key = server.new_tenant(f"follow-live-{uuid.uuid4().hex[:8]}")
+    with server.client(headers={"X-Api-Key": key}, timeout=30) as client:
+        shop(client)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers={"X-Api-Key": key}, timeout=10
+    ) as http:
+        minted = await mint(http, "ada")
+        async with opened(minted["ws_url"]) as live:
+            assert (await live.next())["type"] == "session.ready"
+            dones = []
+            for text in ("Tell me about the Lumen tent.", "How heavy is it?"):
+                await live.send("user.message", text=text)
+                dones.append((await live.until("reply.done"))[-1])
+        await http.delete(f"/api/sessions/{minted['session_id']}")
+    assert [d["sources"][:1] for d in dones] == [["tent"], ["tent"]], dones
+    assert "1,800 grams" in dones[1]["text"]
