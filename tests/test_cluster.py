@@ -271,7 +271,10 @@ def test_a_killed_master_is_503_never_500_then_service_comes_back(
                 break
         assert 500 not in statuses
         assert 503 in statuses, "no request touched the dead master's slots"
-        assert recovered_at is not None, f"service did not come back: {timeline}"
+        assert recovered_at is not None, (
+            f"service did not come back: {timeline}\n"
+            f"the node's log, last lines:\n{node.stderr_path.read_text()[-3000:]}"
+        )
         for key in tenants:
             history = client.get("/api/v1/users/before/history", headers={"X-Api-Key": key})
             assert history.status_code == 200 and history.json()["total"] == 1
