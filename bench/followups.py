@@ -65,16 +65,22 @@ OFF_TOPIC = (
     "Who won that football match last night?",
     "Is it true that cats can see in the dark?",
 )
-PRODUCT = (
-    ("How much does it cost?", lambda p: f"costs {p.price} dollars"),
-    ("How heavy is it?", lambda p: f"weighs {p.grams} grams"),
-    ("What is the warranty on it?", lambda p: f"{p.warranty}-year warranty"),
-    ("Which colours does it come in?", lambda p: f"available in {p.colours[0]}"),
-    ("How do I clean it?", lambda p: f"To clean the {p.title}"),
-    ("Can I send it back if I don't like it?", lambda p: "returns are accepted"),
-    ("And the price?", lambda p: f"costs {p.price} dollars"),
-    ("What about the warranty?", lambda p: f"{p.warranty}-year warranty"),
-    ("How about the colours?", lambda p: f"available in {p.colours[0]}"),
+_FACT = dict(replies.ANSWERABLE)
+PRODUCT = tuple(
+    (asked, _FACT[named])
+    for asked, named in (
+        # Each follow-up beside the product bench's question that asks the same, whose fact
+        # (``bench.replies.ANSWERABLE``) answers it.
+        ("How much does it cost?", "How much does the {} cost?"),
+        ("How heavy is it?", "How heavy is the {}?"),
+        ("What is the warranty on it?", "What is the warranty on the {}?"),
+        ("Which colours does it come in?", "Which colours does the {} come in?"),
+        ("How do I clean it?", "How do I clean my {}?"),
+        ("Can I send it back if I don't like it?", "Can I send back the {} if I don't like it?"),
+        ("And the price?", "What's the price of the {}?"),
+        ("What about the warranty?", "What is the warranty on the {}?"),
+        ("How about the colours?", "Which colours does the {} come in?"),
+    )
 )
 FOLLOW_UPS = 120
 NEW = 30

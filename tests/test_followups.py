@@ -33,6 +33,8 @@ def test_a_question_that_points_back_is_searched_with_its_subject() -> None:
     # A message that opens by going on from the last one points back without a pronoun.
     assert follow_up("And the price?", ["tent"], NAMED) == "And the price? Lumen tent"
     assert follow_up("What about the warranty?", ["tent"], NAMED).endswith("? Lumen tent")
+    assert follow_up("How about the colours?", ["tent"], NAMED).endswith("? Lumen tent")
+    assert not refers_back("Andes boots: how warm are the Andes boots?")  # a word, not "and"
     assert not refers_back("Is there anything about warranties?")
     # The first of the last reply's sources that is still live is its subject.
     assert follow_up("Is it light?", ["gone", "lamp"], NAMED) == "Is it light? Boulder headlamp"
